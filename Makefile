@@ -1,0 +1,40 @@
+# The two commands a new user needs: `make run` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DATA ?= ./switchboard-data
+
+.PHONY: install run test test-fast lint bench clean system-deps
+
+$(BIN)/switchboard: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+install: $(BIN)/switchboard
+
+# Debian packages the integration tests and benchmarks drive for real (nginx as the front server,
+# wrk as the load generator). Installed only when missing.
+system-deps:
+	@command -v nginx >/dev/null && command -v wrk >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk; }
+
+run: install
+	$(BIN)/python -m ops.demo --data-dir $(DATA)
+
+test: install system-deps
+	$(BIN)/pytest -q
+
+test-fast: install
+	$(BIN)/pytest -q -m 'not slow'
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
