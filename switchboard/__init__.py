@@ -1,0 +1,3 @@
+"""Switchboard's front daemon: routing, the tenant table, the supervisor, the proxy, the admin API."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,68 @@
+"""What the admin API and the CLI see of the supervisor: `TenantInfo` rows and the
+`TenantService` protocol. The admin API is written against this protocol only, so it can be
+driven in-process by tests with any object that implements it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class TenantInfo:
+    """One tenant as operators see it. Times are Unix seconds; `pid` is None when not running."""
+
+    name: str
+    state: str  # stopped starting running checkpointing stopping failed moved
+    pid: int | None
+    port: int
+    restarts: int
+    last_request_at: float | None
+    in_flight: int = 0
+    requests: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    created_at: float | None = None
+    started_at: float | None = None
+    last_checkpoint_at: float | None = None
+    generation: int | None = None  # newest snapshot generation the router knows of
+    last_error: str | None = None  # why it failed, or the last checkpoint problem
+    retry_at: float | None = None  # when a tenant backing off will be tried again
+    moved_to: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CheckpointResult:
+    name: str
+    generation: int | None  # None when nothing had changed and no snapshot was written
+    changed: bool
+    journal_pos: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class TenantService(Protocol):
+    """Operations the admin API exposes. Every method raises switchboard.errors types:
+    BadTenantName, UnknownTenant, TenantExists, TenantUnavailable, TenantBusy."""
+
+    def list_tenants(self) -> list[TenantInfo]: ...
+
+    def get_tenant(self, name: str) -> TenantInfo: ...
+
+    async def create_tenant(self, name: str) -> TenantInfo: ...
+
+    async def start_tenant(self, name: str) -> TenantInfo: ...
+
+    async def checkpoint_tenant(self, name: str) -> CheckpointResult: ...
+
+    async def stop_tenant(self, name: str) -> TenantInfo: ...
+
+    async def remove_tenant(self, name: str) -> None: ...
+
+    def metrics_text(self) -> str:
+        """Prometheus text exposition of the router's counters and gauges."""
+        ...

@@ -1,0 +1,185 @@
+"""The one typed configuration of the front daemon and how it is loaded.
+
+`Config` holds every knob with its default. `load()` merges, lowest to highest precedence:
+defaults < `switchboard.toml` (or --config FILE) < `SWITCHBOARD_<FIELD>` environment
+variables < command-line flags. Keys in the file and the environment use the field names
+below (`idle_timeout_s`); the unit-less spellings of the Contract (`idle_timeout`) work too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from switchboard.errors import ConfigError
+
+DEFAULT_DATA_DIR = "./switchboard-data"
+
+
+@dataclass(frozen=True)
+class HostPort:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> HostPort:
+        host, sep, port = text.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(f"expected HOST:PORT, got {text!r}")
+        return cls(host.strip("[]") or "127.0.0.1", int(port))
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
+    listen: HostPort = HostPort("127.0.0.1", 8000)
+    admin_listen: HostPort = HostPort("127.0.0.1", 8001)
+    app: str = "examples.dabble:app"
+
+    # Routing: "path" serves /t/<tenant>/..., "host" serves <tenant>.<base_domain>.
+    routing: str = "path"
+    base_domain: str = ""
+
+    # Lifecycle.
+    idle_timeout_s: float = 120.0
+    max_resident: int = 32
+    start_timeout_s: float = 15.0
+    stop_timeout_s: float = 10.0  # SIGTERM, this long, then SIGKILL
+    ping_interval_s: float = 10.0
+    ping_timeout_s: float = 5.0
+    max_boot_failures: int = 5  # then `failed` until an operator starts it
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
+    min_uptime_s: float = 1.0  # a crash sooner than this after `ready` counts as a boot failure
+
+    # Limits.
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_waiting_requests: int = 1024  # per tenant, while it starts
+    port_range: tuple[int, int] = (20000, 29999)
+    max_concurrent_checkpoints: int = 2  # forked checkpoints copy up to the heap each
+
+    # Durability (passed to workers).
+    journal_fsync: str = "always"  # always | everysec | never
+    keep_generations: int = 3
+
+    # Processes.
+    use_zygote: bool = True
+    log_format: str = "auto"  # auto (json unless a terminal) | json | text
+    log_level: str = "info"
+
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def key_file(self) -> Path:
+        return self.data_dir / "admin.key"
+
+    @property
+    def tenants_dir(self) -> Path:
+        return self.data_dir / "tenants"
+
+
+_ALIASES = {
+    "idle_timeout": "idle_timeout_s",
+    "start_timeout": "start_timeout_s",
+    "stop_timeout": "stop_timeout_s",
+    "max_body": "max_body_bytes",
+}
+_FIELDS = {f.name: f for f in dataclasses.fields(Config) if f.name != "extra"}
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    default = getattr(Config(), name)
+    try:
+        if isinstance(default, HostPort):
+            return raw if isinstance(raw, HostPort) else HostPort.parse(str(raw))
+        if isinstance(default, Path):
+            return Path(os.path.expanduser(str(raw)))
+        if isinstance(default, bool):
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                raise ValueError(raw)
+            return text in {"1", "true", "yes", "on"}
+        if isinstance(default, tuple):
+            parts = raw if isinstance(raw, list | tuple) else str(raw).replace("-", ",").split(",")
+            low, high = (int(p) for p in parts)
+            if not 1024 <= low <= high <= 65535:
+                raise ValueError(raw)
+            return (low, high)
+        if isinstance(default, int):
+            value = int(raw)
+            if value < 0:
+                raise ValueError(raw)
+            return value
+        if isinstance(default, float):
+            value = float(raw)
+            if value < 0:
+                raise ValueError(raw)
+            return value
+        return str(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"bad value for {name}: {raw!r}") from exc
+
+
+def _normalise(source: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, raw in values.items():
+        name = _ALIASES.get(key, key)
+        if name not in _FIELDS:
+            raise ConfigError(f"unknown setting {key!r} in {source}")
+        out[name] = _coerce(name, raw)
+    return out
+
+
+def load(
+    config_file: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the Config: defaults < file < environment < overrides (flags; None values ignored).
+
+    Without an explicit file, `switchboard.toml` in the working directory is read if present.
+    """
+    env = os.environ if env is None else env
+    merged: dict[str, Any] = {}
+    path = config_file or env.get("SWITCHBOARD_CONFIG")
+    if path is None and Path("switchboard.toml").exists():
+        path = "switchboard.toml"
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        merged.update(_normalise(str(path), data.get("switchboard", data)))
+    from_env = {}
+    for key, value in env.items():
+        if key.startswith("SWITCHBOARD_") and key not in {
+            "SWITCHBOARD_CONFIG", "SWITCHBOARD_ADMIN", "SWITCHBOARD_KEY_FILE",
+        }:
+            name = key[len("SWITCHBOARD_"):].lower()
+            if _ALIASES.get(name, name) in _FIELDS:
+                from_env[name] = value
+    merged.update(_normalise("the environment", from_env))
+    merged.update(_normalise("flags", {k: v for k, v in (overrides or {}).items() if v is not None}))
+    config = Config(**merged)
+    if config.routing not in {"path", "host"}:
+        raise ConfigError(f"routing must be 'path' or 'host', not {config.routing!r}")
+    if config.routing == "host" and not config.base_domain:
+        raise ConfigError("routing = 'host' needs base_domain")
+    if config.journal_fsync not in {"always", "everysec", "never"}:
+        raise ConfigError(f"journal_fsync must be always, everysec or never, not {config.journal_fsync!r}")
+    if config.max_resident < 1:
+        raise ConfigError("max_resident must be at least 1")
+    return config

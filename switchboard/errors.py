@@ -1,0 +1,60 @@
+"""Errors raised by the front daemon.
+
+SwitchboardError
+  BadTenantName        the name does not match [a-z0-9][a-z0-9-]{0,62} (HTTP 400)
+  UnknownTenant        no such tenant in the table (HTTP 404)
+  TenantExists         create of a name already in the table (HTTP 409)
+  TenantUnavailable    the tenant cannot serve now: starting too long, backing off after
+                       failures, or failed for good (HTTP 503 with Retry-After when it may recover)
+  TenantBusy           an operation conflicts with the tenant's current state (HTTP 409)
+  ConfigError          a bad value in switchboard.toml, SWITCHBOARD_* or a flag
+  WorkerError          the worker broke the control protocol or died while answering
+"""
+
+from __future__ import annotations
+
+
+class SwitchboardError(Exception):
+    """Base class for every error the front daemon raises on purpose."""
+
+
+class BadTenantName(SwitchboardError):
+    def __init__(self, name: str) -> None:
+        shown = name if len(name) <= 80 else name[:80] + "..."
+        super().__init__(
+            f"bad tenant name {shown!r}: names are 1-63 characters of a-z, 0-9 and '-', "
+            "starting with a letter or digit"
+        )
+
+
+class UnknownTenant(SwitchboardError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no tenant named {name!r}")
+        self.name = name
+
+
+class TenantExists(SwitchboardError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"tenant {name!r} already exists")
+        self.name = name
+
+
+class TenantUnavailable(SwitchboardError):
+    """The tenant cannot serve right now. `retry_after_s` is None when only an operator can help."""
+
+    def __init__(self, reason: str, retry_after_s: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+
+
+class TenantBusy(SwitchboardError):
+    pass
+
+
+class ConfigError(SwitchboardError):
+    pass
+
+
+class WorkerError(SwitchboardError):
+    pass

@@ -1,0 +1,69 @@
+"""Which tenant a request is for.
+
+Path mode (default): `/t/<tenant>/<rest>` reaches `/<rest>` of the tenant's app with root path
+`/t/<tenant>`. Host mode: `<tenant>.<base_domain>` reaches the same path on the tenant's app.
+The name is checked on the raw bytes of the request target, before any percent-decoding, so
+`..`, `%2e%2e`, upper case, NUL and over-long names never reach the filesystem.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_NAME_BYTES_RE = re.compile(rb"[a-z0-9][a-z0-9-]{0,62}")
+PATH_PREFIX = b"/t/"
+
+
+def is_valid_name(name: str) -> bool:
+    return NAME_RE.fullmatch(name) is not None
+
+
+class NotRouted(Exception):
+    """The request is not for any tenant (e.g. `/` of the router)."""
+
+
+class BadName(Exception):
+    def __init__(self, raw: bytes) -> None:
+        super().__init__(raw.decode("latin-1"))
+        self.raw = raw
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    tenant: str
+    target: bytes  # what the tenant's app sees: /<rest>[?query]
+    root_path: str  # /t/<tenant> in path mode, "" in host mode
+
+
+def route_path(target: bytes) -> Route:
+    """Route a request target in path mode. Raises NotRouted or BadName."""
+    if not target.startswith(PATH_PREFIX):
+        raise NotRouted()
+    end = len(target)
+    for stop in (b"/", b"?"):
+        found = target.find(stop, 3)
+        if found != -1 and found < end:
+            end = found
+    raw_name = target[3:end]
+    if _NAME_BYTES_RE.fullmatch(raw_name) is None:
+        raise BadName(raw_name)
+    rest = target[end:]
+    if not rest.startswith(b"/"):
+        rest = b"/" + rest
+    name = raw_name.decode("ascii")
+    return Route(name, rest, "/t/" + name)
+
+
+def route_host(host: bytes, target: bytes, base_domain: str) -> Route:
+    """Route by Host header in host mode. Raises NotRouted or BadName."""
+    hostname = host.rsplit(b":", 1)[0] if not host.endswith(b"]") else host
+    suffix = b"." + base_domain.encode("ascii").lower()
+    hostname = hostname.lower()
+    if not hostname.endswith(suffix):
+        raise NotRouted()
+    raw_name = hostname[: -len(suffix)]
+    if _NAME_BYTES_RE.fullmatch(raw_name) is None:
+        raise BadName(raw_name)
+    return Route(raw_name.decode("ascii"), target or b"/", "")

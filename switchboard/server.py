@@ -1,0 +1,120 @@
+"""`switchboard serve`: the router process. Wires the table, supervisor, spawner, proxy and
+admin API together, and owns the signals.
+
+Signals only set a flag here; the main coroutine acts on it. First SIGTERM or SIGINT: stop
+accepting, checkpoint and stop every worker, exit 0. A second one: kill the workers and exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any
+
+from switchboard import logs
+from switchboard.config import Config
+from switchboard.proxy import IDLE_UPSTREAM_S, Proxy
+from switchboard.spawner import Spawner
+from switchboard.supervisor import Supervisor
+from switchboard.table import TenantTable
+
+log = logging.getLogger("switchboard.server")
+
+
+class Router:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.signals: asyncio.Queue[int] = asyncio.Queue()
+
+    async def main(self) -> int:
+        import setproctitle
+
+        from switchboard.admin import build_admin_app
+        from switchboard.signing import Verifier, create_key, load_key
+
+        config = self.config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        key = load_key(config.key_file) if config.key_file.exists() else create_key(config.key_file)
+        table = TenantTable(config.data_dir, config.port_range)
+        spawner = Spawner(use_zygote=config.use_zygote,
+                          on_event=lambda handle, message: supervisor.on_worker_event(handle, message))
+        supervisor = Supervisor(config, table, spawner)
+        proxy = Proxy(config, supervisor)
+        loop = asyncio.get_running_loop()
+        try:
+            front = await loop.create_server(proxy.protocol, config.listen.host, config.listen.port,
+                                             backlog=2048, reuse_address=True)
+            admin = await self.start_admin(build_admin_app(supervisor, Verifier(key)))
+        except OSError as exc:
+            log.error("cannot listen: %s", exc)
+            table.close()
+            return 1
+        if config.use_zygote:
+            spawner._ensure_zygote_soon((config.app, None))
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.signals.put_nowait, sig)
+        setproctitle.setproctitle(f"switchboard: router {config.listen} admin {config.admin_listen}")
+        log.info("switchboard serving %d tenants on http://%s/t/<tenant>/ (admin http://%s, data %s)",
+                 len(table), config.listen, config.admin_listen, config.data_dir)
+        reconcile = asyncio.ensure_future(supervisor.run())
+        janitor = asyncio.ensure_future(self.close_idle_upstreams(proxy))
+
+        sig = await self.signals.get()
+        log.info("got %s: checkpointing and stopping %d workers", signal.Signals(sig).name,
+                 supervisor.resident_count())
+        front.close()
+        graceful = asyncio.ensure_future(supervisor.shutdown())
+        second = asyncio.ensure_future(self.signals.get())
+        await asyncio.wait({graceful, second}, return_when=asyncio.FIRST_COMPLETED)
+        if not graceful.done():
+            log.warning("second signal: killing workers without waiting")
+            supervisor.kill_all()
+            graceful.cancel()
+        second.cancel()
+        for task in (reconcile, janitor):
+            task.cancel()
+        proxy.pool.close_all()
+        for conn in list(proxy.connections):
+            if conn.transport is not None:
+                conn.transport.close()
+        admin.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(admin.shutdown(), 5)
+        await spawner.close()
+        table.close()
+        log.info("switchboard stopped")
+        return 0
+
+    async def start_admin(self, app: Any) -> Any:
+        import uvicorn
+
+        uv_config = uvicorn.Config(app, host=self.config.admin_listen.host,
+                                   port=self.config.admin_listen.port, lifespan="off",
+                                   log_config=None, access_log=False, timeout_graceful_shutdown=2)
+        uv_config.load()
+        server = uvicorn.Server(uv_config)
+        server.lifespan = uv_config.lifespan_class(uv_config)
+        try:
+            await server.startup()
+        except SystemExit:  # uvicorn exits when it cannot bind
+            server.started = False
+        if not server.started:
+            raise OSError(f"cannot listen on {self.config.admin_listen}")
+        return server
+
+    async def close_idle_upstreams(self, proxy: Proxy) -> None:
+        while True:
+            await asyncio.sleep(IDLE_UPSTREAM_S / 4)
+            proxy.pool.close_idle_older_than(IDLE_UPSTREAM_S)
+
+
+def run(config: Config) -> int:
+    logs.configure(config.log_format, config.log_level)
+    try:
+        import uvloop
+
+        return int(uvloop.run(Router(config).main()))
+    except ImportError:
+        return asyncio.run(Router(config).main())

@@ -1,0 +1,330 @@
+"""Admin API request signing: HMAC-SHA256 over the request, with a replay window.
+
+Shared by the admin API (`Verifier`) and the operator CLI (`sign_request`).
+
+Wire format (the Contract in DESIGN.md). Every admin request carries three headers:
+
+    X-Switchboard-Timestamp: <Unix seconds, decimal integer>
+    X-Switchboard-Nonce:     <16 to 128 visible ASCII characters, random per request>
+    Authorization:           Switchboard-HMAC-SHA256 <64 lowercase hex digits>
+
+The signature is HMAC-SHA256, keyed with the key file's contents stripped of surrounding
+whitespace (as bytes), over these five fields joined by a single b"\\n" with no spaces:
+
+    METHOD                 upper case, e.g. POST
+    PATH?QUERY             the raw request target as sent: the percent-encoded path, plus
+                           "?" and the raw query string only when there is a query
+    TIMESTAMP              the header's text, verbatim
+    NONCE                  the header's text, verbatim
+    hex(SHA-256(body))     lowercase hex digest of the exact body bytes (empty body included)
+
+A request is refused when a header is missing or malformed, when its timestamp is more than
+`window_s` (300 s) away from the server's clock in either direction, when its nonce was already
+accepted within the window, or when the signature does not match.
+
+Key file: 32 random bytes written as 64 hex characters and a newline, mode 0600, created once
+and never rewritten or loosened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import heapq
+import hmac
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from switchboard.errors import ConfigError, SwitchboardError
+
+SCHEME = "Switchboard-HMAC-SHA256"
+TIMESTAMP_HEADER = "X-Switchboard-Timestamp"
+NONCE_HEADER = "X-Switchboard-Nonce"
+AUTHORIZATION_HEADER = "Authorization"
+
+DEFAULT_WINDOW_S = 300.0
+MIN_NONCE_CHARS = 16
+MAX_NONCE_CHARS = 128  # bounds the memory one remembered nonce can take
+DEFAULT_MAX_NONCES = 100_000
+
+_TIMESTAMP_RE = re.compile(r"[0-9]{1,15}")
+_NONCE_RE = re.compile(r"[\x21-\x7e]+")  # visible ASCII: no spaces, no control characters
+_HEX_SIGNATURE_RE = re.compile(r"[0-9a-fA-F]{64}")
+
+
+class AuthError(SwitchboardError):
+    """A request failed verification. `reason` is the short category the 401 body starts with:
+    missing signature, malformed signature, stale timestamp, replayed nonce or bad signature."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+class KeyFileError(ConfigError):
+    """The admin key file is missing, unreadable, empty, or already exists when creating it."""
+
+
+# --- key files -------------------------------------------------------------------------------
+
+
+def load_key(path: str | os.PathLike[str]) -> bytes:
+    """The key file's contents stripped of whitespace, as bytes."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError as exc:
+        raise KeyFileError(
+            f"no admin key at {os.fspath(path)}: `switchboard serve` creates it on first start; "
+            "pass --key-file or set SWITCHBOARD_KEY_FILE to use another"
+        ) from exc
+    except OSError as exc:
+        raise KeyFileError(
+            f"cannot read admin key {os.fspath(path)}: {exc.strerror or exc}"
+        ) from exc
+    key = data.strip()
+    if not key:
+        raise KeyFileError(f"admin key file {os.fspath(path)} is empty")
+    return key
+
+
+def create_key(path: str | os.PathLike[str]) -> bytes:
+    """Create a new key file readable by its owner only and return the key.
+
+    The key is written to a private temporary file, fsynced, then hard-linked into place, so
+    other processes see either no key file or a complete one, and an existing file is never
+    overwritten or loosened (KeyFileError instead). The parent directory is created if needed.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(32).encode("ascii")
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+    # O_EXCL with mode 0600: the file never exists with looser permissions, even briefly.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        try:
+            os.write(fd, key + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, target)  # atomic and never replaces an existing file
+        except FileExistsError as exc:
+            raise KeyFileError(f"admin key {target} already exists; not overwriting it") from exc
+        except OSError:
+            # A filesystem without hard links: fall back to creating the target directly.
+            _create_exclusive(target, key)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    _fsync_dir(target.parent)
+    return key
+
+
+def ensure_key(path: str | os.PathLike[str]) -> bytes:
+    """Load the key file, creating it first if it does not exist (what `serve` does at start)."""
+    try:
+        return load_key(path)
+    except KeyFileError:
+        if Path(path).exists():
+            raise
+    try:
+        return create_key(path)
+    except KeyFileError:
+        return load_key(path)  # another process created it between our two looks
+
+
+def _create_exclusive(target: Path, key: bytes) -> None:
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError as exc:
+        raise KeyFileError(f"admin key {target} already exists; not overwriting it") from exc
+    try:
+        os.write(fd, key + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # not every platform lets a directory be opened; the key is already fsynced
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --- signing ---------------------------------------------------------------------------------
+
+
+def _as_bytes(value: str | bytes) -> bytes:
+    return value if isinstance(value, bytes) else value.encode("utf-8")
+
+
+def string_to_sign(
+    method: str | bytes, path_qs: str | bytes, timestamp: str, nonce: str, body: bytes
+) -> bytes:
+    """The exact bytes the HMAC covers (see the module docstring)."""
+    return b"\n".join(
+        [
+            _as_bytes(method).upper(),
+            _as_bytes(path_qs),
+            timestamp.encode("ascii"),
+            nonce.encode("ascii"),
+            hashlib.sha256(body).hexdigest().encode("ascii"),
+        ]
+    )
+
+
+def compute_signature(
+    key: bytes, method: str | bytes, path_qs: str | bytes, timestamp: str, nonce: str,
+    body: bytes,
+) -> str:
+    message = string_to_sign(method, path_qs, timestamp, nonce, body)
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def sign_request(
+    key: bytes,
+    method: str | bytes,
+    path_qs: str | bytes,
+    body: bytes,
+    *,
+    timestamp: int | str | None = None,
+    nonce: str | None = None,
+) -> dict[str, str]:
+    """The three headers that authenticate one request. `path_qs` is the raw path, plus
+    "?query" only when there is a query, exactly as it goes on the wire."""
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    nonce = secrets.token_hex(12) if nonce is None else nonce
+    signature = compute_signature(key, method, path_qs, ts, nonce, body)
+    return {
+        TIMESTAMP_HEADER: ts,
+        NONCE_HEADER: nonce,
+        AUTHORIZATION_HEADER: f"{SCHEME} {signature}",
+    }
+
+
+# --- verification ----------------------------------------------------------------------------
+
+
+class Verifier:
+    """Checks signed requests and remembers accepted nonces for the replay window.
+
+    Memory is bounded: a nonce is forgotten once its timestamp has left the window (it could
+    not pass the staleness check again anyway), and at most `max_nonces` are kept. When the
+    cap forces out a nonce that is still inside the window, the verifier raises a floor and
+    refuses every request whose timestamp is not newer than the evicted one's, so eviction can
+    refuse a legitimate old request but can never let a replay through.
+    """
+
+    def __init__(
+        self,
+        key: bytes,
+        window_s: float = DEFAULT_WINDOW_S,
+        clock: Callable[[], float] = time.time,
+        *,
+        max_nonces: int = DEFAULT_MAX_NONCES,
+    ) -> None:
+        if not key:
+            raise ValueError("the admin key must not be empty")
+        if max_nonces < 1:
+            raise ValueError("max_nonces must be at least 1")
+        self._key = key
+        self.window_s = window_s
+        self._clock = clock
+        self._max_nonces = max_nonces
+        self._seen: dict[str, float] = {}  # nonce -> the moment its timestamp leaves the window
+        self._expiries: list[tuple[float, str]] = []  # min-heap over the same entries
+        self._floor = float("-inf")  # newest expiry evicted before its time
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def verify(
+        self, method: str | bytes, path_qs: str | bytes, headers: Mapping[str, str], body: bytes
+    ) -> None:
+        """Return if the request is authentic and fresh, else raise AuthError."""
+        lowered = {k.lower(): v for k, v in headers.items()}
+        timestamp = lowered.get(TIMESTAMP_HEADER.lower())
+        nonce = lowered.get(NONCE_HEADER.lower())
+        authorization = lowered.get(AUTHORIZATION_HEADER.lower())
+        if not authorization or not timestamp or not nonce:
+            missing = [
+                name
+                for name, value in (
+                    (AUTHORIZATION_HEADER, authorization),
+                    (TIMESTAMP_HEADER, timestamp),
+                    (NONCE_HEADER, nonce),
+                )
+                if not value
+            ]
+            raise AuthError("missing signature", "no " + ", ".join(missing) + " header")
+
+        scheme, _, given = authorization.strip().partition(" ")
+        given = given.strip()
+        if scheme.lower() != SCHEME.lower():
+            raise AuthError("missing signature", f"Authorization is not {SCHEME}")
+        if not _HEX_SIGNATURE_RE.fullmatch(given):
+            raise AuthError("malformed signature", "expected 64 hex digits")
+        if not _TIMESTAMP_RE.fullmatch(timestamp):
+            raise AuthError("malformed signature", f"{TIMESTAMP_HEADER} must be Unix seconds")
+        if not (
+            MIN_NONCE_CHARS <= len(nonce) <= MAX_NONCE_CHARS and _NONCE_RE.fullmatch(nonce)
+        ):
+            raise AuthError(
+                "malformed signature",
+                f"{NONCE_HEADER} must be {MIN_NONCE_CHARS} to {MAX_NONCE_CHARS} visible "
+                "characters",
+            )
+
+        now = self._clock()
+        sent_at = int(timestamp)
+        skew = now - sent_at
+        if abs(skew) > self.window_s:
+            direction = "behind" if skew > 0 else "ahead of"
+            raise AuthError(
+                "stale timestamp",
+                f"{abs(skew):.0f} s {direction} the server clock (window {self.window_s:.0f} s)",
+            )
+
+        expected = compute_signature(self._key, method, path_qs, timestamp, nonce, body)
+        # Compare as bytes of equal length in constant time; the hex was validated above.
+        if not hmac.compare_digest(expected.encode("ascii"), given.lower().encode("ascii")):
+            raise AuthError("bad signature", "the request was not signed with this server's key")
+
+        # Only authentic requests reach the cache, so unauthenticated traffic cannot fill it.
+        self._remember(nonce, sent_at + self.window_s, now)
+
+    def _remember(self, nonce: str, expires_at: float, now: float) -> None:
+        with self._lock:
+            self._prune(now)
+            if nonce in self._seen:
+                raise AuthError("replayed nonce", "this request was already accepted")
+            if expires_at <= self._floor:
+                raise AuthError(
+                    "stale timestamp",
+                    "too many recent requests to rule out a replay; sign with the current time",
+                )
+            while len(self._seen) >= self._max_nonces:
+                evicted_at, evicted = heapq.heappop(self._expiries)
+                if self._seen.get(evicted) == evicted_at:
+                    del self._seen[evicted]
+                    self._floor = max(self._floor, evicted_at)
+            self._seen[nonce] = expires_at
+            heapq.heappush(self._expiries, (expires_at, nonce))
+
+    def _prune(self, now: float) -> None:
+        while self._expiries and self._expiries[0][0] < now:
+            expired_at, nonce = heapq.heappop(self._expiries)
+            if self._seen.get(nonce) == expired_at:
+                del self._seen[nonce]

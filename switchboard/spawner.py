@@ -1,0 +1,317 @@
+"""Starting tenant workers: through the zygote, or as a fresh interpreter when it is down.
+
+The router binds the tenant's listening socket itself and hands it to the worker, so requests
+queue in the kernel while the worker restores, and a port that is taken is noticed (and
+replaced) before anything starts. The worker also gets one end of a control socket pair
+(protocol in tenant/control.py); `WorkerHandle` is the router's end. The zygote's own channel
+is documented in tenant/zygote.py.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from switchboard.errors import WorkerError
+
+log = logging.getLogger("switchboard.spawner")
+
+EventCallback = Callable[["WorkerHandle", dict[str, Any]], None]
+
+
+class BootFailure(WorkerError):
+    """The worker did not become ready: it reported an error, exited, or timed out."""
+
+
+class WorkerHandle:
+    """The router's end of one worker's control channel."""
+
+    def __init__(self, tenant: str, port: int, sock: socket.socket, on_event: EventCallback) -> None:
+        self.tenant = tenant
+        self.port = port
+        self.pid: int | None = None
+        self.exit_status: int | None = None
+        self.process: asyncio.subprocess.Process | None = None
+        self._sock = sock
+        self._on_event = on_event
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        loop = asyncio.get_running_loop()
+        self.ready: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self.exited: asyncio.Future[None] = loop.create_future()
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        reader, writer = await asyncio.open_unix_connection(sock=self._sock, limit=1 << 20)
+        self._writer = writer
+        self._reader_task = asyncio.ensure_future(self._read(reader))
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while line := await reader.readline():
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    log.warning("tenant %s: garbled control frame %r", self.tenant, line[:200])
+                    continue
+                self._dispatch(message)
+        except (ConnectionError, ValueError):
+            pass
+        finally:
+            await self._closed()
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        if "id" in message:
+            future = self._pending.pop(message["id"], None)
+            if future is not None and not future.done():
+                if message.get("ok"):
+                    future.set_result(message)
+                else:
+                    future.set_exception(WorkerError(str(message.get("error"))))
+            return
+        event = message.get("event")
+        if event == "ready" and not self.ready.done():
+            self.ready.set_result(message)
+        elif event == "boot_failed" and not self.ready.done():
+            self.ready.set_exception(BootFailure(str(message.get("error"))))
+        else:
+            self._on_event(self, message)
+
+    async def _closed(self) -> None:
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self.exit_status = await asyncio.wait_for(self.process.wait(), 5)
+        error = WorkerError(f"worker of {self.tenant} exited" + self._status_text())
+        if not self.ready.done():
+            self.ready.set_exception(BootFailure(f"worker exited before it was ready{self._status_text()}"))
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+        self._pending.clear()
+        if self._writer is not None:
+            self._writer.close()
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+    def _status_text(self) -> str:
+        if self.exit_status is None:
+            return ""
+        if self.exit_status < 0:
+            return f" (killed by signal {-self.exit_status})"
+        return f" (exit status {self.exit_status})"
+
+    async def request(self, op: str, timeout: float) -> dict[str, Any]:
+        """Send a control request and wait for its answer. Raises WorkerError or TimeoutError."""
+        if self.exited.done() or self._writer is None:
+            raise WorkerError(f"worker of {self.tenant} is gone")
+        op_id = next(self._ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[op_id] = future
+        self._writer.write(json.dumps({"id": op_id, "op": op}).encode() + b"\n")
+        try:
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self._pending.pop(op_id, None)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the worker; a process that is already gone is not an error."""
+        if self.pid is not None and not self.exited.done():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+class ZygoteClient:
+    """One zygote process for one app; forks workers on request."""
+
+    def __init__(self, app: str, code_path: str | None, on_exit: Callable[[int, int], None]) -> None:
+        self.app = app
+        self.code_path = code_path
+        self.on_exit = on_exit
+        self.process: asyncio.subprocess.Process | None = None
+        self.pid: int | None = None
+        self._sock: socket.socket | None = None
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._ready: asyncio.Future[dict[str, Any]] | None = None
+        self.alive = False
+
+    async def start(self, timeout: float = 60.0) -> None:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.setblocking(False)
+        self._sock = ours
+        self._ready = loop.create_future()
+        loop.add_reader(ours.fileno(), self._on_readable)
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "tenant.zygote", str(theirs.fileno()), self.app,
+                self.code_path or "", pass_fds=(theirs.fileno(),),
+            )
+        finally:
+            theirs.close()
+        self.pid = self.process.pid
+        try:
+            ready = await asyncio.wait_for(self._ready, timeout)
+        except BaseException:
+            self.close()
+            raise
+        if ready.get("preload_error"):
+            log.warning("zygote for %s could not preload the app: %s", self.app, ready["preload_error"])
+        self.alive = True
+        log.info("zygote for %s ready (pid %s)", self.app, self.pid)
+
+    def _on_readable(self) -> None:
+        assert self._sock is not None
+        while True:
+            try:
+                data = self._sock.recv(65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._lost()
+                return
+            message = json.loads(data)
+            if "id" in message:
+                future = self._pending.pop(message["id"], None)
+                if future is not None and not future.done():
+                    future.set_result(message)
+            elif message.get("event") == "ready" and self._ready and not self._ready.done():
+                self._ready.set_result(message)
+            elif message.get("event") == "exit":
+                self.on_exit(int(message["pid"]), int(message["status"]))
+
+    def _lost(self) -> None:
+        if self.alive:
+            log.warning("zygote for %s (pid %s) is gone; fresh interpreters until it is back",
+                        self.app, self.pid)
+        self.close()
+        error = WorkerError("zygote is gone")
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+        self._pending.clear()
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(error)
+
+    async def spawn(self, spec_json: str, fds: tuple[int, int], timeout: float = 10.0) -> int:
+        if not self.alive or self._sock is None:
+            raise WorkerError("zygote is not running")
+        op_id = next(self._ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[op_id] = future
+        message = json.dumps({"op": "spawn", "id": op_id, "spec": json.loads(spec_json)}).encode()
+        self._sock.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+        reply = await asyncio.wait_for(future, timeout)
+        if "pid" not in reply:
+            raise WorkerError(f"zygote refused to spawn: {reply.get('error')}")
+        return int(reply["pid"])
+
+    def close(self) -> None:
+        self.alive = False
+        if self._sock is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        self.close()  # end of file on its channel makes it exit
+        if self.process is not None:
+            try:
+                await asyncio.wait_for(self.process.wait(), timeout)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    self.process.kill()
+                await self.process.wait()
+
+
+class Spawner:
+    """Starts workers: zygote first, a fresh interpreter when the zygote is unavailable."""
+
+    def __init__(self, *, use_zygote: bool, on_event: EventCallback) -> None:
+        self.use_zygote = use_zygote
+        self.on_event = on_event
+        self.zygotes: dict[tuple[str, str | None], ZygoteClient] = {}
+        self._zygote_starting: dict[tuple[str, str | None], asyncio.Task[None]] = {}
+        self._handles_by_pid: dict[int, WorkerHandle] = {}
+        self.fresh_spawns = 0
+        self.zygote_spawns = 0
+
+    async def start_zygote(self, app: str, code_path: str | None = None) -> None:
+        key = (app, code_path)
+        zygote = ZygoteClient(app, code_path, self._on_zygote_child_exit)
+        await zygote.start()
+        self.zygotes[key] = zygote
+
+    def _ensure_zygote_soon(self, key: tuple[str, str | None]) -> None:
+        """Restart a missing zygote in the background; spawns use fresh interpreters meanwhile."""
+        task = self._zygote_starting.get(key)
+        if task is not None and not task.done():
+            return
+
+        async def restart() -> None:
+            try:
+                await self.start_zygote(*key)
+            except Exception as exc:
+                log.error("zygote for %s failed to start: %s", key[0], exc)
+
+        self._zygote_starting[key] = asyncio.ensure_future(restart())
+
+    def _on_zygote_child_exit(self, pid: int, status: int) -> None:
+        handle = self._handles_by_pid.pop(pid, None)
+        if handle is not None:
+            handle.exit_status = status
+
+    async def spawn(self, spec: Any, listen_sock: socket.socket) -> WorkerHandle:
+        """Start a worker for `spec` (a tenant.runtime.WorkerSpec-shaped object) serving on
+        `listen_sock`. Returns once the process exists; await `handle.ready` for readiness."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        handle = WorkerHandle(spec.tenant, spec.port, ours, self.on_event)
+        fds = (listen_sock.fileno(), theirs.fileno())
+        spec_json = spec.to_json()
+        key = (spec.app, spec.code_path)
+        try:
+            zygote = self.zygotes.get(key)
+            if self.use_zygote and zygote is not None and zygote.alive:
+                try:
+                    handle.pid = await zygote.spawn(spec_json, fds)
+                    self._handles_by_pid[handle.pid] = handle
+                    self.zygote_spawns += 1
+                except (WorkerError, OSError, TimeoutError) as exc:
+                    log.warning("zygote spawn failed (%s); using a fresh interpreter", exc)
+            elif self.use_zygote:
+                self._ensure_zygote_soon(key)
+            if handle.pid is None:
+                handle.process = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "tenant", spec_json, str(fds[0]), str(fds[1]),
+                    pass_fds=fds, cwd=spec.code_path or None,
+                )
+                handle.pid = handle.process.pid
+                self.fresh_spawns += 1
+        finally:
+            theirs.close()
+        await handle.open()
+        return handle
+
+    async def close(self) -> None:
+        for task in self._zygote_starting.values():
+            task.cancel()
+        await asyncio.gather(*(z.stop() for z in self.zygotes.values()), return_exceptions=True)
+        self.zygotes.clear()

@@ -1,0 +1,311 @@
+"""The tenant worker: restore one tenant's state, serve its app, journal, checkpoint.
+
+Runs in the tenant worker process, which the router starts either by asking the zygote to fork
+(tenant/zygote.py) or as a fresh interpreter (`python -m tenant`). Either way the worker gets:
+a `WorkerSpec` (JSON), the listening socket for the tenant's port (already bound by the router,
+so connections queue in the kernel while the worker restores) and its end of the control
+channel (tenant/control.py).
+
+Restore = newest valid snapshot + replay of the journal after the snapshot's position. A
+corrupt newest snapshot falls back a generation (loudly: a warning goes to the router); if
+snapshot files exist but none verifies, the worker refuses to start rather than serve an
+empty tenant over existing data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import importlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from snapshots.codec import get_codec
+from snapshots.errors import SnapshotError
+from snapshots.store import LocalStore
+from tenant import journal as journal_mod
+from tenant.app import TenantApp
+from tenant.checkpoint import CheckpointFailed, Checkpointer
+from tenant.context import TenantContext, activate
+from tenant.control import PROTOCOL_VERSION, ControlChannel, open_channel
+from tenant.errors import RestoreError, TenantError
+
+log = logging.getLogger("switchboard.tenant")
+
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    tenant: str
+    port: int
+    data_dir: str  # the router's data dir; the tenant's files live in <data_dir>/tenants/<tenant>
+    app: str  # MODULE:ATTR of a tenant.TenantApp
+    root_path: str = ""
+    code_path: str | None = None  # a pinned code directory put first on sys.path
+    journal_fsync: str = "always"
+    keep_generations: int = 3
+    log_format: str = "json"
+    log_level: str = "info"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> WorkerSpec:
+        return cls(**json.loads(text))
+
+    @property
+    def tenant_dir(self) -> Path:
+        return Path(self.data_dir) / "tenants" / self.tenant
+
+
+def load_app(spec: str) -> TenantApp:
+    module_name, _, attr = spec.partition(":")
+    module = importlib.import_module(module_name)
+    app = getattr(module, attr or "app")
+    if not isinstance(app, TenantApp):
+        raise TypeError(f"{spec} is a {type(app).__name__}, not a tenant.TenantApp")
+    return app
+
+
+def set_death_signal(expected_parent: int, sig: int = signal.SIGTERM) -> None:
+    """Ask the kernel to signal us when our parent dies (Linux); exit if it already has."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, sig)
+    except (OSError, AttributeError):
+        pass  # not Linux: the control channel's end of file still stops us
+    if os.getppid() != expected_parent:
+        os._exit(0)
+
+
+@dataclass
+class Restored:
+    context: TenantContext
+    journal: Any
+    generation: int | None
+    warnings: list[str]
+
+
+def restore(app: TenantApp, spec: WorkerSpec, store: LocalStore) -> Restored:
+    """Newest valid snapshot + journal replay. Raises RestoreError when that is impossible."""
+    warnings: list[str] = []
+    try:
+        loaded = store.load_newest_valid(spec.tenant)
+    except SnapshotError as exc:
+        raise RestoreError(f"no valid snapshot for {spec.tenant}: {exc}") from exc
+    generation = None
+    position = 0
+    upgraded = False
+    if loaded is None:
+        state = app.initial_state()
+    else:
+        for path, reason in loaded.skipped:
+            warnings.append(f"snapshot {path} is damaged ({reason}); restored an older generation")
+        header = loaded.header
+        generation, position = header.generation, header.journal_pos
+        try:
+            state = get_codec(header.codec).loads(loaded.payload)
+        except SnapshotError as exc:
+            raise RestoreError(f"snapshot {loaded.path} does not decode: {exc}") from exc
+        if header.schema_version != app.schema_version:
+            state = app.upgrade_state(state, header.schema_version)
+            upgraded = True
+    journal_dir = spec.tenant_dir / "journal"
+    try:
+        replay = journal_mod.read_records(journal_dir, after_seq=position)
+        replayed = 0
+        for record in replay.records:
+            app.apply(state, record.name, record.args, record.now)
+            position = record.seq
+            replayed += 1
+    except journal_mod.JournalError as exc:
+        raise RestoreError(f"journal of {spec.tenant} cannot be replayed: {exc}") from exc
+    except TenantError as exc:
+        raise RestoreError(f"replaying the journal of {spec.tenant} failed: {exc}") from exc
+    if replay.torn_tail is not None:
+        path, offset = replay.torn_tail
+        warnings.append(f"dropped a torn record at the end of {path} (offset {offset})")
+    journal = journal_mod.Journal.open(
+        journal_dir, next_seq=position + 1, fsync_policy=spec.journal_fsync
+    )
+    context = TenantContext(app, spec.tenant, state, journal=journal, journal_pos=position)
+    # Replayed commands and upgrades are not in any snapshot yet: the next checkpoint writes them.
+    context.commands_since_checkpoint = replayed + (1 if upgraded or loaded is not None and loaded.skipped else 0)
+    return Restored(context, journal, generation, warnings)
+
+
+class Worker:
+    """One tenant's process: the uvicorn server, the control channel and the checkpointer."""
+
+    def __init__(self, spec: WorkerSpec, listen_fd: int, control_fd: int) -> None:
+        self.spec = spec
+        self.listen_fd = listen_fd
+        self.control_fd = control_fd
+        self.stop_requested = asyncio.Event()
+        self.exit_code = 0
+
+    async def run(self) -> int:
+        channel = await open_channel(self.control_fd)
+        try:
+            app = load_app(self.spec.app)
+            store = LocalStore(Path(self.spec.data_dir) / "tenants", self.spec.keep_generations)
+            restored = restore(app, self.spec, store)
+        except Exception as exc:
+            detail = "".join(traceback.format_exception_only(exc)).strip()
+            log.error("tenant %s failed to boot: %s", self.spec.tenant, detail,
+                      exc_info=not isinstance(exc, TenantError))
+            channel.send({"event": "boot_failed", "error": detail})
+            await channel.writer.drain()
+            return 3
+        for warning in restored.warnings:
+            log.warning("tenant %s: %s", self.spec.tenant, warning)
+        if app.asgi is None:
+            channel.send({"event": "boot_failed", "error": f"{self.spec.app} has no asgi app"})
+            return 3
+        activate(restored.context)
+        self.context = restored.context
+        self.checkpointer = Checkpointer(
+            restored.context, store, restored.journal, generation=restored.generation,
+            close_in_child=(self.control_fd, self.listen_fd),
+        )
+        server = self._make_server(app.asgi)
+        sock = socket.socket(fileno=self.listen_fd)
+        await server.startup(sockets=[sock])
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop_requested.set)
+        channel.send({
+            "event": "ready", "pid": os.getpid(), "port": self.spec.port,
+            "journal_pos": restored.context.journal_pos, "generation": restored.generation,
+            "warnings": restored.warnings, "protocol": PROTOCOL_VERSION,
+        })
+        self.channel = channel
+        control_task = asyncio.ensure_future(channel.serve(self.handle_control))
+        ticker = asyncio.ensure_future(server.main_loop())
+        stop_task = asyncio.ensure_future(self.stop_requested.wait())
+        await asyncio.wait({control_task, stop_task, ticker}, return_when=asyncio.FIRST_COMPLETED)
+        # Router gone (EOF), asked to stop, or SIGTERM: drain, checkpoint if dirty, exit.
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+        server.force_exit = True  # open keep-alive connections must not hold the stop up
+        await server.shutdown()
+        await self.final_checkpoint()
+        await restored.journal.close()
+        for task in (control_task, stop_task):
+            task.cancel()
+        return self.exit_code
+
+    def _make_server(self, asgi: Any) -> Any:
+        import uvicorn
+
+        config = uvicorn.Config(
+            asgi,
+            root_path=self.spec.root_path,
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            proxy_headers=True,
+            forwarded_allow_ips="127.0.0.1,::1",
+            timeout_keep_alive=3600,  # the router owns keep-alive; it closes idle connections
+            timeout_graceful_shutdown=5,
+            http="httptools",
+            ws="websockets-sansio",
+        )
+        config.load()
+        server = uvicorn.Server(config)
+        server.lifespan = config.lifespan_class(config)
+        return server
+
+    async def final_checkpoint(self) -> None:
+        try:
+            await self.checkpointer.checkpoint(fork=False)
+        except CheckpointFailed as exc:
+            # The journal still holds every acknowledged write: the next start replays it.
+            log.error("tenant %s: final checkpoint failed, journal kept: %s", self.spec.tenant, exc)
+
+    async def handle_control(self, request: dict[str, Any]) -> dict[str, Any]:
+        op = request.get("op")
+        if op == "ping":
+            return {"journal_pos": self.context.journal_pos, "dirty": self.context.dirty,
+                    "checkpointing": self.checkpointer.running,
+                    "generation": self.checkpointer.generation}
+        if op == "checkpoint":
+            try:
+                outcome = await self.checkpointer.checkpoint(fork=True)
+            except CheckpointFailed as exc:
+                self.channel.send({"event": "checkpoint_failed", "error": str(exc)})
+                raise
+            if outcome.changed:
+                self.channel.send({"event": "checkpointed", "generation": outcome.generation,
+                                   "journal_pos": outcome.journal_pos})
+            return {"changed": outcome.changed, "generation": outcome.generation,
+                    "journal_pos": outcome.journal_pos}
+        if op == "stop":
+            self.stop_requested.set()
+            return {}
+        raise ValueError(f"unknown control op {op!r}")
+
+
+def configure_logging(spec: WorkerSpec) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if spec.log_format == "json":
+        handler.setFormatter(_JsonFormatter(spec.tenant))
+    else:
+        handler.setFormatter(logging.Formatter(f"%(asctime)s tenant {spec.tenant} %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(spec.log_level.upper())
+
+
+class _JsonFormatter(logging.Formatter):
+    def __init__(self, tenant: str) -> None:
+        super().__init__()
+        self.tenant = tenant
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"ts": round(record.created, 3), "level": record.levelname.lower(),
+                 "logger": record.name, "tenant": self.tenant, "pid": os.getpid(),
+                 "msg": record.getMessage()}
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def worker_main(spec: WorkerSpec, listen_fd: int, control_fd: int, *, parent: int | None) -> int:
+    """Entry point of a worker process, after fork or in a fresh interpreter.
+
+    `parent` is the router's PID when the router started us directly: we then also die with it
+    through PR_SET_PDEATHSIG. Forked by the zygote, `parent` is None: the zygote's death must
+    not take tenants down, and the control channel's end of file covers the router's death.
+    """
+    import setproctitle
+
+    setproctitle.setproctitle(f"switchboard: tenant {spec.tenant} :{spec.port}")
+    if parent is not None:
+        set_death_signal(parent)
+    configure_logging(spec)
+    if spec.code_path:
+        sys.path.insert(0, spec.code_path)
+    started = time.monotonic()
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    code = int(runner(Worker(spec, listen_fd, control_fd).run()))
+    log.info("tenant %s exiting after %.1fs", spec.tenant, time.monotonic() - started)
+    return code
