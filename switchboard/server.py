@@ -32,11 +32,11 @@ class Router:
         import setproctitle
 
         from switchboard.admin import build_admin_app
-        from switchboard.signing import Verifier, create_key, load_key
+        from switchboard.signing import Verifier, ensure_key
 
         config = self.config
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        key = load_key(config.key_file) if config.key_file.exists() else create_key(config.key_file)
+        key = ensure_key(config.key_file)
         table = TenantTable(config.data_dir, config.port_range)
         spawner = Spawner(use_zygote=config.use_zygote,
                           on_event=lambda handle, message: supervisor.on_worker_event(handle, message))

@@ -268,7 +268,8 @@ class Verifier:
                 )
                 if not value
             ]
-            raise AuthError("missing signature", "no " + ", ".join(missing) + " header")
+            plural = "s" if len(missing) > 1 else ""
+            raise AuthError("missing signature", f"no {', '.join(missing)} header{plural}")
 
         scheme, _, given = authorization.strip().partition(" ")
         given = given.strip()

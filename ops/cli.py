@@ -1,0 +1,448 @@
+"""The `switchboard` command: `serve`, the admin API client commands, and `snapshot`.
+
+Exit status (the Contract): 0 success; 1 failure, with one line `switchboard: error: <reason>`
+on stderr; 2 usage error (argparse). Human-readable output by default, `--json` for scripts.
+
+The admin options (`--admin`, `--key-file`, `--data-dir`, `--json`) are accepted both before
+and after the subcommand name: they are defined on the top parser and on every subparser with
+`default=SUPPRESS`, so a parser that did not see an option leaves the attribute unset instead
+of overwriting the value another parser read, and `_admin_url()` and friends apply the
+environment and the defaults afterwards.
+
+Start-up stays fast: httpx (via ops.client), switchboard.server and the snapshot modules are
+imported inside the handlers that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import math
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from switchboard import __version__
+from switchboard.config import DEFAULT_DATA_DIR, HostPort
+from switchboard.errors import ConfigError, SwitchboardError
+
+if TYPE_CHECKING:
+    from ops.client import AdminClient
+
+PROG = "switchboard"
+DEFAULT_ADMIN_URL = "http://127.0.0.1:8001"
+_TENANT_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class CommandError(Exception):
+    """A failure reported as one line on stderr, exit status 1."""
+
+
+# --- entry point -----------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # usage errors (2) and --help (0) end here without a traceback
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`switchboard ls | head`). Point stdout at /dev/null so the
+        # interpreter's final flush does not fail a second time.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as exc:
+        message = _failure_message(exc)
+        if message is None:
+            raise  # a bug, not an operational failure: keep the traceback
+        print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
+        return 1
+
+
+def _failure_message(exc: Exception) -> str | None:
+    # AdminError can only have been raised if ops.client (and so httpx) was imported.
+    from_client = sys.modules.get("ops.client")
+    if from_client is not None and isinstance(exc, from_client.AdminError):
+        return str(exc) + _hint(exc.status, str(exc))
+    if isinstance(exc, CommandError | SwitchboardError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return where + (exc.strerror or str(exc))
+    return None
+
+
+def _hint(status: int | None, message: str) -> str:
+    if status != 401:
+        return ""
+    if message.startswith("bad signature"):
+        return " (does --key-file hold the server's admin.key?)"
+    if message.startswith("stale timestamp"):
+        return " (are this host's and the server's clocks in sync?)"
+    return ""
+
+
+# --- parser ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _admin_options()
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Run and operate Switchboard, a per-tenant process supervisor.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the router, the supervisor and the admin API")
+    serve.add_argument("--config", metavar="FILE", help="switchboard.toml to read")
+    serve.add_argument(
+        "--data-dir", metavar="DIR", default=argparse.SUPPRESS,
+        help=f"where tenants and admin.key live (default {DEFAULT_DATA_DIR})",
+    )
+    serve.add_argument("--listen", metavar="HOST:PORT", type=_host_port,
+                       help="router address (default 127.0.0.1:8000)")
+    serve.add_argument("--admin-listen", metavar="HOST:PORT", type=_host_port,
+                       help="admin API address (default 127.0.0.1:8001)")
+    serve.add_argument("--app", metavar="MODULE:ATTR", type=_app_ref,
+                       help="the tenants' ASGI app (default examples.dabble:app)")
+    serve.add_argument("--idle-timeout", metavar="SECONDS", type=_seconds,
+                       help="swap a tenant out after this long without requests (default 120)")
+    serve.add_argument("--max-resident", metavar="N", type=_positive_int,
+                       help="at most this many workers at once (default 32)")
+    serve.set_defaults(handler=cmd_serve)
+
+    for name, help_text, handler, positional in [
+        ("create", "create tenants", cmd_create, "names"),
+        ("ls", "list tenants", cmd_ls, None),
+        ("status", "show one tenant", cmd_status, "name"),
+        ("start", "start a tenant's worker", cmd_start, "name"),
+        ("checkpoint", "write a snapshot now if anything changed", cmd_checkpoint, "name"),
+        ("stop", "checkpoint and stop a tenant's worker", cmd_stop, "name"),
+        ("rm", "remove a tenant", cmd_rm, "name"),
+    ]:
+        sub = commands.add_parser(name, help=help_text, parents=[common])
+        sub.set_defaults(handler=handler)
+        if positional == "names":
+            sub.add_argument("names", nargs="+", metavar="NAME")
+        elif positional == "name":
+            sub.add_argument("name", metavar="NAME")
+
+    # Later client commands (migrate, failover, export, import, attach, deploy-config,
+    # dashboard) go here: a parser with parents=[common] and a cmd_* handler below.
+
+    # --- snapshot inspect|verify: files on this host, no server needed ---------------------
+    snapshot = commands.add_parser("snapshot", help="inspect or verify snapshot files",
+                                   parents=[common])
+    actions = snapshot.add_subparsers(dest="snapshot_command", required=True, metavar="ACTION")
+    inspect = actions.add_parser("inspect", help="print a snapshot file's header",
+                                 parents=[common])
+    inspect.add_argument("path", metavar="PATH")
+    inspect.set_defaults(handler=cmd_snapshot_inspect)
+    verify = actions.add_parser(
+        "verify", parents=[common],
+        help="verify a snapshot file, a directory of them, or every generation of a tenant",
+    )
+    verify.add_argument("target", metavar="PATH|TENANT")
+    verify.set_defaults(handler=cmd_snapshot_verify)
+    return parser
+
+
+def _admin_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("admin options (before or after the command)")
+    group.add_argument(
+        "--admin", metavar="URL", default=argparse.SUPPRESS,
+        help=f"admin API URL (env SWITCHBOARD_ADMIN, default {DEFAULT_ADMIN_URL})",
+    )
+    group.add_argument(
+        "--key-file", metavar="PATH", default=argparse.SUPPRESS,
+        help="admin key (env SWITCHBOARD_KEY_FILE, default DATA_DIR/admin.key)",
+    )
+    group.add_argument(
+        "--data-dir", metavar="DIR", default=argparse.SUPPRESS,
+        help=f"data directory (env SWITCHBOARD_DATA_DIR, default {DEFAULT_DATA_DIR})",
+    )
+    group.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                       help="print JSON for scripts")
+    return common
+
+
+def _host_port(text: str) -> str:
+    try:
+        HostPort.parse(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text
+
+
+def _app_ref(text: str) -> str:
+    module, sep, attr = text.partition(":")
+    if not (module and sep and attr):
+        raise argparse.ArgumentTypeError(f"expected MODULE:ATTR, got {text!r}")
+    return text
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected seconds (a number >= 0), got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
+# --- option resolution: flag, then environment, then default ---------------------------------
+
+
+def _option(args: argparse.Namespace, attr: str, env: str) -> str | None:
+    value = getattr(args, attr, None) or os.environ.get(env)
+    return value or None
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    return Path(_option(args, "data_dir", "SWITCHBOARD_DATA_DIR") or DEFAULT_DATA_DIR)
+
+
+def _key_file(args: argparse.Namespace) -> Path:
+    explicit = _option(args, "key_file", "SWITCHBOARD_KEY_FILE")
+    return Path(explicit) if explicit else _data_dir(args) / "admin.key"
+
+
+def _admin_url(args: argparse.Namespace) -> str:
+    return _option(args, "admin", "SWITCHBOARD_ADMIN") or DEFAULT_ADMIN_URL
+
+
+def _wants_json(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "json", False))
+
+
+def _client(args: argparse.Namespace) -> AdminClient:
+    from ops.client import AdminClient
+    from switchboard.signing import load_key
+
+    return AdminClient(_admin_url(args), load_key(_key_file(args)))
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+# --- serve -----------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from switchboard.config import load
+
+    config = load(
+        args.config,
+        overrides={
+            "data_dir": getattr(args, "data_dir", None),
+            "listen": args.listen,
+            "admin_listen": args.admin_listen,
+            "app": args.app,
+            "idle_timeout_s": args.idle_timeout,
+            "max_resident": args.max_resident,
+        },
+    )
+    from switchboard.server import run  # heavy: the router, uvicorn, the supervisor
+
+    return int(run(config))
+
+
+# --- admin API client commands ---------------------------------------------------------------
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    from ops.client import check_tenant_name
+
+    names: list[str] = args.names
+    for name in names:  # all names checked before any is created
+        check_tenant_name(name)
+    created: list[dict[str, Any]] = []
+    with _client(args) as client:
+        try:
+            for name in names:
+                created.append(client.create(name))
+                if not _wants_json(args):
+                    print(name, flush=True)
+        finally:
+            # Scripts learn which names were created even when a later one failed.
+            if _wants_json(args) and created:
+                _print_json(created)
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from ops.output import tenant_table
+
+    with _client(args) as client:
+        tenants = client.list_tenants()
+    if _wants_json(args):
+        _print_json(tenants)
+    else:
+        print(tenant_table(sorted(tenants, key=lambda t: str(t.get("name", "")))))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from ops.output import tenant_details
+
+    with _client(args) as client:
+        info = client.get(args.name)
+    if _wants_json(args):
+        _print_json(info)
+    else:
+        print(tenant_details(info))
+    return 0
+
+
+def _state_change(operation: str) -> Handler:
+    """`start NAME` / `stop NAME`: print the tenant's new state, or its JSON."""
+
+    def handler(args: argparse.Namespace) -> int:
+        with _client(args) as client:
+            info: dict[str, Any] = getattr(client, operation)(args.name)
+        if _wants_json(args):
+            _print_json(info)
+        else:
+            print(info.get("state"))
+        return 0
+
+    return handler
+
+
+cmd_start = _state_change("start")
+cmd_stop = _state_change("stop")
+
+
+def cmd_checkpoint(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        result = client.checkpoint(args.name)
+    if _wants_json(args):
+        _print_json(result)
+    else:
+        generation = result.get("generation")
+        print(generation if result.get("changed") and generation is not None else "unchanged")
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        client.remove(args.name)
+    if _wants_json(args):
+        _print_json({"name": args.name, "removed": True})
+    return 0
+
+
+# --- snapshot inspect|verify -----------------------------------------------------------------
+
+
+def _snapshot_api() -> tuple[Any, type[Exception]]:
+    """snapshots.inspect (describe, verify) and SnapshotError, imported only when used."""
+    try:
+        inspect_module = importlib.import_module("snapshots.inspect")
+        errors_module = importlib.import_module("snapshots.errors")
+    except ModuleNotFoundError as exc:
+        if exc.name not in {"snapshots", "snapshots.inspect", "snapshots.errors"}:
+            raise
+        raise CommandError(f"snapshot tools are not installed here ({exc.name} missing)") from exc
+    snapshot_error: type[Exception] = errors_module.SnapshotError
+    return inspect_module, snapshot_error
+
+
+def cmd_snapshot_inspect(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    if not path.is_file():
+        raise CommandError(f"{path}: no such snapshot file")
+    inspector, snapshot_error = _snapshot_api()
+    try:
+        description: dict[str, Any] = inspector.describe(path)
+    except snapshot_error as exc:
+        raise CommandError(str(exc)) from exc
+    if _wants_json(args):
+        _print_json(description)
+    else:
+        from ops.output import key_values
+
+        print(key_values(description))
+    return 0
+
+
+def cmd_snapshot_verify(args: argparse.Namespace) -> int:
+    files = _snapshot_files(args.target, _data_dir(args))
+    inspector, snapshot_error = _snapshot_api()
+    results: list[dict[str, Any]] = []
+    for path in files:
+        problem: str | None = None
+        try:
+            inspector.verify(path)
+        except snapshot_error as exc:
+            problem = _without_prefix(str(exc), str(path))
+        except OSError as exc:
+            problem = exc.strerror or str(exc)
+        results.append({"path": str(path), "ok": problem is None, "error": problem})
+        if not _wants_json(args):
+            print(f"OK {path}" if problem is None else f"BAD {path}: {problem}", flush=True)
+    if _wants_json(args):
+        _print_json(results)
+    bad = sum(1 for r in results if not r["ok"])
+    if bad:
+        raise CommandError(f"{bad} of {len(results)} snapshot files failed verification")
+    return 0
+
+
+def _snapshot_files(target: str, data_dir: Path) -> list[Path]:
+    """An existing path wins over a tenant of the same name; a directory means its *.snap."""
+    path = Path(target)
+    if path.is_dir():
+        files = sorted(path.glob("*.snap"), key=_natural_key)
+        if not files:
+            raise CommandError(f"{path}: no *.snap files in this directory")
+        return files
+    if path.exists():
+        return [path]
+    if not _TENANT_NAME_RE.fullmatch(target):
+        raise CommandError(f"{target}: no such file, and not a tenant name")
+    directory = data_dir / "tenants" / target / "snapshots"
+    files = sorted(directory.glob("*.snap"), key=_natural_key)
+    if not files:
+        raise CommandError(f"no snapshots of tenant {target!r} in {directory}")
+    return files
+
+
+def _natural_key(path: Path) -> list[tuple[int, int | str]]:
+    # gen-9 before gen-10, whether or not the store pads generation numbers.
+    return [(0, int(part)) if part.isdigit() else (1, part)
+            for part in re.split(r"(\d+)", path.name) if part]
+
+
+def _without_prefix(message: str, path: str) -> str:
+    # SnapshotCorrupt messages start with the file name, which the BAD line already shows.
+    return message[len(path) + 2:] if message.startswith(path + ": ") else message
+
+
+if __name__ == "__main__":
+    sys.exit(main())

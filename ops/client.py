@@ -1,0 +1,143 @@
+"""A synchronous client for the admin API (see `switchboard.admin`), used by the CLI.
+
+Every request is signed with `switchboard.signing.sign_request` over exactly the bytes and the
+request target httpx puts on the wire: the request is built first, then signed, then sent.
+Failures of any kind become `AdminError` with a message fit for one line on a terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from switchboard.errors import BadTenantName
+from switchboard.signing import sign_request
+
+# The same rule the server applies; checked here so a name with "/" or "?" cannot turn into
+# a different endpoint instead of a clear error.
+_TENANT_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+
+
+class AdminError(Exception):
+    """An admin call failed. `status` is the HTTP status, or None when there was no answer."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+def check_tenant_name(name: str) -> str:
+    if not _TENANT_NAME_RE.fullmatch(name):
+        raise AdminError(str(BadTenantName(name)))
+    return name
+
+
+class AdminClient:
+    def __init__(self, base_url: str, key: bytes, timeout: float = 60) -> None:
+        self.base_url = base_url.rstrip("/")
+        try:
+            url = httpx.URL(self.base_url)
+        except httpx.InvalidURL as exc:
+            raise AdminError(f"bad admin URL {base_url!r}: {exc}") from exc
+        if url.scheme not in {"http", "https"} or not url.host:
+            raise AdminError(f"bad admin URL {base_url!r}: expected http://HOST:PORT")
+        self._key = key
+        self._timeout = timeout
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- operations --------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        return self._json(self._request("GET", "/v1/health"))
+
+    def list_tenants(self) -> list[dict[str, Any]]:
+        tenants = self._json(self._request("GET", "/v1/tenants")).get("tenants")
+        if not isinstance(tenants, list):
+            raise AdminError("the admin API answered without a tenant list")
+        return tenants
+
+    def get(self, name: str) -> dict[str, Any]:
+        return self._json(self._request("GET", _tenant_path(name)))
+
+    def create(self, name: str) -> dict[str, Any]:
+        return self._json(self._request("POST", "/v1/tenants", {"name": check_tenant_name(name)}))
+
+    def start(self, name: str) -> dict[str, Any]:
+        return self._json(self._request("POST", _tenant_path(name) + "/start"))
+
+    def checkpoint(self, name: str) -> dict[str, Any]:
+        return self._json(self._request("POST", _tenant_path(name) + "/checkpoint"))
+
+    def stop(self, name: str) -> dict[str, Any]:
+        return self._json(self._request("POST", _tenant_path(name) + "/stop"))
+
+    def remove(self, name: str) -> None:
+        self._request("DELETE", _tenant_path(name))
+
+    def metrics(self) -> str:
+        return self._request("GET", "/metrics").text
+
+    # --- plumbing ----------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, payload: Any = None) -> httpx.Response:
+        body = b"" if payload is None else json.dumps(payload).encode("utf-8")
+        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        request = self._http.build_request(method, path, content=body, headers=headers)
+        # Sign what will be sent: httpx's own encoding of the path and query, and these bytes.
+        request.headers.update(sign_request(self._key, method, request.url.raw_path, body))
+        try:
+            response = self._http.send(request)
+        except httpx.ConnectError as exc:
+            raise AdminError(
+                f"cannot reach the admin API at {self.base_url}: is `switchboard serve` running?"
+            ) from exc
+        except httpx.TimeoutException as exc:
+            raise AdminError(
+                f"the admin API at {self.base_url} did not answer within {self._timeout:g} s"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise AdminError(f"admin API request to {self.base_url} failed: {exc}") from exc
+        if not response.is_success:
+            raise AdminError(_error_text(response), response.status_code)
+        return response
+
+    def _json(self, response: httpx.Response) -> dict[str, Any]:
+        try:
+            data = response.json()
+        except ValueError as exc:
+            raise AdminError(
+                f"the admin API at {self.base_url} answered {response.status_code} "
+                "with a body that is not JSON"
+            ) from exc
+        if not isinstance(data, dict):
+            raise AdminError(f"the admin API at {self.base_url} answered an unexpected body")
+        return data
+
+
+def _tenant_path(name: str) -> str:
+    return "/v1/tenants/" + quote(check_tenant_name(name), safe="")
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        return str(data["error"])
+    text = " ".join(response.text.split())[:200]
+    return f"HTTP {response.status_code}" + (f": {text}" if text else "")

@@ -1,0 +1,226 @@
+"""Shared fixtures. Integration tests start a real `switchboard serve` on free ports with its
+own data dir, wait by polling against a deadline, and kill the router's whole process group
+(router, zygote, workers, checkpoint children) in teardown, even when the test failed."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SWITCHBOARD = Path(sys.executable).parent / "switchboard"
+APPS = "tests.apps"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, step: float = 0.05) -> Any:
+    """Poll `predicate` until it returns something truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
+        time.sleep(step)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1][0] not in "ZX"
+    except (OSError, IndexError):
+        return False
+
+
+def group_pids(pgid: int) -> list[int]:
+    """Live processes in a process group (from /proc, not by name)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(") ", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in "ZX":
+            pids.append(int(entry))
+    return pids
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+class Router:
+    """A real `switchboard serve` process for one test."""
+
+    def __init__(self, data_dir: Path, *, idle_timeout: float = 120, max_resident: int = 32,
+                 app: str | None = None, env: dict[str, str] | None = None,
+                 extra: list[str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.idle_timeout = idle_timeout
+        self.max_resident = max_resident
+        self.app = app
+        self.extra_env = env or {}
+        self.extra = extra or []
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir / "router.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ, SWITCHBOARD_ADMIN=self.admin, SWITCHBOARD_DATA_DIR=str(self.data_dir),
+                   SWITCHBOARD_KEY_FILE=str(self.data_dir / "admin.key"),
+                   SWITCHBOARD_LOG_FORMAT="json", PYTHONPATH=str(ROOT))
+        env.update(self.extra_env)
+        return env
+
+    def start(self, timeout: float = 30) -> Router:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [str(SWITCHBOARD), "serve", "--data-dir", str(self.data_dir),
+                "--listen", f"127.0.0.1:{self.port}", "--admin-listen", f"127.0.0.1:{self.admin_port}",
+                "--idle-timeout", str(self.idle_timeout), "--max-resident", str(self.max_resident),
+                *self.extra]
+        if self.app:
+            args += ["--app", self.app]
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child writes to it after we return
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                     env=self.env(), start_new_session=True)
+        log.close()
+
+        def up() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"switchboard serve exited: {self.log()[-2000:]}")
+            return all(_connectable(p) for p in (self.port, self.admin_port))
+
+        wait_until(up, timeout)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([str(SWITCHBOARD), *args], capture_output=True, text=True,
+                                env=self.env(), cwd=ROOT, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"switchboard {' '.join(args)} exited {result.returncode}: {result.stderr}")
+        return result
+
+    def ls(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = json.loads(self.cli("ls", "--json").stdout)
+        return rows
+
+    def tenant(self, name: str) -> dict[str, Any]:
+        row: dict[str, Any] = json.loads(self.cli("status", name, "--json").stdout)
+        return row
+
+    def create(self, *names: str) -> None:
+        self.cli("create", *names)
+
+    def client(self, **kw: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=kw.pop("timeout", 30), **kw)
+
+    def worker_pids(self) -> list[int]:
+        """Tenant worker processes of this router (by process group and title, never by name)."""
+        if self.proc is None:
+            return []
+        return [p for p in group_pids(self.proc.pid) if cmdline(p).startswith("switchboard: tenant")]
+
+    def metrics(self) -> str:
+        return _signed_get(self, "/metrics")
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 60) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill_group(self) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
+
+
+def _connectable(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _signed_get(router: Router, path: str) -> str:
+    from switchboard.signing import load_key, sign_request
+
+    key = load_key(router.data_dir / "admin.key")
+    response = httpx.get(router.admin + path, headers=sign_request(key, "GET", path, b""), timeout=10)
+    response.raise_for_status()
+    return response.text
+
+
+@pytest.fixture
+def make_router(tmp_path: Path) -> Iterator[Callable[..., Router]]:
+    """Factory for real routers; every one started is killed (whole process group) at teardown."""
+    started: list[Router] = []
+
+    def factory(name: str = "data", **kw: Any) -> Router:
+        router = Router(tmp_path / name, **kw)
+        started.append(router)
+        return router
+
+    yield factory
+    for router in started:
+        router.kill_group()
+
+
+@pytest.fixture
+def router(make_router: Callable[..., Router]) -> Router:
+    return make_router().start()
