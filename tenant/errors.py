@@ -7,6 +7,9 @@ TenantError
   RestoreError        the tenant's state cannot be restored (no valid snapshot over existing
                       data, a corrupt journal record in the middle): the worker refuses to start
   JournalError        see tenant/journal.py
+    JournalCorrupt    a bad journal record that is not the torn tail, or a gap in the seqs:
+                      restore stops rather than skip acknowledged commands
+    JournalWriteError a write or fsync of the journal failed; the journal is broken for good
 """
 
 from __future__ import annotations
@@ -38,3 +41,20 @@ class UpgradeError(TenantError):
 
 class RestoreError(TenantError):
     pass
+
+
+class JournalError(TenantError):
+    """The journal cannot be read or written as asked (see tenant/journal.py)."""
+
+
+class JournalCorrupt(JournalError):
+    """A journal record other than the last one is damaged, or seqs are missing.
+
+    The message names the file, the byte offset and the seq. Never skipped: the records after
+    it may have been acknowledged to clients.
+    """
+
+
+class JournalWriteError(JournalError):
+    """A write or fsync of the journal failed. The journal stays broken: every later append
+    raises too, because a retried fsync can report success over data the kernel dropped."""

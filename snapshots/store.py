@@ -1,0 +1,392 @@
+"""Snapshot stores: where a tenant's snapshot generations are kept.
+
+LocalStore keeps them in a directory tree:
+
+    <root>/<tenant>/snapshots/<generation:012d>.snap       one verified file per generation
+    <root>/<tenant>/snapshots/<generation:012d>.snap.tmp   a save in progress, or left by a crash
+
+Generations count up from 1; the newest keep_generations are kept. <root>/<tenant>/ may hold
+other packages' files (the journal), so this module only ever touches its snapshots/ folder.
+
+Runs in the tenant worker and in its forked checkpoint child: plain blocking calls, no event
+loop, no threads, no logging (save returns what it did, in SnapshotInfo; callers log).
+One save per tenant at a time: save holds an flock on the snapshots folder and fails at once
+if another save holds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from snapshots.codec import CODEC_NAMES
+from snapshots.errors import (
+    CodecError,
+    NoValidSnapshot,
+    SnapshotCorrupt,
+    SnapshotError,
+    SnapshotWriteError,
+)
+from snapshots.format import (
+    Payload,
+    SnapshotHeader,
+    make_header,
+    read_header,
+    read_snapshot,
+    validate_tenant_name,
+    write_to,
+)
+
+_SNAPSHOT_NAME = re.compile(r"(\d{12})\.snap")
+_TMP_SUFFIX = ".tmp"
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    tenant: str
+    generation: int
+    path: Path
+    size: int
+    # None when the header cannot be read; problem then says why.
+    header: SnapshotHeader | None = None
+    problem: str | None = None
+    # Set by save only: generations pruned after it, and things the caller should log
+    # (stale temp files removed, a prune that failed).
+    pruned: tuple[int, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+@dataclass
+class LoadedSnapshot:
+    header: SnapshotHeader
+    payload: bytes
+    path: Path
+    # Newer generations that failed verification, as (path, reason): the caller must log
+    # them loudly, since the state it restores is older than the newest checkpoint.
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+class SnapshotStore(Protocol):
+    def save(
+        self,
+        tenant: str,
+        payload: Payload,
+        *,
+        codec: str,
+        app_version: str,
+        schema_version: int,
+        journal_pos: int,
+    ) -> SnapshotInfo: ...
+
+    def generations(self, tenant: str) -> list[SnapshotInfo]: ...
+
+    def load_newest_valid(self, tenant: str) -> LoadedSnapshot | None: ...
+
+    def oldest_kept_journal_pos(self, tenant: str) -> int | None: ...
+
+    def delete_tenant(self, tenant: str) -> None: ...
+
+
+class LocalStore:
+    """Snapshots in a local directory; see the module docstring for the layout."""
+
+    def __init__(self, root: Path | str, keep_generations: int = 3) -> None:
+        if keep_generations < 1:
+            raise ValueError(f"keep_generations must be at least 1, not {keep_generations}")
+        self.root = Path(root)
+        self.keep_generations = keep_generations
+
+    def snapshot_dir(self, tenant: str) -> Path:
+        # Validated before any path is built: the name charset has no '/' or '.'.
+        return self.root / validate_tenant_name(tenant) / "snapshots"
+
+    def path_for(self, tenant: str, generation: int) -> Path:
+        return self.snapshot_dir(tenant) / f"{generation:012d}.snap"
+
+    def generations(self, tenant: str) -> list[SnapshotInfo]:
+        """Every generation on disk, newest first, with its header when it reads."""
+        infos = []
+        for generation, path in _scan(self.snapshot_dir(tenant)):
+            header: SnapshotHeader | None = None
+            problem: str | None = None
+            try:
+                with open(path, "rb") as f:
+                    size = os.fstat(f.fileno()).st_size
+                    try:
+                        header = read_header(f, source=str(path))
+                    except SnapshotError as exc:
+                        problem = str(exc)
+            except FileNotFoundError:
+                continue  # pruned by a save since the scan
+            except OSError as exc:
+                size, problem = 0, f"cannot read: {exc}"
+            infos.append(SnapshotInfo(tenant, generation, path, size, header, problem))
+        return infos
+
+    def save(
+        self,
+        tenant: str,
+        payload: Payload,
+        *,
+        codec: str,
+        app_version: str,
+        schema_version: int,
+        journal_pos: int,
+    ) -> SnapshotInfo:
+        """Write payload as the tenant's next generation, durably, then prune old ones.
+
+        When this returns, the new generation is on disk and survives a crash or power
+        loss. On any I/O error it raises SnapshotWriteError, leaves no temp file and leaves
+        older generations untouched. The payload is hashed and written, never copied.
+        """
+        directory = self.snapshot_dir(tenant)
+        if codec not in CODEC_NAMES:
+            raise CodecError(f"unknown codec {codec!r}; known codecs: {', '.join(CODEC_NAMES)}")
+        try:
+            _make_dirs(directory)
+        except OSError as exc:
+            raise SnapshotWriteError(f"cannot create {directory}: {exc}") from exc
+        with _locked_dir(directory, tenant) as dir_fd:
+            notes = _remove_stale_tmp(directory)
+            try:
+                existing = _scan(directory)
+            except OSError as exc:
+                raise SnapshotWriteError(f"cannot list {directory}: {exc}") from exc
+            generation = existing[0][0] + 1 if existing else 1
+            header = make_header(
+                tenant, generation, codec, app_version, schema_version, journal_pos, payload
+            )
+            path = directory / f"{generation:012d}.snap"
+            _write_durably(path, dir_fd, header, payload)
+            pruned = self._prune(directory, dir_fd, generation, notes)
+        return SnapshotInfo(
+            tenant=tenant,
+            generation=generation,
+            path=path,
+            size=header.header_bytes + header.payload_length,
+            header=header,
+            pruned=pruned,
+            notes=tuple(notes),
+        )
+
+    def _prune(
+        self, directory: Path, dir_fd: int, just_written: int, notes: list[str]
+    ) -> tuple[int, ...]:
+        # The save has succeeded by now: a prune failure is reported, never raised.
+        try:
+            existing = _scan(directory)
+        except OSError as exc:
+            notes.append(f"could not list {directory} to prune: {exc}")
+            return ()
+        doomed = [g for g in existing[self.keep_generations :] if g[0] != just_written]
+        pruned = []
+        for generation, path in reversed(doomed):  # oldest first
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                notes.append(f"could not prune {path}: {exc}")
+                continue
+            pruned.append(generation)
+        if pruned:
+            # Only so a pruned file does not come back after a crash; harmless if it does.
+            try:
+                os.fsync(dir_fd)
+            except OSError as exc:
+                notes.append(f"fsync of {directory} after pruning failed: {exc}")
+        return tuple(pruned)
+
+    def load_newest_valid(self, tenant: str) -> LoadedSnapshot | None:
+        """The newest generation that verifies, with the newer ones that did not.
+
+        None when the tenant has no snapshot files at all (a new tenant). NoValidSnapshot
+        when there are files but none verifies: never an empty tenant in silence. A file
+        written by a newer format version raises SnapshotVersionError instead of falling
+        back past it: older code must not run on state that newer code has moved on.
+        A file whose header names another tenant is skipped, so a misplaced copy never
+        serves one tenant's data to another.
+        """
+        directory = self.snapshot_dir(tenant)
+        try:
+            candidates = _scan(directory)
+        except OSError as exc:
+            raise SnapshotError(f"cannot list {directory}: {exc}") from exc
+        if not candidates:
+            return None
+        skipped: list[tuple[str, str]] = []
+        for _generation, path in candidates:
+            try:
+                header, payload = read_snapshot(path)
+            except SnapshotCorrupt as exc:
+                skipped.append((str(path), exc.problem))
+                continue
+            except OSError as exc:
+                skipped.append((str(path), f"cannot read: {exc}"))
+                continue
+            if header.tenant != tenant:
+                skipped.append((str(path), f"header names tenant {header.tenant!r}"))
+                continue
+            return LoadedSnapshot(header=header, payload=payload, path=path, skipped=skipped)
+        raise NoValidSnapshot(tenant, skipped)
+
+    def oldest_kept_journal_pos(self, tenant: str) -> int | None:
+        """The journal must keep every command from this position on.
+
+        Any kept generation may be the one a restore falls back to, so this is the lowest
+        journal_pos among them. None when no generation has a readable header: keep the
+        whole journal.
+        """
+        positions = [i.header.journal_pos for i in self.generations(tenant) if i.header]
+        return min(positions) if positions else None
+
+    def delete_tenant(self, tenant: str) -> None:
+        """Remove every snapshot of the tenant (not while a save for it runs).
+
+        The tenant folder itself goes only when nothing else is left in it.
+        """
+        directory = self.snapshot_dir(tenant)
+        try:
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    os.unlink(entry.path)
+            directory.rmdir()
+            _fsync_dir(directory.parent)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise SnapshotWriteError(f"cannot delete {directory}: {exc}") from exc
+        # Not empty (the journal lives there too) or already gone: leave it. An empty
+        # folder that comes back after a crash is harmless, so a failed fsync is too.
+        with contextlib.suppress(OSError):
+            directory.parent.rmdir()
+            _fsync_dir(self.root)
+
+
+def _scan(directory: Path) -> list[tuple[int, Path]]:
+    """(generation, path) of every snapshot file, newest first; [] if no folder."""
+    found = []
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                match = _SNAPSHOT_NAME.fullmatch(entry.name)
+                if match:
+                    found.append((int(match.group(1)), Path(entry.path)))
+    except FileNotFoundError:
+        return []
+    found.sort(reverse=True)
+    return found
+
+
+def _write_durably(path: Path, dir_fd: int, header: SnapshotHeader, payload: Payload) -> None:
+    tmp = path.with_name(path.name + _TMP_SUFFIX)
+    try:
+        # O_EXCL: never write into a file something else has open.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise SnapshotWriteError(f"cannot create {tmp}: {exc}") from exc
+    try:
+        with open(fd, "wb", buffering=0) as f:
+            write_to(f, header, payload)
+            # After this the file's bytes are on stable storage. A failed fsync is final:
+            # the kernel may have dropped the dirty pages and marked them clean, so a retry
+            # can report success over lost data.
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except OSError as exc:
+        _remove_quietly(tmp)
+        raise SnapshotWriteError(
+            f"cannot write {path.name} in {path.parent}: {exc}; older generations are untouched"
+        ) from exc
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    try:
+        # After this the rename is on stable storage too: the new generation survives
+        # power loss.
+        os.fsync(dir_fd)
+    except OSError as exc:
+        # The file is complete and checksummed, so a restore that finds it is correct; but
+        # it may not survive power loss, so the save does not count.
+        raise SnapshotWriteError(
+            f"wrote {path} but the fsync of its folder failed: {exc}; it may not survive a "
+            "power loss; older generations are untouched"
+        ) from exc
+
+
+@contextmanager
+def _locked_dir(directory: Path, tenant: str) -> Iterator[int]:
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SnapshotWriteError(f"cannot open {directory}: {exc}") from exc
+    try:
+        try:
+            fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise SnapshotWriteError(
+                    f"another save for tenant {tenant!r} is in progress"
+                ) from exc
+            raise SnapshotWriteError(f"cannot lock {directory}: {exc}") from exc
+        yield dir_fd
+    finally:
+        os.close(dir_fd)  # also releases the lock
+
+
+def _remove_stale_tmp(directory: Path) -> list[str]:
+    # Safe under the save lock: a temp file here belongs to a save that died.
+    notes: list[str] = []
+    try:
+        with os.scandir(directory) as entries:
+            stale = [Path(e.path) for e in entries if e.name.endswith(_TMP_SUFFIX)]
+    except OSError as exc:
+        notes.append(f"could not look for stale temp files in {directory}: {exc}")
+        return notes
+    for path in stale:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            notes.append(f"could not remove stale temp file {path}: {exc}")
+            continue
+        notes.append(f"removed stale temp file {path} (a save that did not finish)")
+    return notes
+
+
+def _make_dirs(directory: Path) -> None:
+    missing = []
+    level = directory
+    while not level.is_dir():
+        missing.append(level)
+        level = level.parent
+    for level in reversed(missing):
+        try:
+            level.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        # A new folder's own entry lives in its parent: make that durable too.
+        _fsync_dir(level.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_quietly(path: Path) -> None:
+    # Cleanup after a failure: the original error is the one to report.
+    with contextlib.suppress(OSError):
+        path.unlink()
