@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 
-DEMO = {
+DEMO: dict[str, list[tuple[str, dict[str, object]]]] = {
     "acme": [("customers", {"name": "Wile E. Coyote", "plan": "gold"}),
              ("orders", {"item": "rocket skates", "qty": 2})],
     "globex": [("projects", {"name": "Doomsday device", "status": "planning"})],
@@ -39,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     server = subprocess.Popen([exe, "serve", "--data-dir", args.data_dir, "--listen", args.listen,
                                "--admin-listen", args.admin_listen,
                                "--idle-timeout", args.idle_timeout], env=env)
+    # Ctrl-C reaches the router too (one process group): it checkpoints and stops by itself,
+    # and a SIGTERM from us on top would count as its impatient second signal.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: server.send_signal(signal.SIGTERM))
     try:
         if not wait_for(f"http://{args.listen}/healthz", server):
             return server.wait() or 1
@@ -57,9 +61,6 @@ def main(argv: list[str] | None = None) -> int:
               "request brings them back.\nIn another shell:  . .venv/bin/activate && "
               f"SWITCHBOARD_DATA_DIR={args.data_dir} switchboard ls\nCtrl-C stops everything "
               "(each tenant is checkpointed first).\n", flush=True)
-        return server.wait()
-    except KeyboardInterrupt:
-        server.send_signal(signal.SIGTERM)
         return server.wait()
     finally:
         if server.poll() is None:

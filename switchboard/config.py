@@ -115,16 +115,11 @@ def _coerce(name: str, raw: Any) -> Any:
             if not 1024 <= low <= high <= 65535:
                 raise ValueError(raw)
             return (low, high)
-        if isinstance(default, int):
-            value = int(raw)
-            if value < 0:
+        if isinstance(default, int | float):
+            number = type(default)(raw)
+            if number < 0:
                 raise ValueError(raw)
-            return value
-        if isinstance(default, float):
-            value = float(raw)
-            if value < 0:
-                raise ValueError(raw)
-            return value
+            return number
         return str(raw)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad value for {name}: {raw!r}") from exc
