@@ -1,0 +1,1 @@
+"""Tenant apps that ship with Switchboard; `switchboard serve` runs `examples.dabble:app`."""

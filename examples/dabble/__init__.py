@@ -1,0 +1,28 @@
+"""Dabble: a small Dabble-DB-like database, the tenant app `switchboard serve` runs by default.
+
+Tables of records with free-form fields, kept in the tenant's in-memory state and changed only
+through the commands in `commands.py`; the HTTP API is in `web.py`, the HTML page in `page.py`.
+The runtime imports `examples.dabble:app`.
+"""
+
+from __future__ import annotations
+
+from examples.dabble import commands
+from examples.dabble.web import build_asgi
+from tenant import TenantApp
+
+SCHEMA_VERSION = 1
+APP_VERSION = "1.0"
+
+app = TenantApp(
+    name="dabble",
+    initial_state=commands.initial_state,
+    schema_version=SCHEMA_VERSION,
+    app_version=APP_VERSION,
+    codec="msgpack",
+    asgi=build_asgi(),
+)
+for _command in commands.COMMANDS:
+    app.command()(_command)
+
+__all__ = ["app"]
