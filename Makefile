@@ -15,10 +15,12 @@ $(BIN)/switchboard: pyproject.toml
 install: $(BIN)/switchboard
 
 # Debian packages the integration tests and benchmarks drive for real (nginx as the front server,
-# wrk as the load generator). Installed only when missing.
+# wrk as the load generator, chromium as the browser that runs the demo page's script).
+# Installed only when missing.
 system-deps:
-	@command -v nginx >/dev/null && command -v wrk >/dev/null || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk; }
+	@command -v nginx >/dev/null && command -v wrk >/dev/null && command -v chromium >/dev/null || \
+	  { apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk chromium; }
 
 run: install
 	$(BIN)/python -m ops.demo --data-dir $(DATA)
