@@ -28,7 +28,7 @@ run: install
 test: install system-deps
 	$(BIN)/pytest -q
 
-test-fast: install
+test-fast: install system-deps
 	$(BIN)/pytest -q -m 'not slow'
 
 lint: install

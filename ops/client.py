@@ -7,8 +7,11 @@ Failures of any kind become `AdminError` with a message fit for one line on a te
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -91,16 +94,54 @@ class AdminClient:
     def metrics(self) -> str:
         return self._request("GET", "/metrics").text
 
+    def export(self, name: str, destination: Path) -> int:
+        """Stream the tenant's export file into `destination`; return its size in bytes.
+
+        Written to `<destination>.part`, fsynced, then renamed: a failed or interrupted
+        download never leaves a truncated file under the final name.
+        """
+        partial = destination.with_name(destination.name + ".part")
+        response = self._request("GET", _tenant_path(name) + "/export", stream=True)
+        size = 0
+        try:
+            with open(partial, "wb") as f:
+                for chunk in response.iter_bytes():
+                    f.write(chunk)
+                    size += len(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(partial, destination)
+        except httpx.HTTPError as exc:
+            raise AdminError(f"the export of {name} broke off: {exc}") from exc
+        finally:
+            response.close()
+            with contextlib.suppress(OSError):
+                partial.unlink()
+        return size
+
+    def import_file(self, name: str, data: bytes) -> dict[str, Any]:
+        """Create tenant `name` from an export file's bytes."""
+        return self._json(self._request(
+            "POST", _tenant_path(name) + "/import", content=data,
+            content_type="application/octet-stream",
+        ))
+
     # --- plumbing ----------------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, payload: Any = None) -> httpx.Response:
-        body = b"" if payload is None else json.dumps(payload).encode("utf-8")
-        headers = {"Content-Type": "application/json"} if payload is not None else {}
+    def _request(self, method: str, path: str, payload: Any = None, *,
+                 content: bytes | None = None, content_type: str | None = None,
+                 stream: bool = False) -> httpx.Response:
+        if content is not None:
+            body = content
+            headers = {"Content-Type": content_type or "application/octet-stream"}
+        else:
+            body = b"" if payload is None else json.dumps(payload).encode("utf-8")
+            headers = {"Content-Type": "application/json"} if payload is not None else {}
         request = self._http.build_request(method, path, content=body, headers=headers)
         # Sign what will be sent: httpx's own encoding of the path and query, and these bytes.
         request.headers.update(sign_request(self._key, method, request.url.raw_path, body))
         try:
-            response = self._http.send(request)
+            response = self._http.send(request, stream=stream)
         except httpx.ConnectError as exc:
             raise AdminError(
                 f"cannot reach the admin API at {self.base_url}: is `switchboard serve` running?"
@@ -112,6 +153,9 @@ class AdminClient:
         except httpx.HTTPError as exc:
             raise AdminError(f"admin API request to {self.base_url} failed: {exc}") from exc
         if not response.is_success:
+            if stream:
+                response.read()
+                response.close()
             raise AdminError(_error_text(response), response.status_code)
         return response
 

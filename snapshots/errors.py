@@ -19,6 +19,8 @@ SnapshotError            base class; catch this to handle any snapshot problem
                          that does not decode.
   UnsafeCodec            pickle was asked for where the caller allows only data codecs
                          (pickle runs code from its input).
+  ExportFileError        an export file (snapshots.exportfile) is damaged, truncated, not an
+                         export at all, or of a newer format version; the message says which.
 """
 
 from __future__ import annotations
@@ -77,4 +79,8 @@ class CodecError(SnapshotError):
 
 
 class UnsafeCodec(SnapshotError):
+    pass
+
+
+class ExportFileError(SnapshotError):
     pass

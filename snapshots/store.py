@@ -12,6 +12,11 @@ Runs in the tenant worker and in its forked checkpoint child: plain blocking cal
 loop, no threads, no logging (save returns what it did, in SnapshotInfo; callers log).
 One save per tenant at a time: save holds an flock on the snapshots folder and fails at once
 if another save holds it.
+
+Fault injection: `LocalStore(root, fault=hook)` calls `hook(step)` at each step of a save, with
+step one of SAVE_STEPS, in that order. Tests pass a hook that kills the process there (SIGKILL)
+or raises, to check that every crash point leaves a restorable store. Production code passes
+nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import errno
 import fcntl
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +52,14 @@ from snapshots.format import (
 
 _SNAPSHOT_NAME = re.compile(r"(\d{12})\.snap")
 _TMP_SUFFIX = ".tmp"
+
+# The steps of a save where a fault hook is called, in order:
+#   after_temp_write   the temp file holds the whole snapshot, not fsynced
+#   after_fsync        the temp file is fsynced, not renamed
+#   after_rename       the new name is in the folder, the folder not fsynced
+#   before_dir_fsync   just before the folder's fsync (same files as after_rename)
+SAVE_STEPS = ("after_temp_write", "after_fsync", "after_rename", "before_dir_fsync")
+FaultHook = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -98,11 +111,14 @@ class SnapshotStore(Protocol):
 class LocalStore:
     """Snapshots in a local directory; see the module docstring for the layout."""
 
-    def __init__(self, root: Path | str, keep_generations: int = 3) -> None:
+    def __init__(
+        self, root: Path | str, keep_generations: int = 3, *, fault: FaultHook | None = None
+    ) -> None:
         if keep_generations < 1:
             raise ValueError(f"keep_generations must be at least 1, not {keep_generations}")
         self.root = Path(root)
         self.keep_generations = keep_generations
+        self.fault = fault  # tests only: see the module docstring
 
     def snapshot_dir(self, tenant: str) -> Path:
         # Validated before any path is built: the name charset has no '/' or '.'.
@@ -165,7 +181,7 @@ class LocalStore:
                 tenant, generation, codec, app_version, schema_version, journal_pos, payload
             )
             path = directory / f"{generation:012d}.snap"
-            _write_durably(path, dir_fd, header, payload)
+            _write_durably(path, dir_fd, header, payload, self.fault or _no_fault)
             pruned = self._prune(directory, dir_fd, generation, notes)
         return SnapshotInfo(
             tenant=tenant,
@@ -286,7 +302,13 @@ def _scan(directory: Path) -> list[tuple[int, Path]]:
     return found
 
 
-def _write_durably(path: Path, dir_fd: int, header: SnapshotHeader, payload: Payload) -> None:
+def _no_fault(step: str) -> None:
+    pass
+
+
+def _write_durably(
+    path: Path, dir_fd: int, header: SnapshotHeader, payload: Payload, fault: FaultHook
+) -> None:
     tmp = path.with_name(path.name + _TMP_SUFFIX)
     try:
         # O_EXCL: never write into a file something else has open.
@@ -296,10 +318,12 @@ def _write_durably(path: Path, dir_fd: int, header: SnapshotHeader, payload: Pay
     try:
         with open(fd, "wb", buffering=0) as f:
             write_to(f, header, payload)
+            fault("after_temp_write")
             # After this the file's bytes are on stable storage. A failed fsync is final:
             # the kernel may have dropped the dirty pages and marked them clean, so a retry
             # can report success over lost data.
             os.fsync(f.fileno())
+            fault("after_fsync")
         os.rename(tmp, path)
     except OSError as exc:
         _remove_quietly(tmp)
@@ -309,6 +333,8 @@ def _write_durably(path: Path, dir_fd: int, header: SnapshotHeader, payload: Pay
     except BaseException:
         _remove_quietly(tmp)
         raise
+    fault("after_rename")
+    fault("before_dir_fsync")
     try:
         # After this the rename is on stable storage too: the new generation survives
         # power loss.

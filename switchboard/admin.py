@@ -14,25 +14,32 @@ routes below. The routes speak only to the `switchboard.api.TenantService` proto
     POST   /v1/tenants/{name}/checkpoint 200 CheckpointResult
     POST   /v1/tenants/{name}/stop      200 TenantInfo
     DELETE /v1/tenants/{name}           204
+    GET    /v1/tenants/{name}/export    200 the export file (application/octet-stream, streamed;
+                                        snapshots/exportfile.py), X-Switchboard-Journal-Pos
+    POST   /v1/tenants/{name}/import    201 TenantInfo; body = an export file; 409 if it exists
     GET    /metrics                     200 Prometheus text
 
 Errors are `{"error": message}`: 400 bad name or body, 404 unknown tenant or path, 405 wrong
-method, 409 exists or busy, 413 body too large, 503 unavailable (with Retry-After in whole
-seconds when the tenant may recover), 502 when a worker broke the control protocol.
+method, 409 exists or busy, 413 body too large, 422 export or import failed, 503 unavailable
+(with Retry-After in whole seconds when the tenant may recover), 502 when a worker broke the
+control protocol.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -43,6 +50,7 @@ from switchboard.errors import (
     TenantBusy,
     TenantExists,
     TenantUnavailable,
+    TransferFailed,
     UnknownTenant,
     WorkerError,
 )
@@ -59,6 +67,7 @@ _STATUS_FOR_ERROR: list[tuple[type[SwitchboardError], int]] = [
     (UnknownTenant, 404),
     (TenantExists, 409),
     (TenantBusy, 409),
+    (TransferFailed, 422),
     (TenantUnavailable, 503),
     (WorkerError, 502),
 ]
@@ -201,6 +210,29 @@ class _Endpoints:
         await self.service.remove_tenant(_name(request))
         return Response(status_code=204)
 
+    async def export_tenant(self, request: Request) -> Response:
+        exported = await self.service.export_tenant(_name(request))
+        return FileResponse(
+            exported.path,
+            media_type="application/octet-stream",
+            filename=exported.filename,
+            headers={"X-Switchboard-Journal-Pos": str(exported.header.get("journal_pos", ""))},
+            background=BackgroundTask(_unlink_quietly, exported.path),
+        )
+
+    async def import_tenant(self, request: Request) -> Response:
+        body = await request.body()
+        if not body:
+            return _error(400, "the body must be an export file (switchboard export)")
+        info = await self.service.import_tenant(_name(request), body)
+        return JSONResponse(info.to_json(), status_code=201)
+
+
+def _unlink_quietly(path: Any) -> None:
+    # The export was streamed (or the client went away): the file is not needed any more.
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
 
 class _BadBody(Exception):
     pass
@@ -271,6 +303,8 @@ def build_admin_app(
         Route(tenant + "/start", endpoints.start_tenant, methods=["POST"]),
         Route(tenant + "/checkpoint", endpoints.checkpoint_tenant, methods=["POST"]),
         Route(tenant + "/stop", endpoints.stop_tenant, methods=["POST"]),
+        Route(tenant + "/export", endpoints.export_tenant, methods=["GET"]),
+        Route(tenant + "/import", endpoints.import_tenant, methods=["POST"]),
     ]
     handlers: dict[Any, Callable[[Request, Exception], Response | Awaitable[Response]]] = {
         SwitchboardError: _switchboard_error,

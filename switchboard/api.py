@@ -5,6 +5,7 @@ driven in-process by tests with any object that implements it."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 
@@ -45,6 +46,16 @@ class CheckpointResult:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class ExportedFile:
+    """An export file (snapshots/exportfile.py) written for the caller, who deletes it."""
+
+    path: Path
+    size: int
+    filename: str  # what to call it on the operator's side: <tenant>-<journal_pos>.sbexport
+    header: dict[str, Any]  # the file's header (tenant, schema_version, journal_pos, ...)
+
+
 class TenantService(Protocol):
     """Operations the admin API exposes. Every method raises switchboard.errors types:
     BadTenantName, UnknownTenant, TenantExists, TenantUnavailable, TenantBusy."""
@@ -62,6 +73,16 @@ class TenantService(Protocol):
     async def stop_tenant(self, name: str) -> TenantInfo: ...
 
     async def remove_tenant(self, name: str) -> None: ...
+
+    async def export_tenant(self, name: str) -> ExportedFile:
+        """Write the tenant's durable data to an export file; works running or stopped.
+        Raises UnknownTenant, TransferFailed."""
+        ...
+
+    async def import_tenant(self, name: str, data: bytes) -> TenantInfo:
+        """Create tenant `name` from an export file's bytes; its first start restores them.
+        Raises BadTenantName, TenantExists, TransferFailed (nothing is created then)."""
+        ...
 
     def metrics_text(self) -> str:
         """Prometheus text exposition of the router's counters and gauges."""

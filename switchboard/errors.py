@@ -9,6 +9,8 @@ SwitchboardError
   TenantBusy           an operation conflicts with the tenant's current state (HTTP 409)
   ConfigError          a bad value in switchboard.toml, SWITCHBOARD_* or a flag
   WorkerError          the worker broke the control protocol or died while answering
+  TransferFailed       an export or import could not be done: a damaged export file, data the
+                       app cannot export or import, a tenant whose files do not restore (HTTP 422)
 """
 
 from __future__ import annotations
@@ -57,4 +59,8 @@ class ConfigError(SwitchboardError):
 
 
 class WorkerError(SwitchboardError):
+    pass
+
+
+class TransferFailed(SwitchboardError):
     pass

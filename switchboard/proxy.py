@@ -42,6 +42,7 @@ HOP_BY_HOP = frozenset({
 DROPPED_FROM_CLIENT = HOP_BY_HOP | {b"x-forwarded-prefix", b"content-length"}
 HIGH_WATER = 256 * 1024  # bytes buffered before the other side is paused
 IDLE_UPSTREAM_S = 60.0
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 REASONS = {400: "Bad Request", 404: "Not Found", 413: "Content Too Large", 502: "Bad Gateway",
            503: "Service Unavailable", 504: "Gateway Timeout"}
 
@@ -55,6 +56,12 @@ def simple_response(status: int, text: str, *, close: bool, extra: list[tuple[by
     if close:
         head.append(b"connection: close")
     return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+def _unavailable(client: ClientConnection, exc: TenantUnavailable) -> None:
+    extra = [] if exc.retry_after_s is None else [
+        (b"retry-after", b"%d" % max(1, round(exc.retry_after_s + 0.49)))]
+    client.fail(503, exc.reason, extra)
 
 
 class Body:
@@ -551,22 +558,28 @@ class Proxy:
             client.fail(404, f"there is no tenant named {route.tenant!r} on this host")
             return False
         except TenantUnavailable as exc:
-            extra = [] if exc.retry_after_s is None else [(b"retry-after", b"%d" % max(1, round(exc.retry_after_s + 0.49)))]
-            client.fail(503, exc.reason, extra)
+            _unavailable(client, exc)
             return False
         try:
             return await self.relay(client, req, route, tenant)
+        except TenantUnavailable as exc:  # its worker died and the next one cannot start
+            _unavailable(client, exc)
+            return False
         finally:
             self.supervisor.release(tenant, req.body.size if req.body else 0, 0)
 
     async def relay(self, client: ClientConnection, req: Request, route: Route, tenant: Tenant) -> bool:
         head = self.request_head(client, req, route)
-        for attempt in range(2):
+        worker = tenant.worker
+        for attempt in range(3):
+            last_try = attempt == 2
             try:
                 conn, reused = await self.pool.get(tenant.port)
             except OSError:
-                if attempt == 0:
-                    await asyncio.sleep(0.05)  # the worker may be mid-restart; once more
+                # Nothing was sent, so any request may go to the next worker: the one we were
+                # given died (kill -9, crash) and the supervisor starts another.
+                if not last_try and await self.supervisor.recover(tenant, worker):
+                    worker = tenant.worker
                     continue
                 client.fail(502, f"tenant {route.tenant} is not answering on its port")
                 return False
@@ -585,8 +598,13 @@ class Proxy:
                     client.fail(413, f"request body over {self.config.max_body_bytes} bytes")
                 return False
             if not conn.head_sent:
-                if reused and not conn.got_bytes and req.body is None and attempt == 0:
-                    continue  # a stale keep-alive connection; a fresh one is safe for no-body requests
+                # Closed without a byte of answer. Sending it again is safe for a request without
+                # a body on a stale keep-alive connection, and for an idempotent one whose worker
+                # died (it goes to the next worker); a POST may have been applied, so it is not.
+                if not last_try and not conn.got_bytes and req.body is None and (
+                        reused or req.method in IDEMPOTENT and await self.supervisor.recover(tenant, worker)):
+                    worker = tenant.worker
+                    continue
                 client.fail(502, f"tenant {route.tenant}'s worker closed the connection")
                 return False
             tenant.bytes_out += conn.bytes_out

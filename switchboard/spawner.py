@@ -27,6 +27,18 @@ from switchboard.errors import WorkerError
 log = logging.getLogger("switchboard.spawner")
 
 EventCallback = Callable[["WorkerHandle", dict[str, Any]], None]
+REAP_TIMEOUT_S = 5.0  # from a worker's channel closing to its exit, before it is killed
+
+
+def _process_exists(pid: int) -> bool:
+    """True while `pid` exists, zombie included (a zombie is not reaped yet)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class BootFailure(WorkerError):
@@ -48,7 +60,10 @@ class WorkerHandle:
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         loop = asyncio.get_running_loop()
         self.ready: asyncio.Future[dict[str, Any]] = loop.create_future()
+        # Set once the process is reaped, not merely when its channel closes: until then it still
+        # holds its memory and its port, and counts against max_resident.
         self.exited: asyncio.Future[None] = loop.create_future()
+        self.reaped: asyncio.Future[None] = loop.create_future()  # the zygote reported its exit
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
 
@@ -89,9 +104,11 @@ class WorkerHandle:
             self._on_event(self, message)
 
     async def _closed(self) -> None:
-        if self.process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                self.exit_status = await asyncio.wait_for(self.process.wait(), 5)
+        if not await self._wait_reaped(REAP_TIMEOUT_S):
+            log.warning("tenant %s: worker %s closed its control channel but did not exit; killing it",
+                        self.tenant, self.pid)
+            self._signal(signal.SIGKILL)
+            await self._wait_reaped(REAP_TIMEOUT_S)
         error = WorkerError(f"worker of {self.tenant} exited" + self._status_text())
         if not self.ready.done():
             self.ready.set_exception(BootFailure(f"worker exited before it was ready{self._status_text()}"))
@@ -103,6 +120,28 @@ class WorkerHandle:
             self._writer.close()
         if not self.exited.done():
             self.exited.set_result(None)
+
+    async def _wait_reaped(self, timeout: float) -> bool:
+        """Wait until the process is gone (reaped). False if it still runs after `timeout`."""
+        if self.process is not None:  # our child: wait() reaps it
+            try:
+                self.exit_status = await asyncio.wait_for(asyncio.shield(self.process.wait()), timeout)
+            except TimeoutError:
+                return False
+            except ProcessLookupError:
+                pass
+            return True
+        if self.pid is None:
+            return True
+        # The zygote's child: the zygote reaps it and reports the exit. If the zygote is gone
+        # too, init reaps it and only its disappearance tells.
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not self.reaped.done() and _process_exists(self.pid):
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return False
+            await asyncio.wait({self.reaped}, timeout=min(remaining, 0.05))
+        return True
 
     def _status_text(self) -> str:
         if self.exit_status is None:
@@ -126,7 +165,11 @@ class WorkerHandle:
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Signal the worker; a process that is already gone is not an error."""
-        if self.pid is not None and not self.exited.done():
+        if not self.exited.done():
+            self._signal(sig)
+
+    def _signal(self, sig: int) -> None:
+        if self.pid is not None and not self.reaped.done():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, sig)
 
@@ -278,6 +321,8 @@ class Spawner:
         handle = self._handles_by_pid.pop(pid, None)
         if handle is not None:
             handle.exit_status = status
+            if not handle.reaped.done():
+                handle.reaped.set_result(None)
 
     async def spawn(self, spec: Any, listen_sock: socket.socket) -> WorkerHandle:
         """Start a worker for `spec` (a tenant.runtime.WorkerSpec-shaped object) serving on

@@ -25,7 +25,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from switchboard.api import CheckpointResult, TenantInfo
+from switchboard import transfer
+from switchboard.api import CheckpointResult, ExportedFile, TenantInfo
 from switchboard.config import Config
 from switchboard.errors import (
     BadTenantName,
@@ -89,6 +90,18 @@ class Supervisor:
         tenant.last_active = time.monotonic()
         tenant.last_request_at = time.time()
         return tenant
+
+    async def recover(self, tenant: Tenant, worker: WorkerHandle | None) -> bool:
+        """A request in flight could not reach `worker`. Wait (bounded) until the worker is seen
+        gone, then until the next one serves (started here if needed, as for a new request).
+        False when the worker is still alive: the caller answers 502 and the health ping
+        deals with the worker. Raises TenantUnavailable like `acquire`."""
+        if worker is not None and tenant.worker is worker and not await _quietly(
+                worker.exited, self.config.ping_timeout_s):
+            return False
+        if tenant.state not in SERVING or tenant.worker is None:
+            await self._wait_until_serving(tenant)
+        return True
 
     def release(self, tenant: Tenant, bytes_in: int, bytes_out: int) -> None:
         tenant.in_flight -= 1
@@ -252,7 +265,7 @@ class Supervisor:
                         self.config.backoff_base_s * 2 ** (tenant.boot_failures - 1))
             delay *= random.uniform(0.8, 1.2)  # jitter: tenants failing together retry apart
             tenant.retry_at = time.monotonic() + delay
-            log.error("tenant %s failed to boot (try %d), retrying in %.1fs: %s",
+            log.error("tenant %s failed to boot (try %d), retrying in %.2fs: %s",
                       tenant.name, tenant.boot_failures, delay, reason)
 
     def _watch(self, tenant: Tenant, handle: WorkerHandle) -> None:
@@ -494,6 +507,14 @@ class Supervisor:
         for tenant in self.table.tenants.values():
             if tenant.worker is not None:
                 tenant.worker.kill(signal.SIGKILL)
+
+    # ---- export and import: switchboard/transfer.py does the work ----
+
+    async def export_tenant(self, name: str) -> ExportedFile:
+        return await transfer.export_tenant(self, name)
+
+    async def import_tenant(self, name: str, data: bytes) -> TenantInfo:
+        return await transfer.import_tenant(self, name, data)
 
 
 async def _quietly(future: asyncio.Future[Any], timeout: float) -> bool:

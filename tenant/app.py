@@ -13,6 +13,12 @@ function `fn(state, now, **args) -> result`:
 The runtime applies a command in the event loop, appends it to the journal, and returns only
 once the journal is durable. Schema evolution: `schema_version` is the version this code
 writes; `@app.upgrade(n)` registers the function that turns a version-n state into version n+1.
+
+Export and import (`switchboard export|import`, tenant/export.py): `export_data(state)` returns
+the data to put in an export file, plain data the msgpack codec packs, independent of how the
+state is laid out in memory; `import_data(data)` builds a state from it. Both are optional: the
+default exports the state itself and imports the data as the state. The data an import gets is
+at the export's schema version; the upgrade functions then run as for an old snapshot.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from tenant.errors import CommandRejected, UpgradeError
 
 CommandFn = Callable[..., Any]
 UpgradeFn = Callable[[Any], Any]
+DataHook = Callable[[Any], Any]
 ASGIApp = Callable[..., Any]
 
 
@@ -39,6 +46,8 @@ class TenantApp:
         app_version: str = "0",
         codec: str = "msgpack",
         asgi: ASGIApp | None = None,
+        export_data: DataHook | None = None,
+        import_data: DataHook | None = None,
     ) -> None:
         if codec not in {"msgpack", "pickle"}:
             raise ValueError(f"codec must be 'msgpack' or 'pickle', not {codec!r}")
@@ -48,6 +57,8 @@ class TenantApp:
         self.app_version = app_version
         self.codec = codec
         self.asgi = asgi
+        self.export_data = export_data  # state -> plain data; None: the state itself
+        self.import_data = import_data  # plain data -> state; None: the data itself
         self.commands: dict[str, CommandFn] = {}
         self.upgrades: dict[int, UpgradeFn] = {}
 

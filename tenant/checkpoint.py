@@ -7,24 +7,40 @@ and the new segment holds everything after. At stop, nothing is being served, so
 checkpoint runs in-process.
 
 Guarantee: when `checkpoint()` returns a generation, that snapshot is on disk (fsynced,
-renamed, directory fsynced) and journal segments it covers may be pruned. When it fails (disk
-full, I/O error, child killed), the previous snapshot and every journal segment stay, the state
-stays dirty, and the error is raised: acknowledged writes are still safe in the journal.
+renamed, directory fsynced) and journal segments it covers may be pruned: the journal is
+pruned only up to the *oldest* kept generation's position, so a restore that falls back past
+a damaged newest snapshot still finds every command after the generation it uses. When it
+fails (disk full, I/O error, child killed), the previous snapshot and every journal segment
+stay, the state stays dirty (unsaved), the error is raised, and a forked checkpoint is retried
+in the background with backoff (2 s, doubling, at most 60 s apart) until one lands or nothing
+is left to save: acknowledged writes are still safe in the journal meanwhile.
+
+A checkpoint is refused once the journal has failed (the context is no longer durable): the
+state in memory may then hold commands that were never acknowledged, and the worker restarts
+from durable state instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from snapshots.codec import get_codec
 from snapshots.store import SnapshotStore
 from tenant.context import TenantContext
-from tenant.errors import TenantError
+from tenant.errors import JournalError, JournalWriteError, TenantError
+
+RETRY_FIRST_S = 2.0
+RETRY_MAX_S = 60.0
+
+Notify = Callable[[dict[str, Any]], None]
 
 
 class CheckpointFailed(TenantError):
@@ -47,6 +63,7 @@ class Checkpointer:
         *,
         generation: int | None,
         close_in_child: tuple[int, ...] = (),
+        notify: Notify | None = None,
     ) -> None:
         self.context = context
         self.store = store
@@ -54,36 +71,82 @@ class Checkpointer:
         self.codec = get_codec(context.app.codec)
         self.generation = generation
         self.close_in_child = close_in_child
+        # Gets {"event": "checkpointed" | "checkpoint_failed", ...} for background retries
+        # (a checkpoint asked for over the control channel is reported by its caller).
+        self.notify = notify
         self.running = False
         self.last_error: str | None = None
+        self.retry_delay_s: float | None = None  # set while a retry is scheduled
+        self.retry_at: float | None = None  # time.time() of the next retry
+        self._retry_timer: asyncio.TimerHandle | None = None
+        self._retry_task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
+    @property
+    def unsaved(self) -> bool:
+        """The last checkpoint failed and the state still has changes no snapshot holds."""
+        return self.last_error is not None and self.context.dirty
+
     async def checkpoint(self, *, fork: bool = True) -> CheckpointOutcome:
-        """Write a new generation if anything changed since the last one."""
+        """Write a new generation if anything changed since the last one.
+
+        Raises CheckpointFailed; a failed forked checkpoint schedules a retry.
+        """
+        try:
+            outcome = await self._checkpoint(fork=fork)
+        except CheckpointFailed as exc:
+            self.last_error = str(exc)
+            if fork and self.context.durable:
+                self._schedule_retry()
+            raise
+        self.last_error = None
+        self._cancel_retry()
+        return outcome
+
+    async def _checkpoint(self, *, fork: bool) -> CheckpointOutcome:
         async with self._lock:
             ctx = self.context
+            if not ctx.durable:
+                raise CheckpointFailed(
+                    f"checkpoint of {ctx.tenant} refused: the journal failed "
+                    f"({ctx.durability_error}), so the state may hold commands that are not "
+                    "durable; the worker restarts from durable state"
+                )
             if not ctx.dirty:
                 return CheckpointOutcome(False, self.generation, ctx.journal_pos)
             position, covered = ctx.journal_pos, ctx.commands_since_checkpoint
-            self.journal.rotate()
+            self._rotate()
             self.running = True
             try:
                 if fork:
                     generation = await self._write_in_child(position)
                 else:
                     generation = self._write(position)
-            except CheckpointFailed as exc:
-                self.last_error = str(exc)
-                raise
             finally:
                 self.running = False
-            self.last_error = None
             ctx.commands_since_checkpoint -= covered
             self.generation = generation
             oldest = self.store.oldest_kept_journal_pos(ctx.tenant)
             if oldest is not None:
-                self.journal.prune(oldest)
+                with contextlib.suppress(OSError):  # the next checkpoint prunes them
+                    self.journal.prune(oldest)
             return CheckpointOutcome(True, generation, position)
+
+    def _rotate(self) -> None:
+        """Start a new journal segment at the checkpoint's position, if the disk allows.
+
+        A rotation is an optimisation (whole segments can then be pruned); a snapshot whose
+        position falls inside a segment is just as correct, so a segment that cannot be
+        created (a full disk) does not stop the checkpoint. A failed fsync of the old segment
+        does: the journal is broken then.
+        """
+        try:
+            self.journal.rotate()
+        except JournalWriteError as exc:
+            self.context.durability_lost(exc)
+            raise CheckpointFailed(f"checkpoint of {self.context.tenant} failed: {exc}") from exc
+        except JournalError:
+            pass
 
     def _write(self, position: int) -> int:
         ctx = self.context
@@ -114,11 +177,9 @@ class Checkpointer:
                 generation = self._write(position)
                 os.write(write_fd, json.dumps({"generation": generation}).encode())
                 status = 0
-            except BaseException as exc:  # noqa: BLE001 - reported to the parent, then _exit
-                try:
+            except BaseException as exc:  # reported to the parent, then _exit
+                with contextlib.suppress(OSError):
                     os.write(write_fd, json.dumps({"error": str(exc)[:2000]}).encode())
-                except OSError:
-                    pass
             finally:
                 os._exit(status)
         os.close(write_fd)
@@ -128,6 +189,51 @@ class Checkpointer:
             return int(message["generation"])
         reason = message.get("error") or _describe_status(status)
         raise CheckpointFailed(str(reason))
+
+    # ---- retries after a failure ----
+
+    def _schedule_retry(self) -> None:
+        delay = RETRY_FIRST_S if self.retry_delay_s is None else self.retry_delay_s * 2
+        self.retry_delay_s = min(delay, RETRY_MAX_S)
+        self.retry_at = time.time() + self.retry_delay_s
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._retry_timer = loop.call_later(self.retry_delay_s, self._start_retry)
+
+    def _start_retry(self) -> None:
+        self._retry_timer = None
+        self._retry_task = asyncio.ensure_future(self._retry())
+
+    async def _retry(self) -> None:
+        if not self.context.dirty or not self.context.durable:
+            self._cancel_retry()
+            return
+        try:
+            outcome = await self.checkpoint(fork=True)
+        except CheckpointFailed as exc:
+            self._notify({"event": "checkpoint_failed", "error": str(exc),
+                          "retry_in_s": self.retry_delay_s})
+            return
+        if outcome.changed:
+            self._notify({"event": "checkpointed", "generation": outcome.generation,
+                          "journal_pos": outcome.journal_pos})
+
+    def _cancel_retry(self) -> None:
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+            self._retry_timer = None
+        self.retry_delay_s = None
+        self.retry_at = None
+
+    def close(self) -> None:
+        """Drop a scheduled retry (the worker is stopping)."""
+        self._cancel_retry()
+
+    def _notify(self, message: dict[str, Any]) -> None:
+        if self.notify is not None:
+            with contextlib.suppress(Exception):  # a gone router must not break the worker
+                self.notify(message)
 
 
 def _collect_child(pid: int, read_fd: int) -> tuple[dict[str, Any], int]:

@@ -10,6 +10,9 @@ TenantError
     JournalCorrupt    a bad journal record that is not the torn tail, or a gap in the seqs:
                       restore stops rather than skip acknowledged commands
     JournalWriteError a write or fsync of the journal failed; the journal is broken for good
+  DurabilityLost      raised by `TenantContext.execute` once the journal is broken: the state in
+                      memory may hold commands that are not durable, so the worker answers 503
+                      and exits, and the next start restores from what is on disk
 """
 
 from __future__ import annotations
@@ -58,3 +61,13 @@ class JournalCorrupt(JournalError):
 class JournalWriteError(JournalError):
     """A write or fsync of the journal failed. The journal stays broken: every later append
     raises too, because a retried fsync can report success over data the kernel dropped."""
+
+
+class DurabilityLost(TenantError):
+    """The journal can no longer make commands durable (a write or fsync failed).
+
+    Never an acknowledgement: the request that sees it answers 503, and the worker stops so that
+    the next start restores from the durable snapshot and journal.
+    """
+
+    status = 503

@@ -57,7 +57,8 @@ from tenant.errors import JournalCorrupt, JournalError, JournalWriteError
 
 __all__ = [
     "FSYNC_POLICIES", "MAX_PAYLOAD_BYTES", "Journal", "JournalCorrupt", "JournalError",
-    "JournalRecord", "JournalStats", "JournalWriteError", "ReplayResult", "read_records",
+    "JournalRecord", "JournalStats", "JournalWriteError", "PreparedRecord", "ReplayResult",
+    "read_records",
 ]
 
 MAGIC = b"SBJRNL\r\n"
@@ -83,6 +84,14 @@ class ReplayResult:
     records: list[JournalRecord]  # seq > after_seq, consecutive, in order
     last_seq: int  # seq of the last command known: max(after_seq, last record)
     torn_tail: tuple[Path, int] | None  # (segment, offset) of a dropped torn record
+
+
+@dataclass(frozen=True)
+class PreparedRecord:
+    """A command encoded for the journal but not yet given a seq (see `Journal.prepare`)."""
+
+    name: str
+    tail: bytes  # msgpack of now, name, args: the payload after its array marker and seq
 
 
 @dataclass
@@ -242,17 +251,35 @@ def _fsync_all(fds: Sequence[int]) -> None:
         os.fsync(fd)
 
 
+class _SegmentNotCreated(OSError):
+    """Creating a segment failed before its rename; its temp file is gone (cause: the error)."""
+
+
 def _create_segment(journal_dir: Path, first_seq: int) -> tuple[int, Path]:
-    """A new, empty segment opened for append. On return its header and name are on disk."""
+    """A new, empty segment opened for append. On return its header and name are on disk.
+
+    A failure before the rename (ENOSPC, EIO on the temp file) removes the temp file and
+    raises _SegmentNotCreated: nothing changed. A failure later (the directory fsync) is an
+    OSError: the new name may or may not be on disk, so the caller must not go on appending.
+    """
     path = journal_dir / f"{first_seq:020d}.journal"
     if path.exists():
         raise JournalError(f"{path} already exists")
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o644)
     try:
-        _write_all(fd, _HEADER.pack(MAGIC, first_seq))
-        os.fsync(fd)
-        os.rename(tmp, path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC,
+                     0o644)
+    except OSError as exc:
+        raise _SegmentNotCreated(str(exc)) from exc
+    try:
+        try:
+            _write_all(fd, _HEADER.pack(MAGIC, first_seq))
+            os.fsync(fd)  # the temp file is thrown away on failure: never fsynced again
+            os.rename(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise _SegmentNotCreated(str(exc)) from exc
         _fsync_dir(journal_dir)
     except BaseException:
         os.close(fd)
@@ -341,6 +368,26 @@ class Journal:
     def stats(self) -> JournalStats:
         return replace(self._stats)
 
+    @staticmethod
+    def prepare(name: str, args: dict[str, Any], now: float) -> PreparedRecord:
+        """Encode a command before it is applied, so a command the journal cannot hold is
+        refused while the state is still untouched.
+
+        Raises JournalError for args that do not encode or a record over MAX_PAYLOAD_BYTES.
+        The payload is `msgpack([seq, now, name, args])`: a fixarray marker, the seq, then
+        this tail, byte for byte what packing the whole list gives.
+        """
+        try:
+            tail = (msgpack.packb(float(now)) + msgpack.packb(name, use_bin_type=True)
+                    + msgpack.packb(args, use_bin_type=True))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise JournalError(f"command {name!r} has arguments the journal cannot encode: "
+                               f"{exc}") from exc
+        if len(tail) + 10 > MAX_PAYLOAD_BYTES:  # 10: the array marker and the largest seq
+            raise JournalError(f"command {name!r} encodes to {len(tail)} bytes, over the "
+                               f"{MAX_PAYLOAD_BYTES}-byte record limit")
+        return PreparedRecord(name, tail)
+
     def append(self, name: str, args: dict[str, Any], now: float) -> asyncio.Future[int]:
         """Write a record now and return a future of its seq, resolved once durable.
 
@@ -348,14 +395,15 @@ class Journal:
         apply order. Unencodable or oversized args raise before a seq is used. A broken journal
         or a failed write raises JournalWriteError; a failed fsync fails the future with it.
         """
+        return self.append_prepared(self.prepare(name, args, now))
+
+    def append_prepared(self, record: PreparedRecord) -> asyncio.Future[int]:
+        """`append` for a record from `prepare`: cannot fail on the record's contents."""
         self._check_usable()
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
         seq = self._next_seq
-        payload = msgpack.packb([seq, float(now), name, args], use_bin_type=True)
-        if len(payload) > MAX_PAYLOAD_BYTES:
-            raise JournalError(f"command {name!r} encodes to {len(payload)} bytes, over the "
-                               f"{MAX_PAYLOAD_BYTES}-byte record limit")
+        payload = bytes([_FIXARRAY_4]) + msgpack.packb(seq) + record.tail
         frame = _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
         try:
             _write_all(self._fd, frame)  # now, so records reach the file in seq order
@@ -388,6 +436,10 @@ class Journal:
             return
         try:
             fd, _ = _create_segment(self._dir, self._next_seq)
+        except _SegmentNotCreated as exc:
+            # Nothing of the new segment is left and the active one is untouched: appends go
+            # on into it. The caller (a checkpoint) may go on without rotating.
+            raise JournalError(f"cannot start a new journal segment: {exc.__cause__}") from exc
         except OSError as exc:
             self._fail(exc)
             raise JournalWriteError(f"starting a new journal segment failed: {exc}") from exc

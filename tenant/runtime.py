@@ -36,7 +36,7 @@ from snapshots.store import LocalStore
 from tenant import journal as journal_mod
 from tenant.app import TenantApp
 from tenant.checkpoint import CheckpointFailed, Checkpointer
-from tenant.context import TenantContext, activate
+from tenant.context import DurabilityGuard, TenantContext, activate
 from tenant.control import PROTOCOL_VERSION, ControlChannel, open_channel
 from tenant.errors import RestoreError, TenantError
 
@@ -176,11 +176,12 @@ class Worker:
             return 3
         activate(restored.context)
         self.context = restored.context
+        restored.context.on_durability_lost = self.durability_lost
         self.checkpointer = Checkpointer(
             restored.context, store, restored.journal, generation=restored.generation,
-            close_in_child=(self.control_fd, self.listen_fd),
+            close_in_child=(self.control_fd, self.listen_fd), notify=channel.send,
         )
-        server = self._make_server(app.asgi)
+        server = self._make_server(DurabilityGuard(app.asgi, restored.context))
         sock = socket.socket(fileno=self.listen_fd)
         await server.startup(sockets=[sock])
         loop = asyncio.get_running_loop()
@@ -229,7 +230,17 @@ class Worker:
         server.lifespan = config.lifespan_class(config)
         return server
 
+    def durability_lost(self, error: BaseException) -> None:
+        """The journal failed: answer 503 from now on (DurabilityGuard) and exit, so the next
+        start restores from durable state. No final checkpoint: the state may hold commands
+        that were never acknowledged."""
+        log.error("tenant %s: journal write failed, no longer acknowledging writes; "
+                  "exiting to restart from durable state: %s", self.spec.tenant, error)
+        self.exit_code = 75
+        self.stop_requested.set()
+
     async def final_checkpoint(self) -> None:
+        self.checkpointer.close()
         try:
             await self.checkpointer.checkpoint(fork=False)
         except CheckpointFailed as exc:
@@ -241,7 +252,9 @@ class Worker:
         if op == "ping":
             return {"journal_pos": self.context.journal_pos, "dirty": self.context.dirty,
                     "checkpointing": self.checkpointer.running,
-                    "generation": self.checkpointer.generation}
+                    "generation": self.checkpointer.generation,
+                    "unsaved": self.checkpointer.unsaved,
+                    "checkpoint_error": self.checkpointer.last_error}
         if op == "checkpoint":
             try:
                 outcome = await self.checkpointer.checkpoint(fork=True)

@@ -22,6 +22,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SWITCHBOARD = Path(sys.executable).parent / "switchboard"
 APPS = "tests.apps"
+COUNTER = "tests.apps.counter:app"
+BROKEN = "tests.apps.broken:app"
 
 
 @pytest.fixture
@@ -70,6 +72,58 @@ def group_pids(pgid: int) -> list[int]:
         if int(fields[2]) == pgid and fields[0] not in "ZX":
             pids.append(int(entry))
     return pids
+
+
+def rss_kb(pid: int) -> int:
+    """Resident set size of a process in KiB (VmRSS), 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def metric(text: str, name: str) -> float:
+    """Sum of every sample of `name` (all label sets) in a Prometheus text exposition."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name):len(name) + 1] in ("{", " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def snapshot_files(data_dir: Path, tenant: str) -> list[Path]:
+    folder = data_dir / "tenants" / tenant / "snapshots"
+    return sorted(p for p in folder.glob("*.snap")) if folder.exists() else []
+
+
+def raw_exchange(port: int, data: bytes, *, timeout: float = 10.0, send_all: bool = True) -> bytes:
+    """Send raw bytes to 127.0.0.1:`port` and read until the server closes (or `timeout`).
+
+    A server may answer before it has read everything (a 413 on Content-Length); a send that
+    fails then is not an error: what was answered is what the test checks.
+    """
+    deadline = time.monotonic() + timeout
+    received = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        try:
+            sock.sendall(data) if send_all else sock.send(data)
+        except OSError:
+            pass
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                break
+            except OSError:
+                break
+            if not chunk:
+                break
+            received += chunk
+    return received
 
 
 def cmdline(pid: int) -> str:
@@ -166,6 +220,17 @@ class Router:
 
     def metrics(self) -> str:
         return _signed_get(self, "/metrics")
+
+    def metric(self, name: str) -> float:
+        return metric(self.metrics(), name)
+
+    def info(self, name: str) -> dict[str, Any]:
+        """One tenant's row straight from the admin API (cheaper than the CLI for polling)."""
+        row: dict[str, Any] = json.loads(_signed_get(self, f"/v1/tenants/{name}"))
+        return row
+
+    def state(self, name: str) -> str:
+        return str(self.info(name)["state"])
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None
