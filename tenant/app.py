@@ -63,7 +63,7 @@ class TenantApp:
         self.upgrades: dict[int, UpgradeFn] = {}
 
     def command(self, name: str | None = None) -> Callable[[CommandFn], CommandFn]:
-        """Register `fn(state, now, **args)` as the command `name` (default: the function's name)."""
+        """Register `fn(state, now, **args)` as command `name` (default: the function's name)."""
 
         def register(fn: CommandFn) -> CommandFn:
             key = name or fn.__name__

@@ -76,9 +76,10 @@ class TenantContext:
         """Apply command `name` and return its result once the change is durable.
 
         The command is encoded for the journal first (arguments the journal cannot hold are a
-        CommandRejected, with the state untouched), then runs synchronously in this event-loop
-        step, so no other request sees a half-applied command and the journal order is the
-        apply order. When this returns, the command is in the journal and fsynced (policy
+        CommandRejected, with the state untouched) and runs with the arguments decoded back
+        from that encoding, exactly what a replay passes it. It runs synchronously in this
+        event-loop step, so no other request sees a half-applied command and the journal order
+        is the apply order. When this returns, the command is in the journal and fsynced (policy
         `always`): it survives a SIGKILL of the worker. A CommandRejected from the command
         propagates and nothing is journaled. A journal failure raises DurabilityLost: the
         command is not acknowledged, and neither is any later one.
@@ -94,6 +95,9 @@ class TenantContext:
                 prepared = self.journal.prepare(name, args, now)
             except JournalError as exc:
                 raise CommandRejected(str(exc)) from exc
+            # The args as the journal will give them back at replay (a tuple is a list
+            # there): applying the same values live keeps replay exact.
+            args = prepared.args
         result = self.app.apply(self.state, name, args, now)
         self.journal_pos += 1
         self.commands_since_checkpoint += 1

@@ -92,6 +92,7 @@ class PreparedRecord:
 
     name: str
     tail: bytes  # msgpack of now, name, args: the payload after its array marker and seq
+    args: dict[str, Any]  # the args as a replay will see them (decoded from the tail)
 
 
 @dataclass
@@ -374,19 +375,23 @@ class Journal:
         refused while the state is still untouched.
 
         Raises JournalError for args that do not encode or a record over MAX_PAYLOAD_BYTES.
+        `args` of the result is what a replay will pass the command (a tuple comes back a
+        list, for one): the live apply uses it too, so replay rebuilds exactly the live state.
         The payload is `msgpack([seq, now, name, args])`: a fixarray marker, the seq, then
         this tail, byte for byte what packing the whole list gives.
         """
         try:
+            packed_args = msgpack.packb(args, use_bin_type=True)
             tail = (msgpack.packb(float(now)) + msgpack.packb(name, use_bin_type=True)
-                    + msgpack.packb(args, use_bin_type=True))
+                    + packed_args)
+            decoded = msgpack.unpackb(packed_args, raw=False, strict_map_key=False)
         except (TypeError, ValueError, OverflowError) as exc:
             raise JournalError(f"command {name!r} has arguments the journal cannot encode: "
                                f"{exc}") from exc
         if len(tail) + 10 > MAX_PAYLOAD_BYTES:  # 10: the array marker and the largest seq
             raise JournalError(f"command {name!r} encodes to {len(tail)} bytes, over the "
                                f"{MAX_PAYLOAD_BYTES}-byte record limit")
-        return PreparedRecord(name, tail)
+        return PreparedRecord(name, tail, decoded)
 
     def append(self, name: str, args: dict[str, Any], now: float) -> asyncio.Future[int]:
         """Write a record now and return a future of its seq, resolved once durable.

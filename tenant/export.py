@@ -1,0 +1,206 @@
+"""Export a tenant's data to a "switchboard-export" file, and import one as a new tenant.
+
+Runs where the app code is: the router starts it as a subprocess,
+
+    python -m tenant.export export --tenants-dir DIR --tenant NAME --app MODULE:ATTR -o FILE
+    python -m tenant.export import --tenants-dir DIR --tenant NAME --app MODULE:ATTR FILE
+
+each printing one JSON object on stdout (the export's header; the imported tenant's snapshot)
+and exiting 0, or printing one line on stderr and exiting 1. A subprocess, not a control op of
+the worker, so that export works whether or not the tenant is running, never waits behind the
+tenant's requests, and loads the app's code (needed for its `export_data` / `import_data`
+hooks and upgrades) without the router importing any tenant code.
+
+Export reads the tenant's files read-only, with the same rules as a worker's restore: the
+newest valid snapshot (falling back past damaged ones) plus the journal after it, a torn last
+record dropped. It never writes there, so it is safe next to a running worker: it sees every
+command acknowledged before it started (acknowledged means fsynced into the journal), and
+perhaps a few later ones; the header's journal_pos says exactly up to where.
+
+Import builds the state from the file (the app's `import_data`, then its upgrade functions
+from the file's schema version) and writes it as the new tenant's generation 1 snapshot at
+journal position 0, so the tenant's first start restores it. It refuses a tenant folder that
+already holds snapshots or journal segments. File format: snapshots/exportfile.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from snapshots.codec import get_codec
+from snapshots.errors import SnapshotError
+from snapshots.exportfile import encode_export, read_export, write_export
+from snapshots.store import LocalStore
+from tenant import journal as journal_mod
+from tenant.app import TenantApp
+from tenant.errors import RestoreError, TenantError, UpgradeError
+
+# A checkpoint may prune the files being read; a read that loses that race starts over.
+_READ_ATTEMPTS = 3
+
+
+@dataclass
+class LoadedState:
+    state: Any
+    journal_pos: int
+    generation: int | None
+    warnings: list[str] = field(default_factory=list)
+
+
+def load_state(app: TenantApp, tenants_dir: Path, tenant: str) -> LoadedState:
+    """The tenant's state as a restore would build it, without writing anything.
+
+    RestoreError when it cannot be built (no valid snapshot over existing files, a corrupt
+    journal record, a snapshot newer than the code).
+    """
+    for attempt in range(_READ_ATTEMPTS):
+        try:
+            return _load_once(app, tenants_dir, tenant)
+        except FileNotFoundError:
+            if attempt == _READ_ATTEMPTS - 1:
+                raise RestoreError(
+                    f"the files of {tenant} kept changing while being read; try again"
+                ) from None
+    raise AssertionError("unreachable")
+
+
+def _load_once(app: TenantApp, tenants_dir: Path, tenant: str) -> LoadedState:
+    store = LocalStore(tenants_dir)
+    warnings: list[str] = []
+    try:
+        loaded = store.load_newest_valid(tenant)
+    except SnapshotError as exc:
+        raise RestoreError(f"no valid snapshot for {tenant}: {exc}") from exc
+    generation: int | None = None
+    position = 0
+    if loaded is None:
+        state = app.initial_state()
+    else:
+        for path, reason in loaded.skipped:
+            warnings.append(f"snapshot {path} is damaged ({reason}); used an older generation")
+        generation, position = loaded.header.generation, loaded.header.journal_pos
+        try:
+            state = get_codec(loaded.header.codec).loads(loaded.payload)
+        except SnapshotError as exc:
+            raise RestoreError(f"snapshot {loaded.path} does not decode: {exc}") from exc
+        state = app.upgrade_state(state, loaded.header.schema_version)
+    try:
+        replay = journal_mod.read_records(tenants_dir / tenant / "journal", after_seq=position)
+        for record in replay.records:
+            app.apply(state, record.name, record.args, record.now)
+            position = record.seq
+    except journal_mod.JournalError as exc:
+        raise RestoreError(f"journal of {tenant} cannot be replayed: {exc}") from exc
+    except TenantError as exc:
+        raise RestoreError(f"replaying the journal of {tenant} failed: {exc}") from exc
+    if replay.torn_tail is not None:
+        segment, offset = replay.torn_tail
+        warnings.append(f"ignored an incomplete record at the end of {segment} (offset {offset})")
+    return LoadedState(state, position, generation, warnings)
+
+
+def export_tenant(app: TenantApp, app_spec: str, tenants_dir: Path, tenant: str) -> bytes:
+    """The export file of the tenant's current durable state, as bytes."""
+    loaded = load_state(app, tenants_dir, tenant)
+    data = app.export_data(loaded.state) if app.export_data is not None else loaded.state
+    try:
+        _, blob = encode_export(
+            data, tenant=tenant, app=app_spec, app_version=app.app_version,
+            schema_version=app.schema_version, journal_pos=loaded.journal_pos,
+            generation=loaded.generation,
+        )
+    except SnapshotError as exc:
+        hint = "" if app.export_data is not None else " (give the app an export_data hook)"
+        raise TenantError(f"the data of {tenant} cannot be exported: {exc}{hint}") from exc
+    return blob
+
+
+@dataclass(frozen=True)
+class Imported:
+    tenant: str
+    generation: int
+    snapshot: str
+    from_tenant: str
+    schema_version: int
+    journal_pos: int
+
+
+def import_tenant(app: TenantApp, tenants_dir: Path, tenant: str, blob: bytes,
+                  *, source: str = "<export>") -> Imported:
+    """Write `blob` (an export file) as the generation 1 snapshot of the new tenant `tenant`.
+
+    When this returns, the snapshot is durable and the tenant's first start restores it.
+    """
+    header, data = read_export(blob, source=source)
+    if header.schema_version > app.schema_version:
+        raise UpgradeError(
+            f"{source} holds schema version {header.schema_version} but this app "
+            f"({app.name} {app.app_version}) knows only up to {app.schema_version}: "
+            "import it with a newer app version"
+        )
+    state = app.import_data(data) if app.import_data is not None else data
+    state = app.upgrade_state(state, header.schema_version)
+    store = LocalStore(tenants_dir)
+    if store.generations(tenant):
+        raise TenantError(f"tenant {tenant} already has snapshots: import only makes new tenants")
+    if journal_mod.read_records(tenants_dir / tenant / "journal", after_seq=0).last_seq:
+        raise TenantError(f"tenant {tenant} already has a journal: import only makes new tenants")
+    codec = get_codec(app.codec)
+    info = store.save(tenant, codec.dumps(state), codec=codec.name, app_version=app.app_version,
+                      schema_version=app.schema_version, journal_pos=0)
+    return Imported(tenant, info.generation, str(info.path), header.tenant,
+                    app.schema_version, 0)
+
+
+# ---- the subprocess entry point ----
+
+
+def _load_app(spec: str) -> TenantApp:
+    module_name, _, attr = spec.partition(":")
+    app = getattr(importlib.import_module(module_name), attr or "app")
+    if not isinstance(app, TenantApp):
+        raise TypeError(f"{spec} is a {type(app).__name__}, not a tenant.TenantApp")
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tenant.export")
+    parser.add_argument("action", choices=["export", "import"])
+    parser.add_argument("file", nargs="?", help="the export file to import")
+    parser.add_argument("--tenants-dir", required=True, type=Path)
+    parser.add_argument("--tenant", required=True)
+    parser.add_argument("--app", required=True, metavar="MODULE:ATTR")
+    parser.add_argument("--code-path", help="put this directory first on sys.path")
+    parser.add_argument("-o", "--output", type=Path, help="where export writes the file")
+    args = parser.parse_args(argv)
+    if args.code_path:
+        sys.path.insert(0, args.code_path)
+    try:
+        app = _load_app(args.app)
+        if args.action == "export":
+            if args.output is None:
+                parser.error("export needs -o FILE")
+            blob = export_tenant(app, args.app, args.tenants_dir, args.tenant)
+            write_export(args.output, blob)
+            header, _ = read_export(blob, source=str(args.output))
+            print(json.dumps({**header.to_json(), "size": len(blob)}))
+        else:
+            if args.file is None:
+                parser.error("import needs FILE")
+            blob = Path(args.file).read_bytes()
+            imported = import_tenant(app, args.tenants_dir, args.tenant, blob, source=args.file)
+            print(json.dumps(imported.__dict__))
+    except (TenantError, SnapshotError, OSError, ImportError, TypeError, ValueError) as exc:
+        print(" ".join(f"{type(exc).__name__}: {exc}".split()), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
