@@ -7,12 +7,24 @@ The runtime imports `examples.dabble:app`.
 
 from __future__ import annotations
 
+from typing import Any
+
 from examples.dabble import commands
 from examples.dabble.web import build_asgi
 from tenant import TenantApp
 
 SCHEMA_VERSION = 1
 APP_VERSION = "1.0"
+
+
+def export_data(state: dict[str, Any]) -> dict[str, Any]:
+    """The extract keeps the tables only: live session tokens do not belong in a backup."""
+    return {"tables": state["tables"]}
+
+
+def import_data(data: dict[str, Any]) -> dict[str, Any]:
+    return {"tables": data["tables"], "sessions": {}}
+
 
 app = TenantApp(
     name="dabble",
@@ -21,6 +33,8 @@ app = TenantApp(
     app_version=APP_VERSION,
     codec="msgpack",
     asgi=build_asgi(),
+    export_data=export_data,
+    import_data=import_data,
 )
 for _command in commands.COMMANDS:
     app.command()(_command)
