@@ -13,6 +13,11 @@ client's Host, X-Forwarded-For/-Proto/-Host, and no hop-by-hop headers (RFC 9110
 Connection and the headers it names, Keep-Alive, Proxy-Connection, TE, Trailer,
 Transfer-Encoding, Upgrade). A WebSocket upgrade is forwarded, and after the worker's 101 the
 two sockets are spliced byte for byte.
+
+A worker that died under a request (kill -9, crash) costs that request nothing when sending it
+again is safe (the connection was refused, or it is a GET/HEAD/OPTIONS without a body that got no
+answer): it waits for the supervisor's next worker, as a new request would. Anything else is a
+502, since a POST may already have been applied.
 """
 
 from __future__ import annotations
@@ -47,7 +52,8 @@ REASONS = {400: "Bad Request", 404: "Not Found", 413: "Content Too Large", 502: 
            503: "Service Unavailable", 504: "Gateway Timeout"}
 
 
-def simple_response(status: int, text: str, *, close: bool, extra: list[tuple[bytes, bytes]] = ()) -> bytes:  # type: ignore[assignment]
+def simple_response(status: int, text: str, *, close: bool,
+                    extra: list[tuple[bytes, bytes]] = ()) -> bytes:  # type: ignore[assignment]
     body = (f"<!doctype html><title>{status} {REASONS.get(status, '')}</title>"
             f"<h1>{status} {REASONS.get(status, '')}</h1><p>{html.escape(text)}</p>\n").encode()
     head = [f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}".encode(),
@@ -67,12 +73,13 @@ def _unavailable(client: ClientConnection, exc: TenantUnavailable) -> None:
 class Body:
     """A request body being received from the client, consumed by the upstream pump."""
 
-    __slots__ = ("chunks", "complete", "size", "too_large", "_waiter", "_client")
+    __slots__ = ("_client", "_waiter", "aborted", "chunks", "complete", "size", "too_large")
 
     def __init__(self, client: ClientConnection) -> None:
         self.chunks: collections.deque[bytes] = collections.deque()
         self.complete = False
         self.too_large = False
+        self.aborted = False  # the client went away before the body ended
         self.size = 0
         self._waiter: asyncio.Future[None] | None = None
         self._client = client
@@ -86,13 +93,22 @@ class Body:
         self.complete = True
         self._wake()
 
+    def abort(self) -> None:
+        self.aborted = True
+        self._wake()
+
+    @property
+    def cut_short(self) -> bool:
+        """The body will never arrive whole: the request must not reach the worker complete."""
+        return self.too_large or self.aborted
+
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
     async def next_chunk(self) -> bytes | None:
         while not self.chunks:
-            if self.complete or self.too_large:
+            if self.complete or self.cut_short:
                 return None
             self._waiter = asyncio.get_running_loop().create_future()
             self._client.resume_reading_for_body()
@@ -101,8 +117,17 @@ class Body:
 
 
 class Request:
-    __slots__ = ("url", "headers", "method", "keep_alive", "version", "body", "upgrade",
-                 "content_length", "chunked")
+    __slots__ = (
+        "body",
+        "chunked",
+        "content_length",
+        "headers",
+        "keep_alive",
+        "method",
+        "upgrade",
+        "url",
+        "version",
+    )
 
     def __init__(self) -> None:
         self.url = b""
@@ -134,6 +159,7 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused = False
         self.upstream: UpstreamConnection | None = None  # the one relaying a response to us
         self.reading_paused = False
+        self.bytes_written = 0
 
     # ---- asyncio callbacks ----
 
@@ -152,7 +178,7 @@ class ClientConnection(asyncio.Protocol):
         if self.upstream is not None:
             self.upstream.abort()  # the response has nowhere to go
         if self.parsing is not None and self.parsing.body is not None:
-            self.parsing.body.finish()
+            self.parsing.body.abort()
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
@@ -217,6 +243,8 @@ class ClientConnection(asyncio.Protocol):
     def on_body(self, data: bytes) -> None:
         req = self.parsing
         assert req is not None and req.body is not None
+        if req.body.too_large:
+            return  # already refused; the rest is read and dropped
         if req.body.size + len(data) > self.proxy.config.max_body_bytes:
             req.body.too_large = True
             req.body._wake()
@@ -248,7 +276,16 @@ class ClientConnection(asyncio.Protocol):
     async def handle_queue(self) -> None:
         while self.queue and not self.closed:
             req = self.queue[0]
-            keep_going = await self.proxy.handle(self, req)
+            written = self.bytes_written
+            try:
+                keep_going = await self.proxy.handle(self, req)
+            except Exception:  # a bug must cost one request, never a silent, hanging connection
+                log.exception("request %r failed in the router", req.url[:200])
+                if self.bytes_written == written:
+                    self.fail(502, "the router failed to handle this request (see its log)")
+                elif self.transport is not None:
+                    self.transport.abort()
+                return
             self.queue.popleft()
             if not keep_going or not req.keep_alive:
                 self.close_after_write()
@@ -258,6 +295,7 @@ class ClientConnection(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
+            self.bytes_written += len(data)
             self.transport.write(data)
 
     def fail(self, status: int, text: str, extra: list[tuple[bytes, bytes]] = ()) -> None:  # type: ignore[assignment]
@@ -267,7 +305,8 @@ class ClientConnection(asyncio.Protocol):
     def close_after_write(self) -> None:
         if self.transport is None or self.closed:
             return
-        if self.parsing is not None and self.parsing.body is not None and not self.parsing.body.complete:
+        body = self.parsing.body if self.parsing is not None else None
+        if body is not None and not body.complete:
             # We answer before the body is all in (413, 503): half-close so the client reads
             # the answer instead of a reset, then give it a moment to stop sending.
             if self.transport.can_write_eof():
@@ -300,6 +339,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.close_client = False
+        self.http10 = False  # the client speaks HTTP/1.0: no chunked framing, no 1xx
         self.closed = False
         self.idle_since = 0.0
         self.bytes_out = 0
@@ -338,11 +378,13 @@ class UpstreamConnection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.write(data)
 
-    def begin(self, client: ClientConnection, head_only: bool, close_client: bool) -> asyncio.Future[bool]:
+    def begin(self, client: ClientConnection, head_only: bool, close_client: bool,
+              http10: bool = False) -> asyncio.Future[bool]:
         self.client = client
         self.head_sent = self.got_bytes = self.chunked = False
         self.bodyless = head_only
         self.close_client = close_client
+        self.http10 = http10
         self.headers = []
         self.bytes_out = 0
         self.done = asyncio.get_running_loop().create_future()
@@ -376,7 +418,8 @@ class UpstreamConnection(asyncio.Protocol):
         if client is None:
             return
         if 100 <= self.status < 200 and self.status != 101:
-            client.write(b"HTTP/1.1 %d %s\r\n\r\n" % (self.status, self.reason))
+            if not self.http10:
+                client.write(b"HTTP/1.1 %d %s\r\n\r\n" % (self.status, self.reason))
             self.reason, self.headers = b"", []
             return
         lines = [b"HTTP/1.1 %d %s" % (self.status, self.reason or b"OK")]
@@ -396,13 +439,18 @@ class UpstreamConnection(asyncio.Protocol):
         no_body = self.bodyless or self.status in (204, 304)
         if self.status == 101:
             lines += [b"connection: upgrade", b"upgrade: " + _header(self.headers, b"upgrade")]
-        elif self.chunked and not no_body:
-            lines.append(b"transfer-encoding: chunked")
-        elif not has_length and not no_body:
-            self.chunked = True  # close-delimited upstream body: re-frame it for the client
-            lines.append(b"transfer-encoding: chunked")
+        elif (self.chunked or not has_length) and not no_body:
+            if self.http10:
+                # HTTP/1.0 has no chunked coding: the body ends where the connection does.
+                self.chunked = False
+                self.close_client = True
+            else:  # chunked upstream, or close-delimited: (re-)frame it for the client
+                self.chunked = True
+                lines.append(b"transfer-encoding: chunked")
         if self.close_client:
             lines.append(b"connection: close")
+        elif self.http10:
+            lines.append(b"connection: keep-alive")  # a 1.0 client assumes close otherwise
         client.write(b"\r\n".join(lines) + b"\r\n\r\n")
         self.head_sent = True
         if no_body and self.status != 101:
@@ -421,7 +469,7 @@ class UpstreamConnection(asyncio.Protocol):
             client.write(data)
 
     def on_message_complete(self) -> None:
-        if self.status == 101 or (100 <= self.status < 200) or self.done is None or self.done.done():
+        if 100 <= self.status < 200 or self.done is None or self.done.done():
             return
         if self.chunked and self.client is not None:
             self.client.write(b"0\r\n\r\n")
@@ -568,7 +616,8 @@ class Proxy:
         finally:
             self.supervisor.release(tenant, req.body.size if req.body else 0, 0)
 
-    async def relay(self, client: ClientConnection, req: Request, route: Route, tenant: Tenant) -> bool:
+    async def relay(self, client: ClientConnection, req: Request, route: Route,
+                    tenant: Tenant) -> bool:
         head = self.request_head(client, req, route)
         worker = tenant.worker
         for attempt in range(3):
@@ -584,12 +633,23 @@ class Proxy:
                 client.fail(502, f"tenant {route.tenant} is not answering on its port")
                 return False
             close_client = not req.keep_alive or req.upgrade
-            done = conn.begin(client, head_only=req.method == b"HEAD", close_client=close_client)
+            done = conn.begin(client, head_only=req.method == b"HEAD", close_client=close_client,
+                              http10=req.version == "1.0")
             conn.transport_write(head)
+            if client.closed:
+                conn.abort()  # the client left while its tenant was starting
             pump = asyncio.ensure_future(self.pump_body(req, conn)) if req.body else None
+            if pump is not None:
+                either: set[asyncio.Future[Any]] = {done, pump}
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+                if not done.done() and (pump.cancelled() or pump.exception() is not None
+                                        or (req.body is not None and req.body.cut_short)):
+                    # Over the limit or the client vanished mid-body: the worker must not see
+                    # the request end, and nothing will come of this exchange.
+                    conn.abort()
             reusable = await done
             if pump is not None:
-                if not pump.done() and not (req.body and req.body.too_large):
+                if not pump.done() and not (req.body and req.body.cut_short):
                     await asyncio.wait({pump}, timeout=1.0)
                 pump.cancel()
             if req.body is not None and req.body.too_large:
@@ -602,7 +662,8 @@ class Proxy:
                 # a body on a stale keep-alive connection, and for an idempotent one whose worker
                 # died (it goes to the next worker); a POST may have been applied, so it is not.
                 if not last_try and not conn.got_bytes and req.body is None and (
-                        reused or req.method in IDEMPOTENT and await self.supervisor.recover(tenant, worker)):
+                        reused or (req.method in IDEMPOTENT
+                                   and await self.supervisor.recover(tenant, worker))):
                     worker = tenant.worker
                     continue
                 client.fail(502, f"tenant {route.tenant}'s worker closed the connection")
@@ -611,11 +672,14 @@ class Proxy:
             if conn.tunnel_mode:
                 await self.wait_tunnel(conn)
                 return False
-            if reusable and req.body is None or (reusable and req.body is not None and req.body.complete):
+            body_done = req.body is None or req.body.complete
+            if reusable and body_done:
                 self.pool.put(conn)
             else:
                 conn.close()
-            return not close_client and not client.closed
+            # A body the worker did not read to its end is still arriving: close the client
+            # connection rather than parse the rest of it as the next request.
+            return not conn.close_client and not client.closed and body_done
         return False
 
     def request_head(self, client: ClientConnection, req: Request, route: Route) -> bytes:
@@ -634,10 +698,12 @@ class Proxy:
                 host = value
         lines = [req.method + b" " + route.target + b" HTTP/1.1"]
         for name, value in req.headers:
-            if name in DROPPED_FROM_CLIENT or name in connection_tokens or name.startswith(b"x-forwarded-"):
+            if (name in DROPPED_FROM_CLIENT or name in connection_tokens
+                    or name.startswith(b"x-forwarded-")):
                 continue
             lines.append(name + b": " + value)
-        lines.append(b"x-forwarded-for: " + (forwarded_for + b", " + client.peer if forwarded_for else client.peer))
+        chain = forwarded_for + b", " + client.peer if forwarded_for else client.peer
+        lines.append(b"x-forwarded-for: " + chain)
         lines.append(b"x-forwarded-proto: " + (forwarded_proto or b"http"))
         lines.append(b"x-forwarded-host: " + (forwarded_host or host))
         if route.root_path:
@@ -659,7 +725,7 @@ class Proxy:
             conn.transport_write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if req.chunked else chunk)
             if conn.write_paused is not None:
                 await conn.write_paused
-        if req.chunked and body.complete and not body.too_large:
+        if req.chunked and body.complete and not body.cut_short:
             conn.transport_write(b"0\r\n\r\n")
 
     async def wait_tunnel(self, conn: UpstreamConnection) -> None:

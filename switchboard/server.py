@@ -38,8 +38,9 @@ class Router:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         key = ensure_key(config.key_file)
         table = TenantTable(config.data_dir, config.port_range)
-        spawner = Spawner(use_zygote=config.use_zygote,
-                          on_event=lambda handle, message: supervisor.on_worker_event(handle, message))
+        spawner = Spawner(
+            use_zygote=config.use_zygote,
+            on_event=lambda handle, message: supervisor.on_worker_event(handle, message))
         supervisor = Supervisor(config, table, spawner)
         proxy = Proxy(config, supervisor)
         loop = asyncio.get_running_loop()
@@ -53,10 +54,12 @@ class Router:
             return 1
         if config.use_zygote:
             spawner._ensure_zygote_soon((config.app, None))
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.signals.put_nowait, sig)
-        setproctitle.setproctitle(f"switchboard: router {config.listen} admin {config.admin_listen}")
-        log.info("switchboard serving %d tenants on http://%s/t/<tenant>/ (admin http://%s, data %s)",
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.signals.put_nowait, signum)
+        setproctitle.setproctitle(
+            f"switchboard: router {config.listen} admin {config.admin_listen}")
+        log.info("switchboard serving %d tenants on http://%s/t/<tenant>/ "
+                 "(admin http://%s, data %s)",
                  len(table), config.listen, config.admin_listen, config.data_dir)
         reconcile = asyncio.ensure_future(supervisor.run())
         janitor = asyncio.ensure_future(self.close_idle_upstreams(proxy))

@@ -48,7 +48,8 @@ class BootFailure(WorkerError):
 class WorkerHandle:
     """The router's end of one worker's control channel."""
 
-    def __init__(self, tenant: str, port: int, sock: socket.socket, on_event: EventCallback) -> None:
+    def __init__(self, tenant: str, port: int, sock: socket.socket,
+                 on_event: EventCallback) -> None:
         self.tenant = tenant
         self.port = port
         self.pid: int | None = None
@@ -105,13 +106,15 @@ class WorkerHandle:
 
     async def _closed(self) -> None:
         if not await self._wait_reaped(REAP_TIMEOUT_S):
-            log.warning("tenant %s: worker %s closed its control channel but did not exit; killing it",
+            log.warning("tenant %s: worker %s closed its control channel but did not exit; "
+                        "killing it",
                         self.tenant, self.pid)
             self._signal(signal.SIGKILL)
             await self._wait_reaped(REAP_TIMEOUT_S)
         error = WorkerError(f"worker of {self.tenant} exited" + self._status_text())
         if not self.ready.done():
-            self.ready.set_exception(BootFailure(f"worker exited before it was ready{self._status_text()}"))
+            self.ready.set_exception(
+                BootFailure(f"worker exited before it was ready{self._status_text()}"))
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(error)
@@ -125,7 +128,8 @@ class WorkerHandle:
         """Wait until the process is gone (reaped). False if it still runs after `timeout`."""
         if self.process is not None:  # our child: wait() reaps it
             try:
-                self.exit_status = await asyncio.wait_for(asyncio.shield(self.process.wait()), timeout)
+                self.exit_status = await asyncio.wait_for(
+                    asyncio.shield(self.process.wait()), timeout)
             except TimeoutError:
                 return False
             except ProcessLookupError:
@@ -181,7 +185,8 @@ class WorkerHandle:
 class ZygoteClient:
     """One zygote process for one app; forks workers on request."""
 
-    def __init__(self, app: str, code_path: str | None, on_exit: Callable[[int, int], None]) -> None:
+    def __init__(self, app: str, code_path: str | None,
+                 on_exit: Callable[[int, int], None]) -> None:
         self.app = app
         self.code_path = code_path
         self.on_exit = on_exit
@@ -214,7 +219,8 @@ class ZygoteClient:
             self.close()
             raise
         if ready.get("preload_error"):
-            log.warning("zygote for %s could not preload the app: %s", self.app, ready["preload_error"])
+            log.warning("zygote for %s could not preload the app: %s", self.app,
+                        ready["preload_error"])
         self.alive = True
         log.info("zygote for %s ready (pid %s)", self.app, self.pid)
 
@@ -260,7 +266,8 @@ class ZygoteClient:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[op_id] = future
         message = json.dumps({"op": "spawn", "id": op_id, "spec": json.loads(spec_json)}).encode()
-        self._sock.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+        rights = (socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))
+        self._sock.sendmsg([message], [rights])
         reply = await asyncio.wait_for(future, timeout)
         if "pid" not in reply:
             raise WorkerError(f"zygote refused to spawn: {reply.get('error')}")

@@ -30,6 +30,7 @@ from switchboard.api import CheckpointResult, ExportedFile, TenantInfo
 from switchboard.config import Config
 from switchboard.errors import (
     BadTenantName,
+    SwitchboardError,
     TenantBusy,
     TenantUnavailable,
     UnknownTenant,
@@ -164,7 +165,8 @@ class Supervisor:
                 handle = await self._spawn_ready(tenant)
             except BootFailure as exc:
                 self._boot_failed(tenant, str(exc))
-                raise TenantUnavailable(str(exc), tenant.retry_at and tenant.retry_at - time.monotonic()) from exc
+                retry_in = None if tenant.retry_at is None else tenant.retry_at - time.monotonic()
+                raise TenantUnavailable(str(exc), retry_in) from exc
             except BaseException:
                 self.transition(tenant, S.STOPPED)
                 raise
@@ -212,14 +214,18 @@ class Supervisor:
         )
         try:
             handle = await self.spawner.spawn(spec, sock)
+        except (OSError, WorkerError) as exc:  # fork or exec failed (EAGAIN, ENOMEM, ...)
+            raise BootFailure(f"cannot start a worker: {exc}") from exc
         finally:
             sock.close()  # the worker holds its own copy now
         try:
-            ready = await asyncio.wait_for(asyncio.shield(handle.ready), self.config.start_timeout_s)
+            ready = await asyncio.wait_for(asyncio.shield(handle.ready),
+                                           self.config.start_timeout_s)
         except TimeoutError:
             handle.kill()
             await _quietly(handle.exited, 5)
-            raise BootFailure(f"worker did not become ready within {self.config.start_timeout_s:g}s") from None
+            raise BootFailure(
+                f"worker did not become ready within {self.config.start_timeout_s:g}s") from None
         except BootFailure:
             handle.kill()
             await _quietly(handle.exited, 5)
@@ -243,7 +249,10 @@ class Supervisor:
                 sock.close()
                 if exc.errno != errno.EADDRINUSE:
                     raise BootFailure(f"cannot bind port {tenant.port}: {exc.strerror}") from exc
-                new_port = self.table.allocate_port(avoid=tenant.port)
+                try:
+                    new_port = self.table.allocate_port(avoid=tenant.port)
+                except SwitchboardError as exc:
+                    raise BootFailure(str(exc)) from exc
                 log.warning("port %d of tenant %s is taken; moving it to %d", tenant.port,
                             tenant.name, new_port)
                 self.table.set_port(tenant, new_port)
@@ -258,7 +267,8 @@ class Supervisor:
             self.transition(tenant, S.FAILED)
         if tenant.boot_failures >= self.config.max_boot_failures:
             tenant.retry_at = None
-            log.error("tenant %s failed to boot %d times; stays failed until an operator starts it: %s",
+            log.error("tenant %s failed to boot %d times; stays failed until an operator "
+                      "starts it: %s",
                       tenant.name, tenant.boot_failures, reason)
         else:
             delay = min(self.config.backoff_max_s,
@@ -334,11 +344,11 @@ class Supervisor:
             tenant.last_error = f"checkpoint failed: {exc}"
             raise TenantBusy(tenant.last_error) from exc
         finally:
-            if tenant.state is S.CHECKPOINTING:
+            # The worker may have died meanwhile (then it is stopped already).
+            if tenant.state is S.CHECKPOINTING:  # type: ignore[comparison-overlap]
                 self.transition(tenant, S.RUNNING)
-        if reply.get("changed"):
-            self.counters["checkpoints"] += 1
-        return CheckpointResult(tenant.name, reply.get("generation") if reply.get("changed") else None,
+        changed = bool(reply.get("changed"))
+        return CheckpointResult(tenant.name, reply.get("generation") if changed else None,
                                 bool(reply.get("changed")), int(reply.get("journal_pos", 0)))
 
     def on_worker_event(self, handle: WorkerHandle, message: dict[str, Any]) -> None:
@@ -346,7 +356,8 @@ class Supervisor:
         if tenant is None:
             return
         event = message.get("event")
-        if event == "checkpointed":
+        if event == "checkpointed":  # any checkpoint: asked for, or written at stop
+            self.counters["checkpoints"] += 1
             tenant.generation = message.get("generation")
             tenant.last_checkpoint_at = time.time()
             if tenant.last_error and tenant.last_error.startswith("checkpoint"):
@@ -375,7 +386,8 @@ class Supervisor:
             if (tenant.state is S.RUNNING and tenant.in_flight == 0 and tenant.waiting == 0
                     and now - tenant.last_active >= self.config.idle_timeout_s):
                 self._spawn_task(self._stop_if_idle(tenant))
-            elif tenant.state is S.FAILED and tenant.retry_at is not None and now >= tenant.retry_at:
+            elif (tenant.state is S.FAILED and tenant.retry_at is not None
+                  and now >= tenant.retry_at):
                 self._spawn_task(self._retry(tenant))
             elif ping and tenant.state is S.RUNNING and tenant.worker is not None:
                 self._spawn_task(self._ping(tenant, tenant.worker))

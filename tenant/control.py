@@ -8,13 +8,15 @@ Worker -> router, unsolicited events:
   {"event": "ready", "pid": int, "port": int, "journal_pos": int, "generation": int|null,
    "warnings": [str], "protocol": 1}                   after restore, once accepting requests
   {"event": "boot_failed", "error": str}               restore or import failed; the worker exits
-  {"event": "checkpointed", "generation": int, "journal_pos": int}   any checkpoint that landed
+  {"event": "checkpointed", "generation": int, "journal_pos": int}   any checkpoint that landed,
+                                                       the one written at stop included
   {"event": "checkpoint_failed", "error": str}         the old snapshot and the journal stay
 Router -> worker requests, each answered by {"id": same, "ok": true, ...} or
 {"id": same, "ok": false, "error": str}:
   {"id": n, "op": "ping"}        -> {"journal_pos", "dirty", "checkpointing"}
   {"id": n, "op": "checkpoint"}  -> {"changed", "generation", "journal_pos"} (forked child writes)
-  {"id": n, "op": "stop"}        -> checkpoint if dirty (in-process), answer, then exit 0
+  {"id": n, "op": "stop"}        -> answered at once; then the worker drains, checkpoints if
+                                    dirty (in-process) and exits 0
 
 End of file on the socket means the router is gone: the worker checkpoints if dirty and exits,
 so no worker outlives its router even when the router was killed with SIGKILL.
@@ -39,6 +41,7 @@ class ControlChannel:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        self._answering: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
 
     def send(self, message: dict[str, Any]) -> None:
         if not self.writer.is_closing():
@@ -58,7 +61,9 @@ class ControlChannel:
                 op_id = request["id"]
             except (ValueError, KeyError, TypeError):
                 continue  # a garbled frame cannot be answered; the router's timeout covers it
-            asyncio.ensure_future(self._answer(handler, op_id, request))
+            task = asyncio.ensure_future(self._answer(handler, op_id, request))
+            self._answering.add(task)
+            task.add_done_callback(self._answering.discard)
 
     async def _answer(self, handler: Handler, op_id: Any, request: dict[str, Any]) -> None:
         try:

@@ -35,9 +35,9 @@ from snapshots.errors import SnapshotError
 from snapshots.store import LocalStore
 from tenant import journal as journal_mod
 from tenant.app import TenantApp
-from tenant.checkpoint import CheckpointFailed, Checkpointer
+from tenant.checkpoint import Checkpointer, CheckpointFailed
 from tenant.context import DurabilityGuard, TenantContext, activate
-from tenant.control import PROTOCOL_VERSION, ControlChannel, open_channel
+from tenant.control import PROTOCOL_VERSION, open_channel
 from tenant.errors import RestoreError, TenantError
 
 log = logging.getLogger("switchboard.tenant")
@@ -135,14 +135,15 @@ def restore(app: TenantApp, spec: WorkerSpec, store: LocalStore) -> Restored:
     except TenantError as exc:
         raise RestoreError(f"replaying the journal of {spec.tenant} failed: {exc}") from exc
     if replay.torn_tail is not None:
-        path, offset = replay.torn_tail
-        warnings.append(f"dropped a torn record at the end of {path} (offset {offset})")
+        torn_path, offset = replay.torn_tail
+        warnings.append(f"dropped a torn record at the end of {torn_path} (offset {offset})")
     journal = journal_mod.Journal.open(
         journal_dir, next_seq=position + 1, fsync_policy=spec.journal_fsync
     )
     context = TenantContext(app, spec.tenant, state, journal=journal, journal_pos=position)
     # Replayed commands and upgrades are not in any snapshot yet: the next checkpoint writes them.
-    context.commands_since_checkpoint = replayed + (1 if upgraded or loaded is not None and loaded.skipped else 0)
+    rewritten = upgraded or (loaded is not None and bool(loaded.skipped))
+    context.commands_since_checkpoint = replayed + (1 if rewritten else 0)
     return Restored(context, journal, generation, warnings)
 
 
@@ -242,10 +243,17 @@ class Worker:
     async def final_checkpoint(self) -> None:
         self.checkpointer.close()
         try:
-            await self.checkpointer.checkpoint(fork=False)
+            outcome = await self.checkpointer.checkpoint(fork=False)
         except CheckpointFailed as exc:
             # The journal still holds every acknowledged write: the next start replays it.
             log.error("tenant %s: final checkpoint failed, journal kept: %s", self.spec.tenant, exc)
+            self.channel.send({"event": "checkpoint_failed", "error": str(exc)})
+        else:
+            if outcome.changed:  # so the router's `ls` shows the generation a stop wrote
+                self.channel.send({"event": "checkpointed", "generation": outcome.generation,
+                                   "journal_pos": outcome.journal_pos})
+        with contextlib.suppress(ConnectionError):
+            await self.channel.writer.drain()
 
     async def handle_control(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
@@ -277,7 +285,8 @@ def configure_logging(spec: WorkerSpec) -> None:
     if spec.log_format == "json":
         handler.setFormatter(_JsonFormatter(spec.tenant))
     else:
-        handler.setFormatter(logging.Formatter(f"%(asctime)s tenant {spec.tenant} %(levelname)s %(message)s"))
+        handler.setFormatter(logging.Formatter(
+            f"%(asctime)s tenant {spec.tenant} %(levelname)s %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(spec.log_level.upper())

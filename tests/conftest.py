@@ -100,7 +100,7 @@ def snapshot_files(data_dir: Path, tenant: str) -> list[Path]:
     return sorted(p for p in folder.glob("*.snap")) if folder.exists() else []
 
 
-def raw_exchange(port: int, data: bytes, *, timeout: float = 10.0, send_all: bool = True) -> bytes:
+def raw_exchange(port: int, data: bytes, *, timeout: float = 10.0) -> bytes:
     """Send raw bytes to 127.0.0.1:`port` and read until the server closes (or `timeout`).
 
     A server may answer before it has read everything (a 413 on Content-Length); a send that
@@ -109,10 +109,8 @@ def raw_exchange(port: int, data: bytes, *, timeout: float = 10.0, send_all: boo
     deadline = time.monotonic() + timeout
     received = b""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        try:
-            sock.sendall(data) if send_all else sock.send(data)
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            sock.sendall(data)
         while time.monotonic() < deadline:
             try:
                 chunk = sock.recv(65536)
@@ -124,6 +122,105 @@ def raw_exchange(port: int, data: bytes, *, timeout: float = 10.0, send_all: boo
                 break
             received += chunk
     return received
+
+
+class RawResponse:
+    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def header(self, name: str) -> str | None:
+        values = [v for k, v in self.headers if k == name.lower()]
+        return ", ".join(values) if values else None
+
+
+class RawConnection:
+    """One client connection on a plain socket: what we send is exactly what goes on the wire
+    (no normalising of `..` or `%2e`), and responses are read one at a time, so keep-alive,
+    pipelining and early answers can be checked."""
+
+    def __init__(self, port: int, timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buffer = b""
+
+    def __enter__(self) -> RawConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def request(self, method: str, target: str, headers: dict[str, str] | None = None,
+                body: bytes = b"") -> RawResponse:
+        self.send(request_bytes(method, target, headers, body))
+        return self.read_response(head_only=method == "HEAD")
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        self.buffer += chunk
+
+    def _take_line(self) -> bytes:
+        while b"\r\n" not in self.buffer:
+            self._fill()
+        line, self.buffer = self.buffer.split(b"\r\n", 1)
+        return line
+
+    def _take(self, n: int) -> bytes:
+        while len(self.buffer) < n:
+            self._fill()
+        data, self.buffer = self.buffer[:n], self.buffer[n:]
+        return data
+
+    def read_response(self, *, head_only: bool = False) -> RawResponse:
+        status = int(self._take_line().split(b" ", 2)[1])
+        headers = []
+        while line := self._take_line():
+            name, _, value = line.decode("latin-1").partition(":")
+            headers.append((name.strip().lower(), value.strip()))
+        response = RawResponse(status, headers, b"")
+        if head_only or status in (204, 304) or 100 <= status < 200:
+            return response
+        if "chunked" in (response.header("transfer-encoding") or ""):
+            body = b""
+            while size := int(self._take_line().split(b";")[0], 16):
+                body += self._take(size)
+                self._take_line()
+            while self._take_line():  # trailers, then the empty line
+                pass
+            response.body = body
+        elif (length := response.header("content-length")) is not None:
+            response.body = self._take(int(length))
+        else:  # delimited by close
+            with contextlib.suppress(ConnectionError):
+                while True:
+                    self._fill()
+            response.body, self.buffer = self.buffer, b""
+        return response
+
+    def closed_by_server(self, timeout: float = 5.0) -> bool:
+        """True when the server closes the connection (end of file) within `timeout`."""
+        self.sock.settimeout(timeout)
+        try:
+            return self.sock.recv(1) == b""
+        except TimeoutError:
+            return False
+        except ConnectionError:
+            return True
+
+
+def request_bytes(method: str, target: str, headers: dict[str, str] | None = None,
+                  body: bytes = b"") -> bytes:
+    lines = [f"{method} {target} HTTP/1.1", "Host: 127.0.0.1"]
+    headers = dict(headers or {})
+    if body and "Transfer-Encoding" not in headers:
+        headers.setdefault("Content-Length", str(len(body)))
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
 def cmdline(pid: int) -> str:
@@ -160,7 +257,8 @@ class Router:
         return f"http://127.0.0.1:{self.admin_port}"
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ, SWITCHBOARD_ADMIN=self.admin, SWITCHBOARD_DATA_DIR=str(self.data_dir),
+        env = dict(os.environ, SWITCHBOARD_ADMIN=self.admin,
+                   SWITCHBOARD_DATA_DIR=str(self.data_dir),
                    SWITCHBOARD_KEY_FILE=str(self.data_dir / "admin.key"),
                    SWITCHBOARD_LOG_FORMAT="json", PYTHONPATH=str(ROOT))
         env.update(self.extra_env)
@@ -169,7 +267,8 @@ class Router:
     def start(self, timeout: float = 30) -> Router:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [str(SWITCHBOARD), "serve", "--data-dir", str(self.data_dir),
-                "--listen", f"127.0.0.1:{self.port}", "--admin-listen", f"127.0.0.1:{self.admin_port}",
+                "--listen", f"127.0.0.1:{self.port}",
+                "--admin-listen", f"127.0.0.1:{self.admin_port}",
                 "--idle-timeout", str(self.idle_timeout), "--max-resident", str(self.max_resident),
                 *self.extra]
         if self.app:
@@ -191,11 +290,13 @@ class Router:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, check: bool = True,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
         result = subprocess.run([str(SWITCHBOARD), *args], capture_output=True, text=True,
                                 env=self.env(), cwd=ROOT, timeout=timeout)
         if check and result.returncode != 0:
-            raise AssertionError(f"switchboard {' '.join(args)} exited {result.returncode}: {result.stderr}")
+            raise AssertionError(
+                f"switchboard {' '.join(args)} exited {result.returncode}: {result.stderr}")
         return result
 
     def ls(self) -> list[dict[str, Any]]:
@@ -216,7 +317,8 @@ class Router:
         """Tenant worker processes of this router (by process group and title, never by name)."""
         if self.proc is None:
             return []
-        return [p for p in group_pids(self.proc.pid) if cmdline(p).startswith("switchboard: tenant")]
+        return [p for p in group_pids(self.proc.pid)
+                if cmdline(p).startswith("switchboard: tenant")]
 
     def metrics(self) -> str:
         return _signed_get(self, "/metrics")
@@ -266,7 +368,8 @@ def _signed_get(router: Router, path: str) -> str:
     from switchboard.signing import load_key, sign_request
 
     key = load_key(router.data_dir / "admin.key")
-    response = httpx.get(router.admin + path, headers=sign_request(key, "GET", path, b""), timeout=10)
+    headers = sign_request(key, "GET", path, b"")
+    response = httpx.get(router.admin + path, headers=headers, timeout=10)
     response.raise_for_status()
     return response.text
 

@@ -15,6 +15,7 @@ those tenants only, so one tenant fails to boot while the others on the router s
 SWITCHBOARD_TEST_BOOT_FAIL_FILE also set, they fail only while that file exists, so a test can
 "fix the deploy" by removing it. The tenant is read from the process title the runtime sets
 (`switchboard: tenant NAME :PORT`), since `initial_state` runs before the context exists.
+SWITCHBOARD_TEST_BOOT_DELAY_S makes every such restore take that long (a slow start).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -48,6 +50,7 @@ def initial_state() -> dict[str, Any]:
     name = _booting_tenant()
     if name in failing and (gate is None or os.path.exists(gate)):
         raise RuntimeError(f"boot failure injected for {name}")
+    time.sleep(float(os.environ.get("SWITCHBOARD_TEST_BOOT_DELAY_S", "0")))
     return {"count": 0}
 
 
@@ -75,10 +78,12 @@ async def post_add(request: Request) -> JSONResponse:
 
 async def get_headers(request: Request) -> JSONResponse:
     return JSONResponse({
-        "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in request.scope["headers"]],
+        "headers": [[k.decode("latin-1"), v.decode("latin-1")]
+                    for k, v in request.scope["headers"]],
         "root_path": request.scope.get("root_path", ""),
         "path": request.scope["path"],
         "client": request.client.host if request.client else None,
+        "peer_port": request.scope["client"][1] if request.scope.get("client") else None,
         "scheme": request.url.scheme,
         "link": str(request.url_for("count")),
     })
