@@ -167,14 +167,16 @@ def load(
             if _ALIASES.get(name, name) in _FIELDS:
                 from_env[name] = value
     merged.update(_normalise("the environment", from_env))
-    merged.update(_normalise("flags", {k: v for k, v in (overrides or {}).items() if v is not None}))
+    flags = {key: value for key, value in (overrides or {}).items() if value is not None}
+    merged.update(_normalise("flags", flags))
     config = Config(**merged)
     if config.routing not in {"path", "host"}:
         raise ConfigError(f"routing must be 'path' or 'host', not {config.routing!r}")
     if config.routing == "host" and not config.base_domain:
         raise ConfigError("routing = 'host' needs base_domain")
     if config.journal_fsync not in {"always", "everysec", "never"}:
-        raise ConfigError(f"journal_fsync must be always, everysec or never, not {config.journal_fsync!r}")
+        raise ConfigError(
+            f"journal_fsync must be always, everysec or never, not {config.journal_fsync!r}")
     if config.max_resident < 1:
         raise ConfigError("max_resident must be at least 1")
     return config

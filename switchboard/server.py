@@ -15,10 +15,11 @@ from typing import Any
 
 from switchboard import logs
 from switchboard.config import Config
-from switchboard.proxy import IDLE_UPSTREAM_S, Proxy
+from switchboard.proxy import Proxy
 from switchboard.spawner import Spawner
 from switchboard.supervisor import Supervisor
 from switchboard.table import TenantTable
+from switchboard.upstream import IDLE_UPSTREAM_S
 
 log = logging.getLogger("switchboard.server")
 
