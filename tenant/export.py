@@ -29,9 +29,8 @@ import argparse
 import importlib
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from snapshots.codec import get_codec
 from snapshots.errors import SnapshotError
@@ -40,20 +39,13 @@ from snapshots.store import LocalStore
 from tenant import journal as journal_mod
 from tenant.app import TenantApp
 from tenant.errors import RestoreError, TenantError, UpgradeError
+from tenant.recovery import RecoveredState, recover_state
 
 # A checkpoint may prune the files being read; a read that loses that race starts over.
 _READ_ATTEMPTS = 3
 
 
-@dataclass
-class LoadedState:
-    state: Any
-    journal_pos: int
-    generation: int | None
-    warnings: list[str] = field(default_factory=list)
-
-
-def load_state(app: TenantApp, tenants_dir: Path, tenant: str) -> LoadedState:
+def load_state(app: TenantApp, tenants_dir: Path, tenant: str) -> RecoveredState:
     """The tenant's state as a restore would build it, without writing anything.
 
     RestoreError when it cannot be built (no valid snapshot over existing files, a corrupt
@@ -70,39 +62,8 @@ def load_state(app: TenantApp, tenants_dir: Path, tenant: str) -> LoadedState:
     raise AssertionError("unreachable")
 
 
-def _load_once(app: TenantApp, tenants_dir: Path, tenant: str) -> LoadedState:
-    store = LocalStore(tenants_dir)
-    warnings: list[str] = []
-    try:
-        loaded = store.load_newest_valid(tenant)
-    except SnapshotError as exc:
-        raise RestoreError(f"no valid snapshot for {tenant}: {exc}") from exc
-    generation: int | None = None
-    position = 0
-    if loaded is None:
-        state = app.initial_state()
-    else:
-        for path, reason in loaded.skipped:
-            warnings.append(f"snapshot {path} is damaged ({reason}); used an older generation")
-        generation, position = loaded.header.generation, loaded.header.journal_pos
-        try:
-            state = get_codec(loaded.header.codec).loads(loaded.payload)
-        except SnapshotError as exc:
-            raise RestoreError(f"snapshot {loaded.path} does not decode: {exc}") from exc
-        state = app.upgrade_state(state, loaded.header.schema_version)
-    try:
-        replay = journal_mod.read_records(tenants_dir / tenant / "journal", after_seq=position)
-        for record in replay.records:
-            app.apply(state, record.name, record.args, record.now)
-            position = record.seq
-    except journal_mod.JournalError as exc:
-        raise RestoreError(f"journal of {tenant} cannot be replayed: {exc}") from exc
-    except TenantError as exc:
-        raise RestoreError(f"replaying the journal of {tenant} failed: {exc}") from exc
-    if replay.torn_tail is not None:
-        segment, offset = replay.torn_tail
-        warnings.append(f"ignored an incomplete record at the end of {segment} (offset {offset})")
-    return LoadedState(state, position, generation, warnings)
+def _load_once(app: TenantApp, tenants_dir: Path, tenant: str) -> RecoveredState:
+    return recover_state(app, LocalStore(tenants_dir), tenant, tenants_dir / tenant / "journal")
 
 
 def export_tenant(app: TenantApp, app_spec: str, tenants_dir: Path, tenant: str) -> bytes:

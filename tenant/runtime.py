@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import importlib
 import json
 import logging
@@ -30,15 +31,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from snapshots.codec import get_codec
-from snapshots.errors import SnapshotError
 from snapshots.store import LocalStore
 from tenant import journal as journal_mod
 from tenant.app import TenantApp
 from tenant.checkpoint import Checkpointer, CheckpointFailed
 from tenant.context import DurabilityGuard, TenantContext, activate
 from tenant.control import PROTOCOL_VERSION, open_channel
-from tenant.errors import RestoreError, TenantError
+from tenant.errors import TenantError
+from tenant.recovery import recover_state
 
 log = logging.getLogger("switchboard.tenant")
 
@@ -99,52 +99,17 @@ class Restored:
 
 
 def restore(app: TenantApp, spec: WorkerSpec, store: LocalStore) -> Restored:
-    """Newest valid snapshot + journal replay. Raises RestoreError when that is impossible."""
-    warnings: list[str] = []
-    try:
-        loaded = store.load_newest_valid(spec.tenant)
-    except SnapshotError as exc:
-        raise RestoreError(f"no valid snapshot for {spec.tenant}: {exc}") from exc
-    generation = None
-    position = 0
-    upgraded = False
-    if loaded is None:
-        state = app.initial_state()
-    else:
-        for path, reason in loaded.skipped:
-            warnings.append(f"snapshot {path} is damaged ({reason}); restored an older generation")
-        header = loaded.header
-        generation, position = header.generation, header.journal_pos
-        try:
-            state = get_codec(header.codec).loads(loaded.payload)
-        except SnapshotError as exc:
-            raise RestoreError(f"snapshot {loaded.path} does not decode: {exc}") from exc
-        if header.schema_version != app.schema_version:
-            state = app.upgrade_state(state, header.schema_version)
-            upgraded = True
-    journal_dir = spec.tenant_dir / "journal"
-    try:
-        replay = journal_mod.read_records(journal_dir, after_seq=position)
-        replayed = 0
-        for record in replay.records:
-            app.apply(state, record.name, record.args, record.now)
-            position = record.seq
-            replayed += 1
-    except journal_mod.JournalError as exc:
-        raise RestoreError(f"journal of {spec.tenant} cannot be replayed: {exc}") from exc
-    except TenantError as exc:
-        raise RestoreError(f"replaying the journal of {spec.tenant} failed: {exc}") from exc
-    if replay.torn_tail is not None:
-        torn_path, offset = replay.torn_tail
-        warnings.append(f"dropped a torn record at the end of {torn_path} (offset {offset})")
+    """Recover the state (tenant/recovery.py) and open the journal for appending after it."""
+    recovered = recover_state(app, store, spec.tenant, spec.tenant_dir / "journal")
     journal = journal_mod.Journal.open(
-        journal_dir, next_seq=position + 1, fsync_policy=spec.journal_fsync
+        spec.tenant_dir / "journal", next_seq=recovered.journal_pos + 1,
+        fsync_policy=spec.journal_fsync,
     )
-    context = TenantContext(app, spec.tenant, state, journal=journal, journal_pos=position)
+    context = TenantContext(app, spec.tenant, recovered.state, journal=journal,
+                            journal_pos=recovered.journal_pos)
     # Replayed commands and upgrades are not in any snapshot yet: the next checkpoint writes them.
-    rewritten = upgraded or (loaded is not None and bool(loaded.skipped))
-    context.commands_since_checkpoint = replayed + (1 if rewritten else 0)
-    return Restored(context, journal, generation, warnings)
+    context.commands_since_checkpoint = recovered.replayed + (1 if recovered.rewritten else 0)
+    return Restored(context, journal, recovered.generation, recovered.warnings)
 
 
 class Worker:
@@ -172,6 +137,10 @@ class Worker:
             return 3
         for warning in restored.warnings:
             log.warning("tenant %s: %s", self.spec.tenant, warning)
+        # The restored state lives as long as the worker: keep the cyclic collector from
+        # walking (and, in a forked checkpoint, copying) all of it on every full collection.
+        # Reference counting still frees what commands delete.
+        gc.freeze()
         if app.asgi is None:
             channel.send({"event": "boot_failed", "error": f"{self.spec.app} has no asgi app"})
             return 3
