@@ -57,6 +57,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--only", help=f"comma-separated cases: {','.join(CASES)}")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--keep-work", action="store_true", help="keep the temp dir (logs)")
+    parser.add_argument("--label", help="a note saved with the results (what this run tries)")
     args = parser.parse_args(argv)
     selected = list(CASES) if not args.only else [c.strip() for c in args.only.split(",")]
     unknown = [c for c in selected if c not in CASES]
@@ -64,6 +65,7 @@ def main(argv: list[str]) -> int:
         parser.error(f"unknown case(s) {', '.join(unknown)}; known: {', '.join(CASES)}")
 
     signal.signal(signal.SIGTERM, _terminate)
+    harness.become_subreaper()
     procs = harness.Processes()
     work = work_dir()
     ctx = Context(procs, work, Sizes.quick() if args.quick else Sizes(), args.quick)
@@ -80,6 +82,9 @@ def main(argv: list[str]) -> int:
                 errors[name] = f"{type(exc).__name__}: {exc}"
                 ctx.log(f"case {name} failed:\n{traceback.format_exc()}")
             ctx.log(f"case {name} took {time.monotonic() - case_started:.1f}s")
+    except KeyboardInterrupt:
+        ctx.log("interrupted: stopping every process the bench started")
+        return 130
     finally:
         if ctx._main is not None:
             ctx._main.stop()
@@ -91,6 +96,7 @@ def main(argv: list[str]) -> int:
     doc = document(figures, errors, harness.machine(), args.quick, time.monotonic() - started)
     doc["load_tool"] = ctx.shared.get("proxy_tool")
     doc["cold_start_samples_ms"] = ctx.shared.get("cold_start_samples_ms")
+    doc["label"] = args.label
     path = save(doc, args.results_dir)
     if args.json:
         json.dump(doc, sys.stdout, sort_keys=True)

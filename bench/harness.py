@@ -9,6 +9,7 @@ leaves nothing running. Processes are found and killed by pid, never by name.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import platform
@@ -106,6 +107,28 @@ class Processes:
     def cleanup(self) -> None:
         for proc in reversed(self.children[:]):
             self.kill(proc)
+        reap_orphans()
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> None:
+    """Orphans of our children (a router's workers, nginx's worker) become ours, not init's,
+    so cleanup() can reap them: some containers' init never does, leaving zombies."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def reap_orphans(timeout_s: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return  # none left
+        if pid == 0:
+            time.sleep(0.01)  # killed, not yet reaped by the kernel's exit path
 
 
 def python_env() -> dict[str, str]:

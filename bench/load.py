@@ -73,8 +73,8 @@ def run_load(procs: Processes, port: int, path: str, *, connections: int, durati
     """Closed-loop load on 127.0.0.1:port for duration_s; CPU of `watch` pids is measured."""
     cpu_before = sum(cpu_seconds(pid) for pid in watch)
     if use_wrk and WRK:
-        seconds = max(1, round(duration_s))  # wrk takes whole seconds
-        args = [WRK, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
+        whole_s = max(1, round(duration_s))  # wrk takes whole seconds
+        args = [WRK, "-t1", f"-c{connections}", f"-d{whole_s}s", "--latency",
                 f"http://127.0.0.1:{port}{path}"]
         result = procs.run(args, duration_s + 30)
         cpu = sum(cpu_seconds(pid) for pid in watch) - cpu_before

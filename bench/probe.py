@@ -41,11 +41,13 @@ def build(data_dir: str, tenant: str, mb: float) -> dict[str, Any]:
     state = make_state(mb)
     gc.collect()
     gc.freeze()  # as the runtime does after a restore: the state is long-lived
-    started = time.perf_counter()
-    raw = msgpack.packb(state)
-    raw_pack_s = time.perf_counter() - started
-    size = len(raw)
-    del raw
+    raw_pack_s = float("inf")
+    for _ in range(3):  # the fastest of three: on a shared machine work only gets slower
+        started = time.perf_counter()
+        raw = msgpack.packb(state)
+        raw_pack_s = min(raw_pack_s, time.perf_counter() - started)
+        size = len(raw)
+        del raw
     spec = _spec(data_dir, tenant)
     store = LocalStore(Path(data_dir) / "tenants", keep_generations=2)
 
@@ -53,10 +55,12 @@ def build(data_dir: str, tenant: str, mb: float) -> dict[str, Any]:
         journal = Journal.open(spec.tenant_dir / "journal", next_seq=1)
         context = TenantContext(app, tenant, state, journal=journal, journal_pos=0)
         checkpointer = Checkpointer(context, store, journal, generation=None)
-        context.commands_since_checkpoint = 1
-        started = time.perf_counter()
-        await checkpointer.checkpoint(fork=False)
-        in_process = time.perf_counter() - started
+        in_process = float("inf")
+        for _ in range(2):
+            context.commands_since_checkpoint = 1
+            started = time.perf_counter()
+            await checkpointer.checkpoint(fork=False)
+            in_process = min(in_process, time.perf_counter() - started)
         context.commands_since_checkpoint = 1
         started = time.perf_counter()
         await checkpointer.checkpoint(fork=True)

@@ -121,6 +121,9 @@ def document(figures: list[Figure], errors: dict[str, str], machine: dict[str, A
 def save(doc: dict[str, Any], results_dir: Path) -> Path:
     results_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
-    path = results_dir / f"{stamp}{'-quick' if doc.get('quick') else ''}.json"
+    name = stamp + ("-quick" if doc.get("quick") else "")
+    if doc.get("label"):
+        name += "-" + "".join(c if c.isalnum() else "-" for c in doc["label"])[:40]
+    path = results_dir / f"{name}.json"
     path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     return path

@@ -55,7 +55,6 @@ from typing import Any, NoReturn
 
 MAX_MESSAGE = 65536
 SPARE_DELAY_S = 0.2  # quiet time after a spawn before the next spare is forked
-SPARES = not os.environ.get("SBX_NOSPARE")
 WARMUP_TENANT = "zygote-warmup"
 WARMUP_PATH = "/__switchboard_zygote_warmup__"  # a path no app routes: a 404, no handler runs
 WARMUP_REQUESTS = 3
@@ -233,7 +232,7 @@ def prepare(app_spec: str) -> dict[str, Any]:
     """Preload, rehearse, freeze. Returns the fields of the "ready" event."""
     started = time.monotonic()
     error = preload(app_spec)
-    warmup_error = None if error or os.environ.get("SBX_NOWARM") else rehearse(app_spec)
+    warmup_error = None if error else rehearse(app_spec)
     gc.collect()
     gc.freeze()
     return {"preload_error": error, "warmup_error": warmup_error,
@@ -277,7 +276,7 @@ class Zygote:
                 if message is None:
                     return 0  # the router closed the channel
                 self.spawn(message, fds)
-            elif self.spare is None and time.monotonic() >= spare_due and SPARES:
+            elif self.spare is None and time.monotonic() >= spare_due:
                 try:
                     self.fork_spare()
                 except OSError:  # out of processes or memory: spawns fork directly meanwhile
@@ -352,7 +351,7 @@ class Zygote:
                 self.spare[1].close()
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # a worker's own again
             code = body()
         except BaseException:  # reported, then the child exits: never back into the loop
             traceback.print_exc()
@@ -405,10 +404,12 @@ def spare_main(channel: socket.socket) -> int:
     from tenant.runtime import WorkerSpec, worker_main
 
     setproctitle.setproctitle("switchboard: spare worker")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C while waiting: the router's to handle
     message, fds = recv_spawn(channel)
     channel.close()
     if message is None or len(fds) != 2:
         return 0
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in any worker
     return worker_main(WorkerSpec(**message["spec"]), fds[0], fds[1], parent=None)
 
 

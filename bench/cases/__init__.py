@@ -31,7 +31,7 @@ class Sizes:
     mapped: int = 10_000
     journal_s: float = 3.0
     restore_mb: float = 100.0
-    restore_repeats: int = 3
+    restore_repeats: int = 5
     big_cold_starts: int = 3
     checkpoint_mb: float = 200.0
     checkpoint_sample_s: float = 3.0
@@ -39,7 +39,7 @@ class Sizes:
     @classmethod
     def quick(cls) -> Sizes:
         return cls(cold_starts=7, uvicorn_spawns=3, load_s=2.0, load_rounds=1, latency_load_s=1.0,
-                   mapped=3000, journal_s=0.8, restore_repeats=1, big_cold_starts=2,
+                   mapped=3000, journal_s=0.8, restore_repeats=2, big_cold_starts=2,
                    checkpoint_mb=100.0, checkpoint_sample_s=2.0)
 
 
