@@ -26,6 +26,7 @@ from switchboard.errors import WorkerError
 
 log = logging.getLogger("switchboard.spawner")
 
+ZYGOTE_RESTART_DELAY_S = 1.0
 EventCallback = Callable[["WorkerHandle", dict[str, Any]], None]
 REAP_TIMEOUT_S = 5.0  # from a worker's channel closing to its exit, before it is killed
 
@@ -185,8 +186,9 @@ class WorkerHandle:
 class ZygoteClient:
     """One zygote process for one app; forks workers on request."""
 
-    def __init__(self, app: str, code_path: str | None,
-                 on_exit: Callable[[int, int], None]) -> None:
+    def __init__(self, app: str, code_path: str | None, on_exit: Callable[[int, int], None],
+                 on_lost: Callable[[], None] | None = None) -> None:
+        self.on_lost = on_lost
         self.app = app
         self.code_path = code_path
         self.on_exit = on_exit
@@ -247,10 +249,13 @@ class ZygoteClient:
                 self.on_exit(int(message["pid"]), int(message["status"]))
 
     def _lost(self) -> None:
-        if self.alive:
+        was_alive = self.alive
+        if was_alive:
             log.warning("zygote for %s (pid %s) is gone; fresh interpreters until it is back",
                         self.app, self.pid)
         self.close()
+        if was_alive and self.on_lost is not None:
+            self.on_lost()
         error = WorkerError("zygote is gone")
         for future in self._pending.values():
             if not future.done():
@@ -303,12 +308,24 @@ class Spawner:
         self._handles_by_pid: dict[int, WorkerHandle] = {}
         self.fresh_spawns = 0
         self.zygote_spawns = 0
+        self.closing = False
 
     async def start_zygote(self, app: str, code_path: str | None = None) -> None:
         key = (app, code_path)
-        zygote = ZygoteClient(app, code_path, self._on_zygote_child_exit)
+        zygote = ZygoteClient(app, code_path, self._on_zygote_child_exit,
+                              on_lost=lambda: self._restart_later(key))
         await zygote.start()
         self.zygotes[key] = zygote
+
+    def _restart_later(self, key: tuple[str, str | None]) -> None:
+        """A lost zygote comes back by itself, a second later (so one that keeps dying at
+        start cannot spin the router); spawns meanwhile use fresh interpreters."""
+        def restart() -> None:
+            if not self.closing:
+                self._ensure_zygote_soon(key)
+
+        if not self.closing:
+            asyncio.get_running_loop().call_later(ZYGOTE_RESTART_DELAY_S, restart)
 
     def _ensure_zygote_soon(self, key: tuple[str, str | None]) -> None:
         """Restart a missing zygote in the background; spawns use fresh interpreters meanwhile."""
@@ -363,6 +380,7 @@ class Spawner:
         return handle
 
     async def close(self) -> None:
+        self.closing = True
         for task in self._zygote_starting.values():
             task.cancel()
         await asyncio.gather(*(z.stop() for z in self.zygotes.values()), return_exceptions=True)

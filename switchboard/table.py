@@ -76,6 +76,7 @@ class TenantTable:
         ):
             self.tenants[name] = Tenant(name, port, created_at, app, code_path, moved_to)
         self._next_port = port_range[0]
+        self._used_ports = {t.port for t in self.tenants.values()}  # kept, so creates stay O(1)
 
     def close(self) -> None:
         self.db.close()
@@ -108,11 +109,14 @@ class TenantTable:
             (name, port, tenant.created_at, app, code_path),
         )
         self.tenants[name] = tenant
+        self._used_ports.add(port)
         (self.data_dir / "tenants" / name).mkdir(parents=True, exist_ok=True)
         return tenant
 
     def set_port(self, tenant: Tenant, port: int) -> None:
         self.db.execute("UPDATE tenants SET port = ? WHERE name = ?", (port, tenant.name))
+        self._used_ports.discard(tenant.port)
+        self._used_ports.add(port)
         tenant.port = port
 
     def set_moved(self, tenant: Tenant, moved_to: str | None) -> None:
@@ -122,11 +126,12 @@ class TenantTable:
     def remove(self, tenant: Tenant) -> None:
         self.db.execute("DELETE FROM tenants WHERE name = ?", (tenant.name,))
         self.tenants.pop(tenant.name, None)
+        self._used_ports.discard(tenant.port)
 
     def allocate_port(self, *, avoid: int | None = None) -> int:
         """The next port in range that no tenant holds and that can be bound right now."""
         low, high = self.port_range
-        used = {t.port for t in self.tenants.values()}
+        used = self._used_ports
         span = high - low + 1
         for step in range(span):
             port = low + (self._next_port - low + step) % span

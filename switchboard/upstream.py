@@ -100,12 +100,18 @@ class UpstreamConnection(asyncio.Protocol):
                 self.client.write(data)
             return
         self.got_bytes = True
+        client = self.client
+        if client is not None:
+            client.begin_batch()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self._start_tunnel(data[exc.args[0]:])
         except httptools.HttpParserError:
             self.abort()
+        finally:
+            if client is not None:
+                client.flush_batch()
 
     # ---- httptools callbacks ----
 

@@ -43,6 +43,7 @@ from tenant.recovery import recover_state
 log = logging.getLogger("switchboard.tenant")
 
 PR_SET_PDEATHSIG = 1
+DRAIN_TIMEOUT_S = 5.0  # a stopping worker gives responses in flight this long to finish
 
 
 @dataclass(frozen=True)
@@ -168,16 +169,34 @@ class Worker:
         stop_task = asyncio.ensure_future(self.stop_requested.wait())
         await asyncio.wait({control_task, stop_task, ticker}, return_when=asyncio.FIRST_COMPLETED)
         # Router gone (EOF), asked to stop, or SIGTERM: drain, checkpoint if dirty, exit.
-        server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            await ticker
-        server.force_exit = True  # open keep-alive connections must not hold the stop up
-        await server.shutdown()
+        ticker.cancel()
+        await self.drain(server, DRAIN_TIMEOUT_S)
         await self.final_checkpoint()
         await restored.journal.close()
         for task in (control_task, stop_task):
             task.cancel()
         return self.exit_code
+
+    async def drain(self, server: Any, timeout_s: float) -> None:
+        """Stop accepting, close idle keep-alive connections at once, let responses in flight
+        finish (up to `timeout_s`), then cancel what is left.
+
+        uvicorn's own `shutdown()` sleeps 0.1 s unconditionally; on the eviction path a new
+        tenant waits for this stop, so it only waits for what is really in flight.
+        """
+        for listener in server.servers:
+            listener.close()
+        state = server.server_state
+        for connection in list(state.connections):
+            connection.shutdown()  # closes an idle connection now, a busy one after its response
+        deadline = time.monotonic() + timeout_s
+        while (state.connections or state.tasks) and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        for task in list(state.tasks):
+            task.cancel()
+        for listener in server.servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(listener.wait_closed(), 1)
 
     def _make_server(self, asgi: Any) -> Any:
         import uvicorn

@@ -209,6 +209,34 @@ def test_sigterm_checkpoints_every_worker_and_a_new_router_serves_all_data(
         assert {name: count_and_pid(client, name)[0] for name in names} == expected
 
 
+def test_a_response_in_flight_at_sigterm_is_finished_before_the_worker_stops(
+    make_router: MakeRouter,
+) -> None:
+    router = make_router(app=COUNTER).start()
+    router.create("slow")
+    chunks, size = 10, 1024
+    received: list[int] = []
+    first_bytes = threading.Event()
+
+    def download() -> None:
+        url = f"{router.url}/t/slow/stream?n={chunks}&size={size}&pause=0.15"
+        with httpx.stream("GET", url, timeout=30) as response:
+            for chunk in response.iter_bytes():
+                received.append(len(chunk))
+                first_bytes.set()
+
+    reader = threading.Thread(target=download)
+    reader.start()
+    try:
+        assert first_bytes.wait(30)
+        router.signal(signal.SIGTERM)  # about 1.3 s of the response is still to come
+        assert router.proc is not None
+        assert router.proc.wait(30) == 0
+    finally:
+        reader.join(30)
+    assert sum(received) == chunks * size
+
+
 def test_a_second_signal_stops_at_once(make_router: MakeRouter) -> None:
     router = make_router(app=COUNTER).start()
     router.create("stuck", "fine")

@@ -101,11 +101,12 @@ async def hop(request: Request) -> Response:
 async def stream(request: Request) -> StreamingResponse:
     chunks = int(request.query_params.get("n", "100"))
     size = int(request.query_params.get("size", "65536"))
+    pause_s = float(request.query_params.get("pause", "0"))  # between chunks: a slow response
 
     async def body() -> AsyncIterator[bytes]:
         for _ in range(chunks):
             yield b"x" * size
-            await asyncio.sleep(0)
+            await asyncio.sleep(pause_s)
 
     return StreamingResponse(body(), media_type="application/octet-stream")
 
