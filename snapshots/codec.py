@@ -36,14 +36,33 @@ for any mix of types.
 
 pickle (opt-in, protocol 5) packs arbitrary object graphs. Unpickling runs code named by its
 input, so PickleCodec.loads must only see payloads whose checksum has been verified in a file
-this deployment wrote (snapshots.format.read_snapshot does that); get_codec(...,
-allow_pickle=False) lets a caller refuse pickle outright.
+this deployment wrote (snapshots.format.read_snapshot and load_state do that);
+get_codec(..., allow_pickle=False) lets a caller refuse pickle outright.
+
+Unverified input: MsgpackCodec.safe_on_unverified_input is True, so snapshots.format.load_state
+decodes a msgpack payload while its checksum is computed (and drops the state if it fails).
+That is safe because decoding msgpack runs no code named by the input (the extension types
+above build plain values) and allocates in proportion to the input: msgpack.unpackb's
+default limits are the buffer's length (max_str_len, max_bin_len, max_array_len,
+max_ext_len; max_map_len half of it), a str, bin or ext longer than the bytes left fails
+before it is allocated, and msgpack >= 1.2.4 preallocates at most 10,000 slots per array,
+1,024 containers deep, so damaged bytes cost at most about 80 MB of list slots beyond what
+a valid payload of that size could decode to. Earlier versions preallocate as many slots as
+an array header claims (up to the buffer's length, 8 bytes each, at every level), so with
+them (MSGPACK_UNVERIFIED_OK false) a msgpack payload is verified before it is decoded.
+PickleCodec says False: it only ever sees verified bytes.
 
 Both codecs' loads pause the garbage collector: building a large graph with it on triggers
 collections that find nothing and roughly double the load time. The objects are all young
-when it resumes, so its next collections still walk them once or twice (about 60 ms per
-million objects here); a runtime that keeps the state for its lifetime can gc.freeze() after
-the restore to skip that, which also keeps forked children's copy-on-write pages shared.
+when it resumes, so its next collection would walk every one of them (about 35 ms per million
+objects here, on the cold-start path). For a payload of FREEZE_MIN_BYTES or more, loads
+therefore calls gc.freeze() just before it re-enables the collector: every object tracked at
+that point (the new state, and whatever else was young) moves to the permanent generation,
+which the collector never walks, and forked children keep its copy-on-write pages shared.
+Frozen objects are still freed by reference counting when their last reference goes (a
+command that deletes a record frees it as before); only a reference cycle among them waits
+for gc.unfreeze(). A msgpack state has no cycles; a pickled graph may, and a tenant runtime
+freezes its restored state anyway.
 """
 
 from __future__ import annotations
@@ -85,19 +104,37 @@ class Codec(Protocol):
 
     def dumps(self, obj: Any) -> bytes: ...
 
-    def loads(self, data: bytes) -> Any: ...
+    def loads(self, data: Buffer) -> Any: ...
+
+
+FREEZE_MIN_BYTES = 1024 * 1024
+# The first msgpack release that caps preallocation (see the module docstring).
+MSGPACK_UNVERIFIED_OK: bool = msgpack.version >= (1, 2, 4)
 
 
 @contextmanager
-def gc_paused() -> Iterator[None]:
-    """Disable the garbage collector, then restore whatever state it was in."""
+def gc_paused(*, freeze: bool = False) -> Iterator[None]:
+    """Disable the garbage collector, then restore whatever state it was in.
+
+    With freeze, a block that ends without an exception calls gc.freeze() before the
+    collector is re-enabled (see the module docstring). Nested inside another pause, this
+    does nothing at the end: the outer block decides.
+    """
     was_enabled = gc.isenabled()
     gc.disable()
+    completed = False
     try:
         yield
+        completed = True
     finally:
         if was_enabled:
+            if freeze and completed:
+                gc.freeze()
             gc.enable()
+
+
+def _worth_freezing(data: Buffer) -> bool:
+    return memoryview(data).nbytes >= FREEZE_MIN_BYTES
 
 
 # --- msgpack encoding ---------------------------------------------------------------------
@@ -320,6 +357,8 @@ _DECODE_ERRORS = (
 
 class MsgpackCodec:
     name = "msgpack"
+    # Decoding damaged bytes runs no code and stays bounded: see the module docstring.
+    safe_on_unverified_input = MSGPACK_UNVERIFIED_OK
 
     def dumps(self, obj: Any) -> bytes:
         try:
@@ -328,7 +367,7 @@ class MsgpackCodec:
             raise CodecError(f"msgpack codec: {exc}") from exc
 
     def loads(self, data: Buffer) -> Any:
-        with gc_paused():
+        with gc_paused(freeze=_worth_freezing(data)):
             try:
                 return _unpack(data)
             except _DECODE_ERRORS as exc:
@@ -339,11 +378,13 @@ class PickleCodec:
     """Pickle protocol 5, for arbitrary object graphs.
 
     loads runs code named by the data: call it only on a payload whose checksum has been
-    verified in a file this deployment wrote (read_snapshot's result), never on bytes from
-    a request or a peer that were not verified first.
+    verified in a file this deployment wrote (read_snapshot's result, or load_state's
+    verified private copy), never on bytes from a request or a peer that were not verified
+    first.
     """
 
     name = "pickle"
+    safe_on_unverified_input = False  # unpickling runs code named by its input
 
     def dumps(self, obj: Any) -> bytes:
         try:
@@ -352,7 +393,7 @@ class PickleCodec:
             raise CodecError(f"pickle codec cannot encode the state: {exc}") from exc
 
     def loads(self, data: Buffer) -> Any:
-        with gc_paused():
+        with gc_paused(freeze=_worth_freezing(data)):
             try:
                 return pickle.loads(data)
             # Unpickling calls the app's own constructors, which may raise anything; every

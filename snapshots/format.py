@@ -41,23 +41,39 @@ version: SnapshotVersionError) from a flipped version byte (bad CRC: SnapshotCor
 Limits: header at most 1 MiB (MAX_HEADER_LENGTH); payload up to what the disk and memory
 hold (hundreds of MB is the expected top). The header CRC guards the fields the reader acts
 on before it reads the payload; the BLAKE2b checksum guards the payload.
+
+Two readers:
+- read_snapshot copies the payload into memory and verifies it: the bytes it returns are
+  verified, whatever happens to the file afterwards.
+- open_snapshot + load_state (what a restore uses) map the file instead of copying it, and
+  for a codec that is safe on unverified input (msgpack: it runs no code named by its input,
+  and allocates in proportion to it) hash the payload in a thread while the codec decodes
+  it; a state whose payload then fails its checksum is discarded, never returned. Any other
+  codec (pickle) is handed a private copy only after that copy verified. Mapping relies on
+  the store's rule that a snapshot file is never modified or truncated once it has its name
+  (a save writes a temp file and renames it); an in-place edit during a restore could show
+  the hash and the decoder different bytes, and a truncation would fault the reader (SIGBUS).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import mmap
 import os
 import re
 import struct
+import threading
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import msgpack
 
+from snapshots.codec import gc_paused
 from snapshots.errors import InvalidTenantName, SnapshotCorrupt, SnapshotVersionError
 
 MAGIC = b"SBSNAP\r\n"
@@ -72,6 +88,8 @@ _CRC = struct.Struct(">I")
 _CHECKSUM_RE = re.compile(r"blake2b-256:[0-9a-f]{64}")
 
 Payload = bytes | bytearray | memoryview
+# Below this a payload is hashed before it is decoded: a thread costs more than it saves.
+PARALLEL_VERIFY_MIN_BYTES = 1024 * 1024
 
 # name -> accepted types; bool is excluded separately because it is an int subclass
 _REQUIRED: dict[str, tuple[type, ...]] = {
@@ -308,31 +326,161 @@ def read_snapshot(path: str | os.PathLike[str]) -> tuple[SnapshotHeader, bytes]:
     """
     source = os.fspath(path)
     with open(path, "rb") as f:
-        header = read_header(f, source=source)
-        file_size = os.fstat(f.fileno()).st_size
-        # Compare sizes before reading, so a truncated 300 MB file is not read for nothing.
-        expected = header.header_bytes + header.payload_length
-        if file_size < expected:
-            raise SnapshotCorrupt(
-                source,
-                f"truncated: header says the payload is {header.payload_length} bytes, "
-                f"only {max(file_size - header.header_bytes, 0)} bytes follow the header",
-            )
-        if file_size > expected:
-            raise SnapshotCorrupt(
-                source,
-                f"{file_size - expected} trailing bytes after the "
-                f"{header.payload_length}-byte payload",
-            )
+        header = _read_sized_header(f, source)
         # BufferedReader.read(n) allocates n bytes once and reads straight into them.
         payload = f.read(header.payload_length)
         if len(payload) != header.payload_length or f.read(1):
             raise SnapshotCorrupt(
                 source, "file changed size while being read (payload length mismatch)"
             )
-    actual = payload_checksum(payload)
+    verify_payload(header, payload, source)
+    return header, payload
+
+
+def verify_payload(header: SnapshotHeader, payload: Payload, source: str) -> None:
+    """SnapshotCorrupt unless payload matches the header's checksum."""
+    _check_digest(header, payload_checksum(payload), source)
+
+
+def _check_digest(header: SnapshotHeader, actual: str, source: str) -> None:
     if actual != header.checksum:
         raise SnapshotCorrupt(
             source, f"payload checksum mismatch: header has {header.checksum}, payload is {actual}"
         )
-    return header, payload
+
+
+def _read_sized_header(f: BinaryIO, source: str) -> SnapshotHeader:
+    """read_header, then check the file is exactly as long as the header says."""
+    header = read_header(f, source=source)
+    file_size = os.fstat(f.fileno()).st_size
+    # Compare sizes before reading, so a truncated 300 MB file is not read for nothing.
+    expected = header.header_bytes + header.payload_length
+    if file_size < expected:
+        raise SnapshotCorrupt(
+            source,
+            f"truncated: header says the payload is {header.payload_length} bytes, "
+            f"only {max(file_size - header.header_bytes, 0)} bytes follow the header",
+        )
+    if file_size > expected:
+        raise SnapshotCorrupt(
+            source,
+            f"{file_size - expected} trailing bytes after the "
+            f"{header.payload_length}-byte payload",
+        )
+    return header
+
+
+@dataclass(frozen=True)
+class OpenSnapshot:
+    """A snapshot file whose prefix and size verified, its payload mapped but NOT verified.
+
+    payload is valid only inside the open_snapshot block that made it. Pass it to load_state
+    (or verify_payload) before trusting a byte of it.
+    """
+
+    header: SnapshotHeader
+    source: str
+    payload: memoryview
+
+
+@contextmanager
+def open_snapshot(path: str | os.PathLike[str]) -> Iterator[OpenSnapshot]:
+    """Open a snapshot and map its payload read-only, without copying or hashing it.
+
+    Raises what read_snapshot raises for a bad prefix or size. The memoryview and the
+    mapping are released when the block ends, so nothing can point into an unmapped file:
+    payload kept past the block is a released view (ValueError on use), and a slice of it
+    still alive there makes the block's end raise BufferError instead of unmapping.
+    """
+    source = os.fspath(path)
+    with open(path, "rb") as f:
+        header = _read_sized_header(f, source)
+        if header.payload_length == 0:
+            yield OpenSnapshot(header, source, memoryview(b""))
+            return
+        # The mapping stays valid after the file is closed, which the with block does next.
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        if len(mapped) != header.header_bytes + header.payload_length:
+            raise SnapshotCorrupt(source, "file changed size while being read")
+        with memoryview(mapped) as whole, whole[header.header_bytes :] as payload:
+            yield OpenSnapshot(header, source, payload)
+    finally:
+        mapped.close()
+
+
+class Decoder(Protocol):
+    """What load_state needs of a codec (snapshots.codec.Codec fits)."""
+
+    def loads(self, data: Payload) -> Any: ...
+
+
+def load_state(snapshot: OpenSnapshot, decoder: Decoder) -> Any:
+    """Decode the payload of an open snapshot; return the state only if the payload verified.
+
+    SnapshotCorrupt when the checksum fails, whatever the decoder did: a state decoded from
+    bytes that then fail their checksum is dropped (reference counting frees it). A decoder
+    error on a payload that verified propagates (a CodecError: the file is sound, this code
+    cannot read it). A decoder whose `safe_on_unverified_input` attribute is not true (pickle,
+    or any codec that does not say) only ever sees a private copy that verified first.
+    """
+    header, payload, source = snapshot.header, snapshot.payload, snapshot.source
+    if not getattr(decoder, "safe_on_unverified_input", False):
+        # A copy, so the bytes loaded are the bytes verified even if the file's pages change.
+        private = bytes(payload)
+        verify_payload(header, private, source)
+        return decoder.loads(private)
+    if payload.nbytes < PARALLEL_VERIFY_MIN_BYTES:
+        verify_payload(header, payload, source)
+        return decoder.loads(payload)
+    checksum = _ChecksumThread(payload)
+    # Paused here, not only in the decoder, so the GC resumes (and the state is frozen, see
+    # snapshots.codec.gc_paused) only once the checksum has been seen to match.
+    with gc_paused(freeze=True):
+        try:
+            state = decoder.loads(payload)
+        except Exception as exc:
+            # Corrupt bytes may fail to decode: then the file is corrupt, not the codec.
+            try:
+                _check_digest(header, checksum.result(), source)
+            except SnapshotCorrupt as corrupt:
+                raise corrupt from exc
+            raise
+        finally:
+            checksum.join()  # also on KeyboardInterrupt: the thread reads the mapping
+        try:
+            _check_digest(header, checksum.result(), source)
+        except SnapshotCorrupt:
+            del state
+            raise
+        return state
+
+
+class _ChecksumThread:
+    """payload_checksum(view) in a thread. hashlib's BLAKE2b releases the GIL on large
+    buffers, so on a second core it runs alongside a decoder that holds the GIL."""
+
+    def __init__(self, view: memoryview) -> None:
+        self._view = view
+        self._digest: str | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="snapshot-checksum", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._digest = payload_checksum(self._view)
+        except BaseException as exc:  # re-raised in the caller's thread by result()
+            self._error = exc
+
+    def join(self) -> None:
+        # No timeout: it hashes a mapped local file of a known size and cannot block on
+        # anything else; returning early would leave it reading a mapping about to close.
+        self._thread.join()
+
+    def result(self) -> str:
+        self.join()
+        if self._error is not None:
+            raise self._error
+        assert self._digest is not None
+        return self._digest

@@ -46,7 +46,7 @@ import struct
 import zlib
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -302,7 +302,11 @@ class Journal:
         self._next_seq = next_seq
         self._policy = fsync_policy
         self._loop = loop
-        self._durable_seq = next_seq - 1  # open() fsynced everything already there
+        self._durable_seq = next_seq - 1
+        # open() hands the fsync of the records already in the active segment to the fsync
+        # thread (see open); until it has succeeded they do not count in durable_seq.
+        self._opening_sync: Future[None] | None = None
+        self._opened_end_seq = next_seq - 1  # the last record in the files at open
         self._waiters: deque[tuple[int, asyncio.Future[int]]] = deque()
         self._retired: list[int] = []  # fds of rotated-out segments still owed an fsync
         self._syncing = False
@@ -315,6 +319,16 @@ class Journal:
         # One thread, so fsyncs never run concurrently and never wait behind other work.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal-fsync")
 
+    def _sync_existing_in_background(self, durable_before: int) -> None:
+        """Start the fsync of the records already in the active segment, on the fsync thread.
+
+        Until it has succeeded, durable_seq stays at durable_before. The thread runs its
+        jobs in order, so any later fsync of the segment (group commit, close) starts only
+        after this one has ended, and sees its result first (_settle_opening_sync).
+        """
+        self._durable_seq = durable_before
+        self._opening_sync = self._executor.submit(os.fsync, self._fd)
+
     @classmethod
     def open(cls, journal_dir: str | os.PathLike[str], *, next_seq: int,
              fsync_policy: str = "always",
@@ -322,7 +336,15 @@ class Journal:
         """Open for appending records from `next_seq` on (last replayed seq + 1).
 
         A torn tail of the newest segment is truncated. When this returns, the directory and
-        the active segment, with every record in it, are on disk (fsynced).
+        the active segment's name and header are on disk, and so is the truncation of a torn
+        tail (that case, rare and after a crash, fsyncs before returning). The records
+        already in the active segment (a previous "everysec" or "never" worker may have left
+        them in the page cache only) are fsynced by the journal's fsync thread, started here
+        so that a worker's start never waits for it: `durable_seq` counts them once it has
+        succeeded, a failure breaks the journal like any failed fsync (the next `append`,
+        `rotate` or `close` raises JournalWriteError), and no later append is acknowledged
+        as durable before it has succeeded, since later fsyncs of the segment run after it
+        on the same thread and check its result first.
         """
         if fsync_policy not in FSYNC_POLICIES:
             raise ValueError(f"fsync_policy must be one of {FSYNC_POLICIES}, not {fsync_policy!r}")
@@ -341,15 +363,23 @@ class Journal:
                 raise JournalError(f"{path} already holds records up to seq {end_seq}; "
                                    f"replay them and open with next_seq={end_seq + 1}")
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            continuing = end_seq + 1 == next_seq
             try:
                 if scan.torn:
                     os.ftruncate(fd, scan.good_end)
-                os.fsync(fd)  # a previous "everysec" worker may have left it in the page cache
+                # A previous "everysec" worker may have left records in the page cache only.
+                # Now when the truncation must be on disk before anything is appended after
+                # it, or when the segment is being left; else in the background (below).
+                if scan.torn or not continuing:
+                    os.fsync(fd)
             except BaseException:
                 os.close(fd)
                 raise
-            if end_seq + 1 == next_seq:
-                return cls(directory, fd, bool(scan.records), next_seq, fsync_policy, loop)
+            if continuing:
+                journal = cls(directory, fd, bool(scan.records), next_seq, fsync_policy, loop)
+                if not scan.torn and scan.records:
+                    journal._sync_existing_in_background(durable_before=first - 1)
+                return journal
             # The snapshot covers seqs the journal lost (unacknowledged, written before a machine
             # crash): continue in a new segment so the seqs in each file stay consecutive.
             os.close(fd)
@@ -363,6 +393,7 @@ class Journal:
     @property
     def durable_seq(self) -> int:
         """Every record up to this seq has been fsynced."""
+        self._settle_opening_sync(wait=False)
         return self._durable_seq
 
     @property
@@ -436,6 +467,9 @@ class Journal:
         The old segment is fsynced before its fd is closed: now if no fsync is running, else by
         the flusher right after. A no-op when the active segment has no records.
         """
+        # The fsync open() started may still use the active fd: let it end before that fd
+        # is fsynced here and closed (it started at open, so this rarely waits).
+        self._settle_opening_sync(wait=True)
         self._check_usable()
         if not self._segment_has_records:
             return
@@ -491,8 +525,12 @@ class Journal:
         if self._flusher is not None:
             await self._flusher
         broken_before = self._error is not None
+        if self._opening_sync is not None:
+            with contextlib.suppress(OSError):  # its error is read by _settle_opening_sync
+                await asyncio.wrap_future(self._opening_sync)
+            self._settle_opening_sync(wait=True)
         try:
-            if (not broken_before and self._policy != "never"
+            if (self._error is None and self._policy != "never"
                     and (self._next_seq - 1 > self._durable_seq or self._retired)):
                 await self._sync_once()
         finally:
@@ -505,7 +543,22 @@ class Journal:
 
     # -- internals
 
+    def _settle_opening_sync(self, *, wait: bool) -> None:
+        """Take in the result of open()'s background fsync once it has ended (or wait)."""
+        opening = self._opening_sync
+        if opening is None or not (wait or opening.done()):
+            return
+        self._opening_sync = None
+        try:
+            opening.result()  # bounded: one fsync of one file
+        except OSError as exc:
+            self._fail(exc)
+            return
+        self._stats.fsyncs += 1
+        self._durable_seq = max(self._durable_seq, self._opened_end_seq)
+
     def _check_usable(self) -> None:
+        self._settle_opening_sync(wait=False)
         if self._error is not None:
             raise JournalWriteError(
                 f"the journal is broken since a write or fsync failed: {self._error}"
@@ -544,6 +597,12 @@ class Journal:
             return
         finally:
             self._syncing = False
+        # open()'s fsync ran before this one on the same thread: if it failed, this success
+        # may be over pages the kernel dropped, so it must not count.
+        self._settle_opening_sync(wait=True)
+        if self._error is not None:
+            self._retired = retired + self._retired
+            return
         for fd in retired:
             os.close(fd)
         self._stats.fsyncs += len(fds)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from snapshots.codec import get_codec
-from snapshots.errors import SnapshotError
+from snapshots.errors import CodecError, SnapshotError, UnsafeCodec
 from snapshots.store import LocalStore
 from tenant import journal as journal_mod
 from tenant.app import TenantApp
@@ -35,17 +35,17 @@ def recover_state(
     app: TenantApp, store: LocalStore, tenant: str, journal_dir: Path
 ) -> RecoveredState:
     try:
-        loaded = store.load_newest_valid(tenant)
+        # Verified and decoded in one step: hashing overlaps decoding (see LocalStore).
+        loaded = store.load_newest_valid_state(tenant, get_codec)
+    except (CodecError, UnsafeCodec) as exc:
+        raise RestoreError(f"snapshot of {tenant} does not decode: {exc}") from exc
     except SnapshotError as exc:
         raise RestoreError(f"no valid snapshot for {tenant}: {exc}") from exc
     if loaded is None:
         recovered = RecoveredState(app.initial_state(), 0, None)
     else:
         header = loaded.header
-        try:
-            state = get_codec(header.codec).loads(loaded.payload)
-        except SnapshotError as exc:
-            raise RestoreError(f"snapshot {loaded.path} does not decode: {exc}") from exc
+        state = loaded.state
         upgraded = header.schema_version != app.schema_version
         if upgraded:
             state = app.upgrade_state(state, header.schema_version)

@@ -4,11 +4,14 @@ and a worker killed with SIGKILL right after its writes were acknowledged."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -149,6 +152,94 @@ def test_relaxed_policies(tmp_path: Path) -> None:
         assert len(read_records(tmp_path / policy, 0).records) == 1
     with pytest.raises(ValueError, match="fsync_policy"):
         Journal.open(tmp_path, next_seq=1, fsync_policy="sometimes")
+
+
+class FsyncSpy:
+    """Records which thread fsyncs what; fails the first `fail_first` calls with EIO."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail_first: int = 0) -> None:
+        self.calls: list[str] = []
+        self.fail_first = fail_first
+        self.real = os.fsync
+        monkeypatch.setattr(os, "fsync", self)
+
+    def __call__(self, fd: int) -> None:
+        self.calls.append(threading.current_thread().name)
+        if len(self.calls) <= self.fail_first:
+            raise OSError(errno.EIO, "injected fsync failure")
+        self.real(fd)
+
+
+def test_open_leaves_the_fsync_of_existing_records_to_the_fsync_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_journal(tmp_path, commands(3))
+    spy = FsyncSpy(monkeypatch)
+
+    async def main() -> None:
+        journal = Journal.open(tmp_path, next_seq=4)
+        assert threading.current_thread().name not in spy.calls  # the start did not wait
+        deadline = time.monotonic() + 10
+        while journal.durable_seq < 3:
+            assert time.monotonic() < deadline, "the background fsync never finished"
+            await asyncio.sleep(0.001)
+        assert spy.calls == ["journal-fsync_0"] and journal.stats.fsyncs == 1
+        assert await journal.append("next", {}, now=0.0) == 4
+        assert journal.durable_seq == 4
+        await journal.close()
+
+    asyncio.run(main())
+    assert [r.seq for r in read_records(tmp_path, 0).records] == [1, 2, 3, 4]
+
+
+def test_a_failed_background_fsync_at_open_is_final(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_journal(tmp_path, commands(3))
+    spy = FsyncSpy(monkeypatch, fail_first=1)
+
+    async def main() -> None:
+        journal = Journal.open(tmp_path, next_seq=4)
+        # The write goes out, and its own fsync succeeds; it is still not acknowledged,
+        # since the fsync before it failed (a retry may report success over lost pages).
+        with pytest.raises(JournalWriteError, match="injected"):
+            await journal.append("next", {}, now=0.0)
+        assert journal.durable_seq == 0
+        with pytest.raises(JournalWriteError):
+            journal.append("later", {}, now=0.0)
+        with pytest.raises(JournalWriteError):
+            journal.rotate()
+        await journal.close()  # already broken and reported: close does not raise again
+
+    asyncio.run(main())
+    assert spy.calls[0] == "journal-fsync_0"
+
+
+def test_a_failed_background_fsync_is_reported_by_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_journal(tmp_path, commands(2))
+    FsyncSpy(monkeypatch, fail_first=1)
+
+    async def main() -> None:
+        journal = Journal.open(tmp_path, next_seq=3)
+        with pytest.raises(JournalWriteError, match="injected"):
+            await journal.close()
+
+    asyncio.run(main())
+
+
+def test_open_fsyncs_a_truncated_torn_tail_before_returning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_journal(tmp_path, commands(3))
+    path = segment(tmp_path, 1)
+    os.truncate(path, path.stat().st_size - 2)
+    spy = FsyncSpy(monkeypatch)
+    journal = Journal.open(tmp_path, next_seq=3)
+    assert spy.calls == [threading.current_thread().name]
+    assert journal.durable_seq == 2
+    asyncio.run(journal.close())
 
 
 def test_torn_last_record_at_every_offset(tmp_path: Path) -> None:
