@@ -72,6 +72,7 @@ class Config:
 
     # Processes.
     use_zygote: bool = True
+    zygote_wait_s: float = 2.0  # a spawn waits this long for a starting zygote, then goes fresh
     log_format: str = "auto"  # auto (json unless a terminal) | json | text
     log_level: str = "info"
 

@@ -40,7 +40,7 @@ class Router:
         key = ensure_key(config.key_file)
         table = TenantTable(config.data_dir, config.port_range)
         spawner = Spawner(
-            use_zygote=config.use_zygote,
+            use_zygote=config.use_zygote, zygote_wait_s=config.zygote_wait_s,
             on_event=lambda handle, message: supervisor.on_worker_event(handle, message))
         supervisor = Supervisor(config, table, spawner)
         proxy = Proxy(config, supervisor)

@@ -300,8 +300,10 @@ class ZygoteClient:
 class Spawner:
     """Starts workers: zygote first, a fresh interpreter when the zygote is unavailable."""
 
-    def __init__(self, *, use_zygote: bool, on_event: EventCallback) -> None:
+    def __init__(self, *, use_zygote: bool, on_event: EventCallback,
+                 zygote_wait_s: float = 2.0) -> None:
         self.use_zygote = use_zygote
+        self.zygote_wait_s = zygote_wait_s
         self.on_event = on_event
         self.zygotes: dict[tuple[str, str | None], ZygoteClient] = {}
         self._zygote_starting: dict[tuple[str, str | None], asyncio.Task[None]] = {}
@@ -341,6 +343,23 @@ class Spawner:
 
         self._zygote_starting[key] = asyncio.ensure_future(restart())
 
+    async def _zygote_for(self, key: tuple[str, str | None]) -> ZygoteClient | None:
+        """The live zygote for `key`, waiting up to `zygote_wait_s` for one that is starting.
+
+        Worth the wait: a fresh interpreter costs about as long (~0.2 s of imports) and its
+        worker keeps four times the private memory of a forked one for its whole life.
+        """
+        zygote = self.zygotes.get(key)
+        if zygote is not None and zygote.alive:
+            return zygote
+        self._ensure_zygote_soon(key)
+        starting = self._zygote_starting.get(key)
+        if starting is not None and not starting.done() and self.zygote_wait_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(starting), self.zygote_wait_s)
+        zygote = self.zygotes.get(key)
+        return zygote if zygote is not None and zygote.alive else None
+
     def _on_zygote_child_exit(self, pid: int, status: int) -> None:
         handle = self._handles_by_pid.pop(pid, None)
         if handle is not None:
@@ -357,16 +376,14 @@ class Spawner:
         spec_json = spec.to_json()
         key = (spec.app, spec.code_path)
         try:
-            zygote = self.zygotes.get(key)
-            if self.use_zygote and zygote is not None and zygote.alive:
+            zygote = await self._zygote_for(key) if self.use_zygote else None
+            if zygote is not None:
                 try:
                     handle.pid = await zygote.spawn(spec_json, fds)
                     self._handles_by_pid[handle.pid] = handle
                     self.zygote_spawns += 1
                 except (WorkerError, OSError, TimeoutError) as exc:
                     log.warning("zygote spawn failed (%s); using a fresh interpreter", exc)
-            elif self.use_zygote:
-                self._ensure_zygote_soon(key)
             if handle.pid is None:
                 handle.process = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "tenant", spec_json, str(fds[0]), str(fds[1]),

@@ -137,10 +137,23 @@ def test_the_zygote_holds_no_sockets_but_its_channels(make_router: MakeRouter) -
 
 
 @pytest.mark.slow
+def test_a_request_right_after_the_router_starts_waits_for_the_zygote(
+    make_router: MakeRouter,
+) -> None:
+    # The app takes 1.5 s to import, so the zygote is still starting when the request comes.
+    router = make_router(app=COUNTER, env={"SWITCHBOARD_TEST_IMPORT_DELAY_S": "1.5"}).start()
+    router.create("early")
+    with router.client() as client:
+        pid = count_and_pid(client, "early")[1]
+    assert spawns(router, "zygote") == 1 and spawns(router, "fresh") == 0
+    assert parent_pid(pid) == wait_for_zygote(router)
+
+
 def test_killing_the_zygote_leaves_tenants_serving_and_new_ones_start_fresh(
     make_router: MakeRouter,
 ) -> None:
-    router = make_router(app=COUNTER).start()
+    # Spawns do not wait for the zygote to come back, so the fresh-interpreter path is taken.
+    router = make_router(app=COUNTER, env={"SWITCHBOARD_ZYGOTE_WAIT_S": "0"}).start()
     zygote = wait_for_zygote(router)
     router.create("acme", "globex")
     with router.client() as client:

@@ -16,6 +16,7 @@ SWITCHBOARD_TEST_BOOT_FAIL_FILE also set, they fail only while that file exists,
 "fix the deploy" by removing it. The tenant is read from the process title the runtime sets
 (`switchboard: tenant NAME :PORT`), since `initial_state` runs before the context exists.
 SWITCHBOARD_TEST_BOOT_DELAY_S makes every such restore take that long (a slow start).
+SWITCHBOARD_TEST_IMPORT_DELAY_S makes importing this module that slow (a zygote slow to be ready).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from starlette.routing import Route
 
 import tenant
 from tenant import TenantApp
+
+time.sleep(float(os.environ.get("SWITCHBOARD_TEST_IMPORT_DELAY_S", "0")))
 
 
 def _booting_tenant() -> str:
