@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from snapshots.codec import CODEC_NAMES, Codec, get_codec
 from snapshots.errors import (
@@ -105,6 +105,9 @@ class LoadedState:
 
 
 CodecFactory = Callable[[str], Codec]
+
+
+_Loaded = TypeVar("_Loaded", LoadedSnapshot, LoadedState)
 
 
 class SnapshotStore(Protocol):
@@ -251,28 +254,13 @@ class LocalStore:
         A file whose header names another tenant is skipped, so a misplaced copy never
         serves one tenant's data to another.
         """
-        directory = self.snapshot_dir(tenant)
-        try:
-            candidates = _scan(directory)
-        except OSError as exc:
-            raise SnapshotError(f"cannot list {directory}: {exc}") from exc
-        if not candidates:
-            return None
-        skipped: list[tuple[str, str]] = []
-        for _generation, path in candidates:
-            try:
-                header, payload = read_snapshot(path)
-            except SnapshotCorrupt as exc:
-                skipped.append((str(path), exc.problem))
-                continue
-            except OSError as exc:
-                skipped.append((str(path), f"cannot read: {exc}"))
-                continue
+        def load(path: Path) -> tuple[LoadedSnapshot | None, str | None]:
+            header, payload = read_snapshot(path)
             if header.tenant != tenant:
-                skipped.append((str(path), f"header names tenant {header.tenant!r}"))
-                continue
-            return LoadedSnapshot(header=header, payload=payload, path=path, skipped=skipped)
-        raise NoValidSnapshot(tenant, skipped)
+                return None, f"header names tenant {header.tenant!r}"
+            return LoadedSnapshot(header=header, payload=payload, path=path), None
+
+        return self._newest_valid(tenant, load)
 
     def load_newest_valid_state(
         self, tenant: str, codec_factory: CodecFactory = get_codec
@@ -290,6 +278,34 @@ class LocalStore:
         the codec's CodecError on a payload that verified, propagates: that file is sound,
         this code cannot read it, and falling back past it would hide that.
         """
+        def load(path: Path) -> tuple[LoadedState | None, str | None]:
+            try:
+                with open_snapshot(path) as snapshot:
+                    header = snapshot.header
+                    if header.tenant != tenant:
+                        return None, f"header names tenant {header.tenant!r}"
+                    try:
+                        codec = codec_factory(header.codec)
+                    except SnapshotError:
+                        # A corrupt file is skipped as before; a sound one with a codec this
+                        # code cannot (or may not) use is the caller's problem.
+                        verify_payload(header, snapshot.payload, snapshot.source)
+                        raise
+                    state = load_state(snapshot, codec)
+            except (CodecError, UnsafeCodec) as exc:
+                raise type(exc)(f"{path}: {exc}") from exc
+            return LoadedState(header=header, state=state, path=path), None
+
+        return self._newest_valid(tenant, load)
+
+    def _newest_valid(
+        self, tenant: str, load: Callable[[Path], tuple[_Loaded | None, str | None]]
+    ) -> _Loaded | None:
+        """Walk generations newest first; `load` gives a result or the reason to skip a file.
+
+        A corrupt or unreadable file is skipped with its reason; anything else `load` raises
+        (a newer format version, a codec this code cannot use) stops the walk.
+        """
         directory = self.snapshot_dir(tenant)
         try:
             candidates = _scan(directory)
@@ -300,28 +316,18 @@ class LocalStore:
         skipped: list[tuple[str, str]] = []
         for _generation, path in candidates:
             try:
-                with open_snapshot(path) as snapshot:
-                    header = snapshot.header
-                    if header.tenant != tenant:
-                        skipped.append((str(path), f"header names tenant {header.tenant!r}"))
-                        continue
-                    try:
-                        codec = codec_factory(header.codec)
-                    except SnapshotError:
-                        # A corrupt file is skipped as before; a sound one with a codec this
-                        # code cannot (or may not) use is the caller's problem.
-                        verify_payload(header, snapshot.payload, snapshot.source)
-                        raise
-                    state = load_state(snapshot, codec)
+                result, reason = load(path)
             except SnapshotCorrupt as exc:
                 skipped.append((str(path), exc.problem))
                 continue
             except OSError as exc:
                 skipped.append((str(path), f"cannot read: {exc}"))
                 continue
-            except (CodecError, UnsafeCodec) as exc:
-                raise type(exc)(f"{path}: {exc}") from exc
-            return LoadedState(header=header, state=state, path=path, skipped=skipped)
+            if result is None:
+                skipped.append((str(path), str(reason)))
+                continue
+            result.skipped = skipped
+            return result
         raise NoValidSnapshot(tenant, skipped)
 
     def oldest_kept_journal_pos(self, tenant: str) -> int | None:
