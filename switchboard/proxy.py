@@ -26,7 +26,7 @@ import asyncio
 import collections
 import html
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import httptools
@@ -48,7 +48,7 @@ REASONS = {400: "Bad Request", 404: "Not Found", 413: "Content Too Large", 502: 
 
 
 def simple_response(status: int, text: str, *, close: bool,
-                    extra: list[tuple[bytes, bytes]] = ()) -> bytes:  # type: ignore[assignment]
+                    extra: Sequence[tuple[bytes, bytes]] = ()) -> bytes:
     body = (f"<!doctype html><title>{status} {REASONS.get(status, '')}</title>"
             f"<h1>{status} {REASONS.get(status, '')}</h1><p>{html.escape(text)}</p>\n").encode()
     head = [f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}".encode(),
@@ -68,20 +68,28 @@ def _unavailable(client: ClientConnection, exc: TenantUnavailable) -> None:
 class Body:
     """A request body being received from the client, consumed by the upstream pump."""
 
-    __slots__ = ("_client", "_waiter", "aborted", "chunks", "complete", "size", "too_large")
+    __slots__ = ("_client", "_waiter", "aborted", "buffered", "chunks", "complete", "size",
+                 "too_large")
 
     def __init__(self, client: ClientConnection) -> None:
         self.chunks: collections.deque[bytes] = collections.deque()
         self.complete = False
         self.too_large = False
         self.aborted = False  # the client went away before the body ended
-        self.size = 0
+        self.size = 0  # bytes received in all
+        self.buffered = 0  # bytes received and not yet sent on to the worker
         self._waiter: asyncio.Future[None] | None = None
         self._client = client
 
     def feed(self, data: bytes) -> None:
         self.chunks.append(data)
         self.size += len(data)
+        self.buffered += len(data)
+        self._wake()
+
+    def refuse(self) -> None:
+        """Over max_body_bytes: what is buffered is never sent, the rest is dropped."""
+        self.too_large = True
         self._wake()
 
     def finish(self) -> None:
@@ -108,7 +116,9 @@ class Body:
             self._waiter = asyncio.get_running_loop().create_future()
             self._client.resume_reading_for_body()
             await self._waiter
-        return self.chunks.popleft()
+        chunk = self.chunks.popleft()
+        self.buffered -= len(chunk)
+        return chunk
 
 
 class Request:
@@ -242,11 +252,10 @@ class ClientConnection(asyncio.Protocol):
         if req.body.too_large:
             return  # already refused; the rest is read and dropped
         if req.body.size + len(data) > self.proxy.config.max_body_bytes:
-            req.body.too_large = True
-            req.body._wake()
+            req.body.refuse()
             return
         req.body.feed(data)
-        if req.body.size - 0 > 0 and sum(map(len, req.body.chunks)) > HIGH_WATER:
+        if req.body.buffered > HIGH_WATER:
             self.pause_reading()
 
     def on_message_complete(self) -> None:
@@ -311,7 +320,7 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self.transport.writelines(batch)
 
-    def fail(self, status: int, text: str, extra: list[tuple[bytes, bytes]] = ()) -> None:  # type: ignore[assignment]
+    def fail(self, status: int, text: str, extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
         self.write(simple_response(status, text, close=True, extra=extra))
         self.close_after_write()
 
