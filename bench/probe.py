@@ -26,7 +26,7 @@ import msgpack
 
 def _spec(data_dir: str, tenant: str) -> Any:
     from bench.app import APP_VERSION  # noqa: F401 - the bench app must be importable here
-    from tenant.runtime import WorkerSpec
+    from contract.worker import WorkerSpec
 
     return WorkerSpec(tenant=tenant, port=0, data_dir=data_dir, app="bench.app:app")
 

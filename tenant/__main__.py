@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 import sys
 
-from tenant.runtime import WorkerSpec, worker_main
+from contract.worker import WorkerSpec
+from tenant.runtime import worker_main
 
 if __name__ == "__main__":
     if len(sys.argv) != 4:

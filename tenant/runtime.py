@@ -27,16 +27,29 @@ import socket
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from contract.worker import (
+    BOOT_FAILED,
+    BOOT_FAILED_EXIT,
+    CHECKPOINT,
+    CHECKPOINT_FAILED,
+    CHECKPOINTED,
+    DURABILITY_LOST_EXIT,
+    PING,
+    PROTOCOL_VERSION,
+    READY,
+    STOP,
+    WorkerSpec,
+)
 from snapshots.store import LocalStore
 from tenant import journal as journal_mod
 from tenant.app import TenantApp
 from tenant.checkpoint import Checkpointer, CheckpointFailed
 from tenant.context import DurabilityGuard, TenantContext, activate
-from tenant.control import PROTOCOL_VERSION, open_channel
+from tenant.control import open_channel
 from tenant.errors import TenantError
 from tenant.recovery import recover_state
 
@@ -46,29 +59,8 @@ PR_SET_PDEATHSIG = 1
 DRAIN_TIMEOUT_S = 5.0  # a stopping worker gives responses in flight this long to finish
 
 
-@dataclass(frozen=True)
-class WorkerSpec:
-    tenant: str
-    port: int
-    data_dir: str  # the router's data dir; the tenant's files live in <data_dir>/tenants/<tenant>
-    app: str  # MODULE:ATTR of a tenant.TenantApp
-    root_path: str = ""
-    code_path: str | None = None  # a pinned code directory put first on sys.path
-    journal_fsync: str = "always"
-    keep_generations: int = 3
-    log_format: str = "json"
-    log_level: str = "info"
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> WorkerSpec:
-        return cls(**json.loads(text))
-
-    @property
-    def tenant_dir(self) -> Path:
-        return Path(self.data_dir) / "tenants" / self.tenant
+def journal_dir(spec: WorkerSpec) -> Path:
+    return Path(spec.data_dir) / "tenants" / spec.tenant / "journal"  # TODO(layout)
 
 
 def load_app(spec: str) -> TenantApp:
@@ -101,9 +93,9 @@ class Restored:
 
 def restore(app: TenantApp, spec: WorkerSpec, store: LocalStore) -> Restored:
     """Recover the state (tenant/recovery.py) and open the journal for appending after it."""
-    recovered = recover_state(app, store, spec.tenant, spec.tenant_dir / "journal")
+    recovered = recover_state(app, store, spec.tenant, journal_dir(spec))
     journal = journal_mod.Journal.open(
-        spec.tenant_dir / "journal", next_seq=recovered.journal_pos + 1,
+        journal_dir(spec), next_seq=recovered.journal_pos + 1,
         fsync_policy=spec.journal_fsync,
     )
     context = TenantContext(app, spec.tenant, recovered.state, journal=journal,
@@ -133,9 +125,9 @@ class Worker:
             detail = "".join(traceback.format_exception_only(exc)).strip()
             log.error("tenant %s failed to boot: %s", self.spec.tenant, detail,
                       exc_info=not isinstance(exc, TenantError))
-            channel.send({"event": "boot_failed", "error": detail})
+            channel.send({"event": BOOT_FAILED, "error": detail})
             await channel.writer.drain()
-            return 3
+            return BOOT_FAILED_EXIT
         for warning in restored.warnings:
             log.warning("tenant %s: %s", self.spec.tenant, warning)
         # The restored state lives as long as the worker: keep the cyclic collector from
@@ -143,8 +135,8 @@ class Worker:
         # Reference counting still frees what commands delete.
         gc.freeze()
         if app.asgi is None:
-            channel.send({"event": "boot_failed", "error": f"{self.spec.app} has no asgi app"})
-            return 3
+            channel.send({"event": BOOT_FAILED, "error": f"{self.spec.app} has no asgi app"})
+            return BOOT_FAILED_EXIT
         activate(restored.context)
         self.context = restored.context
         restored.context.on_durability_lost = self.durability_lost
@@ -159,7 +151,7 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop_requested.set)
         channel.send({
-            "event": "ready", "pid": os.getpid(), "port": self.spec.port,
+            "event": READY, "pid": os.getpid(), "port": self.spec.port,
             "journal_pos": restored.context.journal_pos, "generation": restored.generation,
             "warnings": restored.warnings, "protocol": PROTOCOL_VERSION,
         })
@@ -225,7 +217,7 @@ class Worker:
         that were never acknowledged."""
         log.error("tenant %s: journal write failed, no longer acknowledging writes; "
                   "exiting to restart from durable state: %s", self.spec.tenant, error)
-        self.exit_code = 75
+        self.exit_code = DURABILITY_LOST_EXIT
         self.stop_requested.set()
 
     async def final_checkpoint(self) -> None:
@@ -235,34 +227,34 @@ class Worker:
         except CheckpointFailed as exc:
             # The journal still holds every acknowledged write: the next start replays it.
             log.error("tenant %s: final checkpoint failed, journal kept: %s", self.spec.tenant, exc)
-            self.channel.send({"event": "checkpoint_failed", "error": str(exc)})
+            self.channel.send({"event": CHECKPOINT_FAILED, "error": str(exc)})
         else:
             if outcome.changed:  # so the router's `ls` shows the generation a stop wrote
-                self.channel.send({"event": "checkpointed", "generation": outcome.generation,
+                self.channel.send({"event": CHECKPOINTED, "generation": outcome.generation,
                                    "journal_pos": outcome.journal_pos})
         with contextlib.suppress(ConnectionError):
             await self.channel.writer.drain()
 
     async def handle_control(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
-        if op == "ping":
+        if op == PING:
             return {"journal_pos": self.context.journal_pos, "dirty": self.context.dirty,
                     "checkpointing": self.checkpointer.running,
                     "generation": self.checkpointer.generation,
                     "unsaved": self.checkpointer.unsaved,
                     "checkpoint_error": self.checkpointer.last_error}
-        if op == "checkpoint":
+        if op == CHECKPOINT:
             try:
                 outcome = await self.checkpointer.checkpoint(fork=True)
             except CheckpointFailed as exc:
-                self.channel.send({"event": "checkpoint_failed", "error": str(exc)})
+                self.channel.send({"event": CHECKPOINT_FAILED, "error": str(exc)})
                 raise
             if outcome.changed:
-                self.channel.send({"event": "checkpointed", "generation": outcome.generation,
+                self.channel.send({"event": CHECKPOINTED, "generation": outcome.generation,
                                    "journal_pos": outcome.journal_pos})
             return {"changed": outcome.changed, "generation": outcome.generation,
                     "journal_pos": outcome.journal_pos}
-        if op == "stop":
+        if op == STOP:
             self.stop_requested.set()
             return {}
         raise ValueError(f"unknown control op {op!r}")

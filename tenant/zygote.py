@@ -93,7 +93,8 @@ def rehearse(app_spec: str) -> str | None:
     import setproctitle
 
     import tenant.context
-    from tenant.runtime import WorkerSpec, worker_main
+    from contract.worker import WorkerSpec
+    from tenant.runtime import worker_main
 
     fds_before = _open_fds()
     root = logging.getLogger()
@@ -283,7 +284,7 @@ class Zygote:
                     self.last_spawn = time.monotonic()
 
     def spawn(self, message: dict[str, Any], fds: list[int]) -> None:
-        from tenant.runtime import WorkerSpec
+        from contract.worker import WorkerSpec
 
         reply: dict[str, Any] = {"id": message.get("id")}
         try:
@@ -401,7 +402,8 @@ def spare_main(channel: socket.socket) -> int:
     """
     import setproctitle
 
-    from tenant.runtime import WorkerSpec, worker_main
+    from contract.worker import WorkerSpec
+    from tenant.runtime import worker_main
 
     setproctitle.setproctitle("switchboard: spare worker")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C while waiting: the router's to handle

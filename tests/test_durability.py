@@ -240,7 +240,8 @@ def test_a_command_the_journal_cannot_hold_is_rejected_before_it_runs(tmp_path: 
 def test_every_kept_generation_can_be_restored_with_the_journal(tmp_path: Path) -> None:
     """Checkpointer prunes only what the oldest kept snapshot covers, so a restore that falls
     back to any kept generation still finds all the commands after it."""
-    from tenant.runtime import WorkerSpec, restore
+    from contract.worker import WorkerSpec
+    from tenant.runtime import restore
 
     spec = WorkerSpec(tenant="acme", port=0, data_dir=str(tmp_path), app="x:app")
     store = LocalStore(tmp_path / "tenants", keep_generations=3)

@@ -14,10 +14,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from contract.worker import WorkerSpec
 from snapshots.codec import get_codec
 from snapshots.store import LocalStore
 from tenant.journal import Journal, read_records
-from tenant.runtime import WorkerSpec, restore
+from tenant.runtime import restore
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "journal" / "v1"
 

@@ -25,10 +25,11 @@ from typing import Any
 import httpx
 import pytest
 
+from contract.worker import WorkerSpec
 from snapshots.format import read_header
 from snapshots.store import SAVE_STEPS, LocalStore
 from tenant.checkpoint import Checkpointer
-from tenant.runtime import WorkerSpec, restore
+from tenant.runtime import restore
 from tests.apps import schema_v3
 from tests.conftest import ROOT, Router, alive, wait_until
 
@@ -76,7 +77,8 @@ CHECKPOINT_CHILD = """
     from pathlib import Path
     from snapshots.store import LocalStore
     from tenant.checkpoint import CheckpointFailed, Checkpointer
-    from tenant.runtime import WorkerSpec, restore
+    from contract.worker import WorkerSpec
+    from tenant.runtime import restore
     from tests.apps.schema_v3 import app
 
     step, data_dir, mode = sys.argv[1:4]

@@ -16,12 +16,13 @@ from typing import Any
 
 import pytest
 
+from contract.worker import WorkerSpec
 from snapshots.codec import get_codec
 from snapshots.format import read_snapshot
 from snapshots.store import LocalStore
 from tenant.checkpoint import Checkpointer
 from tenant.errors import UpgradeError
-from tenant.runtime import WorkerSpec, restore
+from tenant.runtime import restore
 from tests.apps import schema_v3
 from tests.conftest import ROOT, Router
 
@@ -118,7 +119,8 @@ REPLAY_CHILD = """
     from pathlib import Path
     from snapshots.store import LocalStore
     from tenant.checkpoint import Checkpointer
-    from tenant.runtime import WorkerSpec, restore
+    from contract.worker import WorkerSpec
+    from tenant.runtime import restore
     from tests.apps.schema_v3 import app
 
     data_dir = sys.argv[1]

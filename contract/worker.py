@@ -1,0 +1,101 @@
+"""The router/worker wire contract: how a worker is started and the control channel after.
+
+Both sides import this module; neither imports the other. A worker may run another code
+version than its router (a pinned tenant) as long as both speak this protocol version.
+
+Start. The router binds the tenant's listening socket itself (so requests queue in the kernel
+while the worker restores) and makes a Unix stream socket pair for control. The worker gets a
+`WorkerSpec` as JSON and both file descriptors, either forked by the zygote
+(`{"op": "spawn", "spec": WorkerSpec}` over the zygote's channel, fds by SCM_RIGHTS; see
+tenant/zygote.py) or on a fresh interpreter's command line:
+`python -m tenant SPEC_JSON LISTEN_FD CONTROL_FD`.
+
+Control channel, protocol version 1. Frames are JSON objects, one per line (UTF-8,
+`\\n`-terminated, at most MAX_LINE_BYTES a line).
+
+Worker -> router, unsolicited events:
+  {"event": "ready", "pid": int, "port": int, "journal_pos": int, "generation": int|null,
+   "warnings": [str], "protocol": 1}                   after restore, once accepting requests
+  {"event": "boot_failed", "error": str}               restore or import failed; the worker exits
+  {"event": "checkpointed", "generation": int, "journal_pos": int}   any checkpoint that landed,
+                                                       the one written at stop included
+  {"event": "checkpoint_failed", "error": str}         the old snapshot and the journal stay
+Router -> worker requests, each answered by {"id": same, "ok": true, ...} or
+{"id": same, "ok": false, "error": str}:
+  {"id": n, "op": "ping"}        -> {"journal_pos", "dirty", "checkpointing", "generation",
+                                     "unsaved", "checkpoint_error"}
+  {"id": n, "op": "checkpoint"}  -> {"changed", "generation", "journal_pos"} (forked child writes)
+  {"id": n, "op": "stop"}        -> answered at once; then the worker drains, checkpoints if
+                                    dirty (in-process) and exits
+
+End of file on the socket means the router is gone: the worker checkpoints if dirty and exits,
+so no worker outlives its router even when the router was killed with SIGKILL.
+
+Exit status: 0 after a stop, BOOT_FAILED_EXIT when it could not restore, DURABILITY_LOST_EXIT
+when its journal failed (it stopped acknowledging writes and exits to restart from durable
+state), anything else (or a signal) is a crash.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+PROTOCOL_VERSION = 1
+MAX_LINE_BYTES = 1 << 20
+
+# events, worker -> router
+READY = "ready"
+BOOT_FAILED = "boot_failed"
+CHECKPOINTED = "checkpointed"
+CHECKPOINT_FAILED = "checkpoint_failed"
+# requests, router -> worker
+PING = "ping"
+CHECKPOINT = "checkpoint"
+STOP = "stop"
+
+BOOT_FAILED_EXIT = 3
+DURABILITY_LOST_EXIT = 75  # EX_TEMPFAIL
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs to know to serve one tenant, sent as JSON."""
+
+    tenant: str
+    port: int
+    data_dir: str  # the router's data dir; snapshots.layout.DataLayout says where files are
+    app: str  # MODULE:ATTR of a tenant.TenantApp
+    root_path: str = ""
+    code_path: str | None = None  # a pinned code directory put first on sys.path
+    journal_fsync: str = "always"
+    keep_generations: int = 3
+    log_format: str = "json"
+    log_level: str = "info"
+    epoch: int = 1  # the tenant's fencing token (DESIGN.md "Between hosts")
+    host_id: str | None = None  # this host's id in cluster mode, else None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> WorkerSpec:
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, fields: dict[str, Any]) -> WorkerSpec:
+        return cls(**fields)
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """One control frame: compact JSON and a newline."""
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+def decode(line: bytes) -> dict[str, Any]:
+    """Parse one frame. Raises ValueError for a frame that is not a JSON object."""
+    message = json.loads(line)
+    if not isinstance(message, dict):
+        raise ValueError(f"control frame is not an object: {line[:200]!r}")
+    return message
