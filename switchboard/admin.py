@@ -31,7 +31,6 @@ import contextlib
 import json
 import math
 import os
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -43,6 +42,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from contract.names import is_valid_name
 from switchboard.api import TenantService
 from switchboard.errors import (
     BadTenantName,
@@ -59,8 +59,6 @@ from switchboard.signing import SCHEME, AuthError, Verifier
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-# fullmatch, not `$`: `$` would also accept a name followed by a trailing newline.
-_TENANT_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
 _STATUS_FOR_ERROR: list[tuple[type[SwitchboardError], int]] = [
     (BadTenantName, 400),
@@ -74,7 +72,7 @@ _STATUS_FOR_ERROR: list[tuple[type[SwitchboardError], int]] = [
 
 
 def check_tenant_name(name: str) -> str:
-    if not _TENANT_NAME_RE.fullmatch(name):
+    if not is_valid_name(name):
         raise BadTenantName(name)
     return name
 

@@ -30,6 +30,9 @@ class TenantInfo:
     last_error: str | None = None  # why it failed, or the last checkpoint problem
     retry_at: float | None = None  # when a tenant backing off will be tried again
     moved_to: str | None = None
+    host: str | None = None  # the owner's host id in cluster mode, else None
+    epoch: int = 1  # the tenant's fencing token (switchboard/directory.py)
+    socket: str | None = None  # the worker's Unix socket path, None for a TCP worker
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

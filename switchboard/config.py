@@ -82,10 +82,6 @@ class Config:
     def key_file(self) -> Path:
         return self.data_dir / "admin.key"
 
-    @property
-    def tenants_dir(self) -> Path:
-        return self.data_dir / "tenants"
-
 
 _ALIASES = {
     "idle_timeout": "idle_timeout_s",

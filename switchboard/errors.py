@@ -1,7 +1,7 @@
 """Errors raised by the front daemon.
 
 SwitchboardError
-  BadTenantName        the name does not match [a-z0-9][a-z0-9-]{0,62} (HTTP 400)
+  BadTenantName        the name breaks the rule in contract/names.py (HTTP 400)
   UnknownTenant        no such tenant in the table (HTTP 404)
   TenantExists         create of a name already in the table (HTTP 409)
   TenantUnavailable    the tenant cannot serve now: starting too long, backing off after
@@ -15,6 +15,8 @@ SwitchboardError
 
 from __future__ import annotations
 
+from contract.names import RULE
+
 
 class SwitchboardError(Exception):
     """Base class for every error the front daemon raises on purpose."""
@@ -24,9 +26,7 @@ class BadTenantName(SwitchboardError):
     def __init__(self, name: str) -> None:
         shown = name if len(name) <= 80 else name[:80] + "..."
         super().__init__(
-            f"bad tenant name {shown!r}: names are 1-63 characters of a-z, 0-9 and '-', "
-            "starting with a letter or digit"
-        )
+            f"bad tenant name {shown!r}: {RULE}")
 
 
 class UnknownTenant(SwitchboardError):

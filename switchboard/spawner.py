@@ -3,8 +3,8 @@
 The router binds the tenant's listening socket itself and hands it to the worker, so requests
 queue in the kernel while the worker restores, and a port that is taken is noticed (and
 replaced) before anything starts. The worker also gets one end of a control socket pair
-(protocol in tenant/control.py); `WorkerHandle` is the router's end. The zygote's own channel
-is documented in tenant/zygote.py.
+(the protocol is the wire contract in contract/worker.py); `WorkerHandle` is the router's end.
+The zygote's own channel is documented in tenant/zygote.py.
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from contract import worker as wire
 from switchboard.errors import WorkerError
 
 log = logging.getLogger("switchboard.spawner")
 
 ZYGOTE_RESTART_DELAY_S = 1.0
-EventCallback = Callable[["WorkerHandle", dict[str, Any]], None]
+EventCallback = Callable[[dict[str, Any]], None]
 REAP_TIMEOUT_S = 5.0  # from a worker's channel closing to its exit, before it is killed
 
 
@@ -78,7 +79,7 @@ class WorkerHandle:
         try:
             while line := await reader.readline():
                 try:
-                    message = json.loads(line)
+                    message = wire.decode(line)
                 except ValueError:
                     log.warning("tenant %s: garbled control frame %r", self.tenant, line[:200])
                     continue
@@ -98,12 +99,12 @@ class WorkerHandle:
                     future.set_exception(WorkerError(str(message.get("error"))))
             return
         event = message.get("event")
-        if event == "ready" and not self.ready.done():
+        if event == wire.READY and not self.ready.done():
             self.ready.set_result(message)
-        elif event == "boot_failed" and not self.ready.done():
+        elif event == wire.BOOT_FAILED and not self.ready.done():
             self.ready.set_exception(BootFailure(str(message.get("error"))))
         else:
-            self._on_event(self, message)
+            self._on_event(message)
 
     async def _closed(self) -> None:
         if not await self._wait_reaped(REAP_TIMEOUT_S):
@@ -112,10 +113,10 @@ class WorkerHandle:
                         self.tenant, self.pid)
             self._signal(signal.SIGKILL)
             await self._wait_reaped(REAP_TIMEOUT_S)
-        error = WorkerError(f"worker of {self.tenant} exited" + self._status_text())
+        error = WorkerError(f"worker of {self.tenant} exited" + self.status_text())
         if not self.ready.done():
             self.ready.set_exception(
-                BootFailure(f"worker exited before it was ready{self._status_text()}"))
+                BootFailure(f"worker exited before it was ready{self.status_text()}"))
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(error)
@@ -148,7 +149,8 @@ class WorkerHandle:
             await asyncio.wait({self.reaped}, timeout=min(remaining, 0.05))
         return True
 
-    def _status_text(self) -> str:
+    def status_text(self) -> str:
+        """How the process ended, e.g. " (killed by signal 9)"; empty while unknown."""
         if self.exit_status is None:
             return ""
         if self.exit_status < 0:
@@ -162,7 +164,7 @@ class WorkerHandle:
         op_id = next(self._ids)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[op_id] = future
-        self._writer.write(json.dumps({"id": op_id, "op": op}).encode() + b"\n")
+        self._writer.write(wire.encode({"id": op_id, "op": op}))
         try:
             return await asyncio.wait_for(future, timeout)
         finally:
@@ -300,11 +302,9 @@ class ZygoteClient:
 class Spawner:
     """Starts workers: zygote first, a fresh interpreter when the zygote is unavailable."""
 
-    def __init__(self, *, use_zygote: bool, on_event: EventCallback,
-                 zygote_wait_s: float = 2.0) -> None:
+    def __init__(self, *, use_zygote: bool, zygote_wait_s: float = 2.0) -> None:
         self.use_zygote = use_zygote
         self.zygote_wait_s = zygote_wait_s
-        self.on_event = on_event
         self.zygotes: dict[tuple[str, str | None], ZygoteClient] = {}
         self._zygote_starting: dict[tuple[str, str | None], asyncio.Task[None]] = {}
         self._handles_by_pid: dict[int, WorkerHandle] = {}
@@ -328,6 +328,10 @@ class Spawner:
 
         if not self.closing:
             asyncio.get_running_loop().call_later(ZYGOTE_RESTART_DELAY_S, restart)
+
+    def prestart_zygote(self, app: str, code_path: str | None = None) -> None:
+        """Start the zygote for `app` in the background, so the first spawn finds it ready."""
+        self._ensure_zygote_soon((app, code_path))
 
     def _ensure_zygote_soon(self, key: tuple[str, str | None]) -> None:
         """Restart a missing zygote in the background; spawns use fresh interpreters meanwhile."""
@@ -367,11 +371,12 @@ class Spawner:
             if not handle.reaped.done():
                 handle.reaped.set_result(None)
 
-    async def spawn(self, spec: Any, listen_sock: socket.socket) -> WorkerHandle:
-        """Start a worker for `spec` (a tenant.runtime.WorkerSpec-shaped object) serving on
-        `listen_sock`. Returns once the process exists; await `handle.ready` for readiness."""
+    async def spawn(self, spec: wire.WorkerSpec, listen_sock: socket.socket,
+                    on_event: EventCallback) -> WorkerHandle:
+        """Start a worker for `spec` serving on `listen_sock`; its unsolicited control events go
+        to `on_event`. Returns once the process exists; await `handle.ready` for readiness."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        handle = WorkerHandle(spec.tenant, spec.port, ours, self.on_event)
+        handle = WorkerHandle(spec.tenant, spec.port, ours, on_event)
         fds = (listen_sock.fileno(), theirs.fileno())
         spec_json = spec.to_json()
         key = (spec.app, spec.code_path)

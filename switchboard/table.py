@@ -1,25 +1,24 @@
-"""The tenant table: every tenant mapped to this host, its stable port and its live figures.
+"""The embedded tenant directory: `<data-dir>/tenants.sqlite`, one row a tenant.
 
-Persisted in `<data-dir>/tenants.sqlite` (name, port, created_at, pinned code, moved_to); the
-live figures (state, pid, in-flight, bytes) are memory only. A mapped tenant that is not
-running costs one `Tenant` object with slots (a few hundred bytes), so tens of thousands fit.
+Implements `switchboard.directory.Directory` (read that module for what a record means).
+SQLite runs in WAL mode with `synchronous=FULL`: a method has committed and fsynced its change
+when it returns, so a tenant's port, epoch and creation id survive a crash of the router.
 
-Durability: `create`, `set_port`, `remove` commit to SQLite (fsynced by SQLite) before they
-return, so a tenant's port survives a crash of the router.
+Calls are synchronous underneath (each is one short statement on a local file); they are
+`async` because the interface is, for the PostgreSQL directory that shares it.
+
+Schema: the table grew `creation_id`, `epoch` and `owner` after the first release; opening an
+older file adds them (existing tenants get a fresh creation id and epoch 1).
 """
 
 from __future__ import annotations
 
-import socket
 import sqlite3
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from switchboard.errors import SwitchboardError, TenantExists, UnknownTenant
-from switchboard.states import TenantState
+from switchboard.directory import EpochConflict, TenantRecord, new_creation_id
+from switchboard.errors import TenantExists, UnknownTenant
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenants (
@@ -28,125 +27,90 @@ CREATE TABLE IF NOT EXISTS tenants (
     created_at REAL NOT NULL,
     app TEXT,
     code_path TEXT,
-    moved_to TEXT
+    moved_to TEXT,
+    creation_id TEXT,
+    epoch INTEGER NOT NULL DEFAULT 1,
+    owner TEXT
 )
 """
+_ADDED_COLUMNS = {"creation_id": "TEXT", "epoch": "INTEGER NOT NULL DEFAULT 1", "owner": "TEXT"}
+_COLUMNS = "name, creation_id, epoch, created_at, port, app, code_path, owner, moved_to"
 
 
-@dataclass(slots=True, eq=False)
-class Tenant:
-    name: str
-    port: int
-    created_at: float
-    app: str | None = None  # pinned app (MODULE:ATTR), else the router's default
-    code_path: str | None = None  # pinned code directory, put first on sys.path
-    moved_to: str | None = None
-    state: TenantState = TenantState.STOPPED
-    worker: Any = None  # switchboard.spawner.WorkerHandle while a process exists
-    restarts: int = 0
-    boot_failures: int = 0
-    retry_at: float | None = None  # monotonic time of the next start attempt while backing off
-    last_error: str | None = None
-    last_request_at: float | None = None  # Unix seconds
-    last_active: float = 0.0  # monotonic, for idle and LRU decisions
-    started_at: float | None = None
-    last_checkpoint_at: float | None = None
-    generation: int | None = None
-    in_flight: int = 0
-    requests: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    waiting: int = 0
-    lifecycle: Any = None  # asyncio.Lock while an operation on the process runs
-    warnings: list[str] = field(default_factory=list)
-
-
-class TenantTable:
-    def __init__(self, data_dir: Path, port_range: tuple[int, int]) -> None:
-        self.data_dir = data_dir
-        self.port_range = port_range
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(data_dir / "tenants.sqlite", isolation_level=None)
+class SqliteDirectory:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute(SCHEMA)
-        self.tenants: dict[str, Tenant] = {}
-        for name, port, created_at, app, code_path, moved_to in self.db.execute(
-            "SELECT name, port, created_at, app, code_path, moved_to FROM tenants"
-        ):
-            self.tenants[name] = Tenant(name, port, created_at, app, code_path, moved_to)
-        self._next_port = port_range[0]
-        self._used_ports = {t.port for t in self.tenants.values()}  # kept, so creates stay O(1)
+        self._upgrade_schema()
+
+    def _upgrade_schema(self) -> None:
+        present = {row[1] for row in self.db.execute("PRAGMA table_info(tenants)")}
+        for column, kind in _ADDED_COLUMNS.items():
+            if column not in present:
+                self.db.execute(f"ALTER TABLE tenants ADD COLUMN {column} {kind}")
+        for (name,) in self.db.execute(
+                "SELECT name FROM tenants WHERE creation_id IS NULL").fetchall():
+            self.db.execute("UPDATE tenants SET creation_id = ? WHERE name = ?",
+                            (new_creation_id(), name))
 
     def close(self) -> None:
         self.db.close()
 
-    def __len__(self) -> int:
-        return len(self.tenants)
+    def _row(self, name: str) -> TenantRecord:
+        row = self.db.execute(f"SELECT {_COLUMNS} FROM tenants WHERE name = ?",
+                              (name,)).fetchone()
+        if row is None:
+            raise UnknownTenant(name)
+        return TenantRecord(*row)
 
-    def __iter__(self) -> Iterator[Tenant]:
-        return iter(list(self.tenants.values()))
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.tenants
-
-    def get(self, name: str) -> Tenant:
+    async def create(self, name: str, *, port: int, app: str | None = None,
+                     code_path: str | None = None) -> TenantRecord:
+        record = TenantRecord(name=name, creation_id=new_creation_id(), epoch=1,
+                              created_at=time.time(), port=port, app=app, code_path=code_path)
         try:
-            return self.tenants[name]
-        except KeyError:
-            raise UnknownTenant(name) from None
+            self.db.execute(
+                f"INSERT INTO tenants ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (record.name, record.creation_id, record.epoch, record.created_at, record.port,
+                 record.app, record.code_path, record.owner, record.moved_to))
+        except sqlite3.IntegrityError:
+            if self.db.execute("SELECT 1 FROM tenants WHERE name = ?", (name,)).fetchone():
+                raise TenantExists(name) from None
+            raise
+        return record
 
-    def find(self, name: str) -> Tenant | None:
-        return self.tenants.get(name)
+    async def get(self, name: str) -> TenantRecord:
+        return self._row(name)
 
-    def create(self, name: str, *, app: str | None = None, code_path: str | None = None) -> Tenant:
-        if name in self.tenants:
-            raise TenantExists(name)
-        port = self.allocate_port()
-        tenant = Tenant(name, port, time.time(), app, code_path)
-        self.db.execute(
-            "INSERT INTO tenants (name, port, created_at, app, code_path) VALUES (?, ?, ?, ?, ?)",
-            (name, port, tenant.created_at, app, code_path),
-        )
-        self.tenants[name] = tenant
-        self._used_ports.add(port)
-        (self.data_dir / "tenants" / name).mkdir(parents=True, exist_ok=True)
-        return tenant
+    async def list(self) -> list[TenantRecord]:
+        return [TenantRecord(*row) for row in
+                self.db.execute(f"SELECT {_COLUMNS} FROM tenants ORDER BY name")]
 
-    def set_port(self, tenant: Tenant, port: int) -> None:
-        self.db.execute("UPDATE tenants SET port = ? WHERE name = ?", (port, tenant.name))
-        self._used_ports.discard(tenant.port)
-        self._used_ports.add(port)
-        tenant.port = port
+    async def update(self, name: str, *, port: int | None = None, app: str | None = None,
+                     code_path: str | None = None) -> TenantRecord:
+        changes = {k: v for k, v in (("port", port), ("app", app), ("code_path", code_path))
+                   if v is not None}
+        if changes:
+            assignments = ", ".join(f"{column} = ?" for column in changes)
+            cursor = self.db.execute(f"UPDATE tenants SET {assignments} WHERE name = ?",
+                                     (*changes.values(), name))
+            if cursor.rowcount == 0:
+                raise UnknownTenant(name)
+        return self._row(name)
 
-    def set_moved(self, tenant: Tenant, moved_to: str | None) -> None:
-        self.db.execute("UPDATE tenants SET moved_to = ? WHERE name = ?", (moved_to, tenant.name))
-        tenant.moved_to = moved_to
+    async def set_placement(self, name: str, *, owner: str | None, moved_to: str | None,
+                            expect_epoch: int) -> TenantRecord:
+        cursor = self.db.execute(
+            "UPDATE tenants SET owner = ?, moved_to = ?, epoch = epoch + 1 "
+            "WHERE name = ? AND epoch = ?", (owner, moved_to, name, expect_epoch))
+        if cursor.rowcount == 0:
+            current = self._row(name)  # UnknownTenant when it is gone
+            raise EpochConflict(name, expect_epoch, current.epoch)
+        return self._row(name)
 
-    def remove(self, tenant: Tenant) -> None:
-        self.db.execute("DELETE FROM tenants WHERE name = ?", (tenant.name,))
-        self.tenants.pop(tenant.name, None)
-        self._used_ports.discard(tenant.port)
-
-    def allocate_port(self, *, avoid: int | None = None) -> int:
-        """The next port in range that no tenant holds and that can be bound right now."""
-        low, high = self.port_range
-        used = self._used_ports
-        span = high - low + 1
-        for step in range(span):
-            port = low + (self._next_port - low + step) % span
-            if port in used or port == avoid or not _port_free(port):
-                continue
-            self._next_port = port + 1
-            return port
-        raise SwitchboardError(f"no free port left in {low}-{high} for a new tenant")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+    async def remove(self, name: str) -> None:
+        cursor = self.db.execute("DELETE FROM tenants WHERE name = ?", (name,))
+        if cursor.rowcount == 0:
+            raise UnknownTenant(name)

@@ -1,4 +1,4 @@
-"""Export and import of tenants, for the admin API (the supervisor delegates here).
+"""Export and import of tenants, for the admin API (switchboard/service.py calls here).
 
 The work that needs the app's code (restoring the state, the app's export_data / import_data
 hooks and upgrades) runs in a subprocess, `python -m tenant.export` (see tenant/export.py), so
@@ -6,9 +6,9 @@ the router never imports tenant code and a running tenant is neither stopped nor
 
 - export: the subprocess reads the tenant's snapshot and journal read-only and writes the file
   into `<data-dir>/transfers/`; the caller streams it out and deletes it.
-- import: the tenant is created in the table and its lifecycle lock held while the subprocess
+- import: the caller creates the tenant and holds its lifecycle lock while the subprocess
   writes its generation 1 snapshot, so a request for it waits and then restores the import.
-  On any failure the tenant is removed again: nothing half-imported stays.
+  On any failure the caller removes the tenant again: nothing half-imported stays.
 """
 
 from __future__ import annotations
@@ -18,18 +18,15 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from switchboard.api import ExportedFile, TenantInfo
-from switchboard.errors import BadTenantName, TransferFailed
-from switchboard.routing import is_valid_name
+from snapshots.layout import DataLayout
 
-if TYPE_CHECKING:
-    from switchboard.supervisor import Supervisor
+from switchboard.api import ExportedFile
+from switchboard.errors import TransferFailed
 
 log = logging.getLogger("switchboard.transfer")
 
@@ -37,27 +34,13 @@ TRANSFER_TIMEOUT_S = 600.0
 STALE_AFTER_S = 3600.0
 
 
-def transfers_dir(supervisor: Supervisor) -> Path:
-    """Where export files wait to be streamed. A file older than STALE_AFTER_S was left by a
-    download that broke off (its cleanup did not run) and is removed here."""
-    directory = supervisor.config.data_dir / "transfers"
-    directory.mkdir(mode=0o700, exist_ok=True)
-    cutoff = time.time() - STALE_AFTER_S
-    for leftover in directory.iterdir():
-        with contextlib.suppress(OSError):
-            if leftover.stat().st_mtime < cutoff:
-                leftover.unlink()
-    return directory
-
-
-async def export_tenant(supervisor: Supervisor, name: str) -> ExportedFile:
-    tenant = supervisor.table.get(name)
-    app = tenant.app or supervisor.config.app
-    out = transfers_dir(supervisor) / f"{name}-{time.time_ns()}.sbexport"
+async def export_tenant(layout: DataLayout, name: str, *, app: str,
+                        code_path: str | None) -> ExportedFile:
+    out = _transfers_dir(layout) / f"{name}-{time.time_ns()}.sbexport"
     try:
         reply = await _run_export_tool(
             "export", "--tenant", name, "--app", app, "-o", str(out),
-            tenants_dir=supervisor.config.tenants_dir, code_path=tenant.code_path,
+            tenants_dir=layout.tenants_dir, code_path=code_path,
         )
     except BaseException:
         with contextlib.suppress(OSError):
@@ -69,30 +52,36 @@ async def export_tenant(supervisor: Supervisor, name: str) -> ExportedFile:
                         filename=f"{name}-{reply.get('journal_pos', 0)}.sbexport", header=reply)
 
 
-async def import_tenant(supervisor: Supervisor, name: str, data: bytes) -> TenantInfo:
-    if not is_valid_name(name):
-        raise BadTenantName(name)
-    tenant = supervisor.table.create(name)  # TenantExists (409) before anything is written
-    # Taken in the same step as the create: no start can slip in before the snapshot exists.
-    async with supervisor._lock(tenant):
-        staged = transfers_dir(supervisor) / f"import-{name}-{time.time_ns()}.sbexport"
-        try:
-            staged.write_bytes(data)
-            reply = await _run_export_tool(
-                "import", str(staged), "--tenant", name,
-                "--app", tenant.app or supervisor.config.app,
-                tenants_dir=supervisor.config.tenants_dir, code_path=tenant.code_path,
-            )
-        except BaseException:
-            supervisor.table.remove(tenant)
-            shutil.rmtree(supervisor.config.tenants_dir / name, ignore_errors=True)
-            raise
-        finally:
-            with contextlib.suppress(OSError):
-                staged.unlink()
-        tenant.generation = reply.get("generation")
+async def import_tenant(layout: DataLayout, name: str, data: bytes, *, app: str,
+                        code_path: str | None) -> int | None:
+    """Write tenant `name`'s generation 1 snapshot from an export file's bytes; returns the
+    generation. The caller has created the tenant and holds its lock, and removes it again
+    if this raises."""
+    staged = _transfers_dir(layout) / f"import-{name}-{time.time_ns()}.sbexport"
+    try:
+        staged.write_bytes(data)
+        reply = await _run_export_tool(
+            "import", str(staged), "--tenant", name, "--app", app,
+            tenants_dir=layout.tenants_dir, code_path=code_path,
+        )
+    finally:
+        with contextlib.suppress(OSError):
+            staged.unlink()
     log.info("imported tenant %s from an export of %s", name, reply.get("from_tenant"))
-    return supervisor.info(tenant)
+    generation = reply.get("generation")
+    return int(generation) if generation is not None else None
+
+
+def _transfers_dir(layout: DataLayout) -> Path:
+    """Where export files wait to be streamed. A file older than STALE_AFTER_S was left by a
+    download that broke off (its cleanup did not run) and is removed here."""
+    directory = layout.ensure_transfers_dir()
+    cutoff = time.time() - STALE_AFTER_S
+    for leftover in directory.iterdir():
+        with contextlib.suppress(OSError):
+            if leftover.stat().st_mtime < cutoff:
+                leftover.unlink()
+    return directory
 
 
 async def _run_export_tool(*args: str, tenants_dir: Path, code_path: str | None) -> dict[str, Any]:

@@ -1,0 +1,459 @@
+"""One tenant's worker process as the router sees it (supervisord's `Subprocess` is the model).
+
+`TenantProcess` owns everything about one tenant that changes while the router runs: its
+lifecycle state and the one function that changes it, the lifecycle lock, the worker handle,
+boot failures and backoff, health-ping misses, the single-flight start task, and the per-tenant
+counters. The persisted part (name, port, epoch, pinned code...) is its `TenantRecord`.
+
+Locking: every change of state happens under `lock`, the crash of a worker included (the exit
+watcher takes the lock before it records the crash, and whoever holds the lock and finds the
+worker gone records it first). So a request that arrives while its tenant is checkpointing,
+stopping or being evicted waits for the lock and is served by the next worker.
+
+What it does not decide: when to stop an idle tenant, whom to evict, how long a request may
+wait. That is the supervisor's policy (switchboard/supervisor.py), which calls in here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import random
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from contract import worker as wire
+from switchboard.api import CheckpointResult, TenantInfo
+from switchboard.config import Config
+from switchboard.directory import Directory, TenantRecord
+from switchboard.errors import (
+    SwitchboardError,
+    TenantBusy,
+    TenantUnavailable,
+    UnknownTenant,
+    WorkerError,
+)
+from switchboard.metrics import Counters
+from switchboard.ports import PortPool
+from switchboard.spawner import BootFailure, Spawner, WorkerHandle
+from switchboard.states import LIVE, SERVING, TenantState, check_transition
+
+log = logging.getLogger("switchboard.process")
+S = TenantState
+MISSED_PINGS_BEFORE_KILL = 3
+CHECKPOINT_TIMEOUT_S = 3600.0
+
+
+@dataclass
+class ProcessEnv:
+    """What every tenant process shares: the host's settings, the spawner, and the hooks into
+    the supervisor's policy."""
+
+    config: Config
+    spawner: Spawner
+    directory: Directory
+    ports: PortPool
+    counters: Counters
+    checkpoint_slots: asyncio.Semaphore
+    make_room: Callable[[TenantProcess], Awaitable[None]]
+    on_stopped: list[Callable[[TenantProcess], None]] = field(default_factory=list)
+    closing: bool = False
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def run_in_background(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self.background.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self.background.discard)
+
+
+class TenantProcess:
+    def __init__(self, record: TenantRecord, env: ProcessEnv) -> None:
+        self.record = record
+        self.env = env
+        self.state = S.MOVED if record.moved_to else S.STOPPED
+        self.lock = asyncio.Lock()
+        self.worker: WorkerHandle | None = None
+        self.removed = False  # set by `rm`: no start from now on
+        # crash and backoff
+        self.restarts = 0
+        self.boot_failures = 0
+        self.retry_at: float | None = None  # monotonic time of the next start while backing off
+        self.last_error: str | None = None
+        self.warnings: list[str] = []
+        self.ping_misses = 0
+        self._start_task: asyncio.Task[None] | None = None
+        # activity
+        self.last_request_at: float | None = None  # Unix seconds
+        self.last_active = 0.0  # monotonic, for idle and LRU decisions
+        self.started_at: float | None = None
+        self.last_checkpoint_at: float | None = None
+        self.generation: int | None = None
+        self.in_flight = 0
+        self.waiting = 0
+        self.requests = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def port(self) -> int:
+        return self.record.port
+
+    @property
+    def serving(self) -> bool:
+        """A request can be forwarded to the worker now."""
+        worker = self.worker
+        return self.state in SERVING and worker is not None and not worker.exited.done()
+
+    @property
+    def idle(self) -> bool:
+        return self.state is S.RUNNING and self.in_flight == 0 and self.waiting == 0
+
+    # ---- the one place state changes ----
+
+    def _transition(self, new: TenantState) -> None:
+        check_transition(self.state, new)
+        if new is not self.state:
+            log.debug("tenant %s: %s -> %s", self.name, self.state.value, new.value)
+        self.state = new
+
+    # ---- requests ----
+
+    def begin_request(self) -> None:
+        self.in_flight += 1
+        self.requests += 1
+        self.last_active = time.monotonic()
+        self.last_request_at = time.time()
+
+    def end_request(self, bytes_in: int, bytes_out: int) -> None:
+        self.in_flight -= 1
+        self.bytes_in += bytes_in
+        self.bytes_out += bytes_out
+        self.last_active = time.monotonic()
+
+    def refuse_if_unavailable(self) -> None:
+        """Raise what a request for this tenant gets when no start may be tried now."""
+        if self.removed:
+            raise UnknownTenant(self.name)
+        if self.env.closing:
+            raise TenantUnavailable("switchboard is shutting down", 5)
+        if self.state is S.MOVED:
+            raise TenantUnavailable(f"{self.name} moved to {self.record.moved_to}", None)
+        if self.state is S.FAILED:
+            reason = f"{self.name} failed to start: {self.last_error}"
+            if self.retry_at is None:
+                raise TenantUnavailable(reason + " (an operator must start it)", None)
+            wait = self.retry_at - time.monotonic()
+            if wait > 0:
+                raise TenantUnavailable(reason, wait)
+
+    # ---- start ----
+
+    def start_once(self) -> asyncio.Task[None]:
+        """Single flight: every caller shares one start task."""
+        task = self._start_task
+        if task is None or task.done():
+            task = asyncio.ensure_future(self._start())
+            task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+            self._start_task = task
+        return task
+
+    def clear_failures(self) -> None:
+        """An operator's start: forget the failure count and try at once."""
+        if self.state is S.FAILED:
+            self.boot_failures = 0
+            self.retry_at = time.monotonic()
+            self.last_error = None
+
+    async def _start(self) -> None:
+        async with self.lock:
+            self._note_exit_if_gone()
+            if self.serving:
+                return
+            self.refuse_if_unavailable()
+            await self.env.make_room(self)
+            self.refuse_if_unavailable()  # rm or shutdown may have come while making room
+            self._transition(S.STARTING)
+            started = time.monotonic()
+            try:
+                handle = await self._spawn_ready()
+            except BootFailure as exc:
+                self._boot_failed(str(exc))
+                retry_in = None if self.retry_at is None else self.retry_at - time.monotonic()
+                raise TenantUnavailable(str(exc), retry_in) from exc
+            except BaseException:
+                self._transition(S.STOPPED)
+                raise
+            self.worker = handle
+            self.started_at = time.time()
+            self.last_active = time.monotonic()
+            self.retry_at = None
+            self.ping_misses = 0
+            self._transition(S.RUNNING)
+            self.env.counters.starts += 1
+            log.info("tenant %s started on :%d (pid %s) in %.1f ms", self.name, self.port,
+                     handle.pid, (time.monotonic() - started) * 1000)
+            handle.exited.add_done_callback(lambda _: self._exit_seen(handle))
+
+    def _spec(self) -> wire.WorkerSpec:
+        config = self.env.config
+        return wire.WorkerSpec(
+            tenant=self.name, port=self.port, data_dir=str(config.data_dir.resolve()),
+            app=self.record.app or config.app, code_path=self.record.code_path,
+            root_path=f"/t/{self.name}" if config.routing == "path" else "",
+            journal_fsync=config.journal_fsync, keep_generations=config.keep_generations,
+            log_format="json" if config.log_format != "text" else "text",
+            log_level=config.log_level, epoch=self.record.epoch, host_id=self.record.owner,
+        )
+
+    async def _spawn_ready(self) -> WorkerHandle:
+        sock = await self._bind()
+        timeout = self.env.config.start_timeout_s
+        try:
+            handle = await self.env.spawner.spawn(self._spec(), sock, self._on_event)
+        except (OSError, WorkerError) as exc:  # fork or exec failed (EAGAIN, ENOMEM, ...)
+            raise BootFailure(f"cannot start a worker: {exc}") from exc
+        finally:
+            sock.close()  # the worker holds its own copy now
+        try:
+            ready = await asyncio.wait_for(asyncio.shield(handle.ready), timeout)
+        except TimeoutError:
+            await _kill_and_reap(handle)
+            raise BootFailure(f"worker did not become ready within {timeout:g}s") from None
+        except BootFailure:
+            await _kill_and_reap(handle)
+            raise
+        self.generation = ready.get("generation")
+        self.warnings = list(ready.get("warnings") or [])
+        for warning in self.warnings:
+            log.warning("tenant %s: %s", self.name, warning)
+        return handle
+
+    async def _bind(self) -> socket.socket:
+        """Bind the tenant's port; if something else holds it, move the tenant to a free one."""
+        for _ in range(5):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", self.port))
+                sock.listen(1024)
+                return sock
+            except OSError as exc:
+                sock.close()
+                if exc.errno != errno.EADDRINUSE:
+                    raise BootFailure(f"cannot bind port {self.port}: {exc.strerror}") from exc
+            old = self.port
+            try:
+                new = self.env.ports.allocate(avoid=old)
+            except SwitchboardError as exc:
+                raise BootFailure(str(exc)) from exc
+            log.warning("port %d of tenant %s is taken; moving it to %d", old, self.name, new)
+            self.record = await self.env.directory.update(self.name, port=new)
+            self.env.ports.release(old)
+        raise BootFailure(f"no bindable port found for {self.name}")
+
+    def _boot_failed(self, reason: str) -> None:
+        config = self.env.config
+        self.boot_failures += 1
+        self.last_error = reason
+        self.env.counters.boot_failures += 1
+        self.worker = None
+        if self.state is not S.FAILED:
+            self._transition(S.FAILED)
+        if self.boot_failures >= config.max_boot_failures:
+            self.retry_at = None
+            log.error("tenant %s failed to boot %d times; stays failed until an operator "
+                      "starts it: %s", self.name, self.boot_failures, reason)
+            return
+        delay = min(config.backoff_max_s, config.backoff_base_s * 2 ** (self.boot_failures - 1))
+        delay *= random.uniform(0.8, 1.2)  # jitter: tenants failing together retry apart
+        self.retry_at = time.monotonic() + delay
+        log.error("tenant %s failed to boot (try %d), retrying in %.2fs: %s",
+                  self.name, self.boot_failures, delay, reason)
+
+    # ---- exits ----
+
+    def _exit_seen(self, handle: WorkerHandle) -> None:
+        """The worker process is gone. Record it under the lock, on the loop."""
+        if self.worker is handle and not self.env.closing:
+            self.env.run_in_background(self._record_exit(handle))
+
+    async def _record_exit(self, handle: WorkerHandle) -> None:
+        async with self.lock:
+            if self.worker is handle:
+                self._crashed(handle)
+
+    def _note_exit_if_gone(self) -> None:
+        """Caller holds the lock: a worker that died since is recorded before anything else."""
+        if self.worker is not None and self.worker.exited.done() and self.state in SERVING:
+            self._crashed(self.worker)
+
+    def _crashed(self, handle: WorkerHandle) -> None:
+        uptime = time.time() - (self.started_at or time.time())
+        self.worker = None
+        handle.close()
+        self.restarts += 1
+        self.env.counters.crashes += 1
+        self._transition(S.STOPPED)
+        self._notify_stopped()
+        reason = f"worker exited unexpectedly{handle.status_text()} after {uptime:.1f}s"
+        log.error("tenant %s: %s; it restarts on the next request", self.name, reason)
+        if uptime < self.env.config.min_uptime_s:
+            self._transition(S.FAILED)
+            self._boot_failed(reason)
+        else:
+            self.boot_failures = 0
+
+    def _notify_stopped(self) -> None:
+        for callback in self.env.on_stopped:
+            callback(self)
+
+    # ---- stop and checkpoint ----
+
+    async def stop(self, why: str, *, when: Callable[[], bool] | None = None) -> bool:
+        """Stop the worker (it checkpoints if dirty) if `when()` still holds under the lock.
+        A failed tenant is set back to stopped. True if a worker was stopped."""
+        async with self.lock:
+            self._note_exit_if_gone()
+            if when is not None and not when():
+                return False
+            if self.state is S.FAILED:
+                self.retry_at = None
+                self._transition(S.STOPPED)
+            return await self._stop_locked(why)
+
+    async def _stop_locked(self, why: str) -> bool:
+        handle = self.worker
+        if handle is None or self.state not in LIVE:
+            return False
+        config = self.env.config
+        self._transition(S.STOPPING)
+        try:
+            with contextlib.suppress(WorkerError, TimeoutError):
+                await handle.request(wire.STOP, config.ping_timeout_s)
+            if not await _quietly(handle.exited, config.stop_timeout_s):
+                log.warning("tenant %s did not stop within %gs; SIGTERM then SIGKILL",
+                            self.name, config.stop_timeout_s)
+                handle.kill(signal.SIGTERM)
+                if not await _quietly(handle.exited, 2):
+                    await _kill_and_reap(handle)
+        finally:
+            handle.close()
+            self.worker = None
+            self._transition(S.STOPPED)
+            self._notify_stopped()
+            log.info("tenant %s stopped (%s)", self.name, why)
+        return True
+
+    async def remove(self) -> None:
+        """`rm`: refuse every start from now on and stop the worker. The caller deletes the
+        record and the files once this returns."""
+        async with self.lock:
+            self.removed = True
+            self._note_exit_if_gone()
+            if self.state is S.FAILED:
+                self._transition(S.STOPPED)
+            await self._stop_locked("removed")
+
+    async def checkpoint(self) -> CheckpointResult:
+        async with self.lock:
+            self._note_exit_if_gone()
+            handle = self.worker
+            if handle is None or self.state is not S.RUNNING:
+                return CheckpointResult(self.name, None, False, 0)
+            self._transition(S.CHECKPOINTING)
+            try:
+                async with self.env.checkpoint_slots:
+                    reply = await handle.request(wire.CHECKPOINT, CHECKPOINT_TIMEOUT_S)
+            except WorkerError as exc:
+                self.env.counters.checkpoint_failures += 1
+                self.last_error = f"checkpoint failed: {exc}"
+                raise TenantBusy(self.last_error) from exc
+            finally:
+                if self.state is S.CHECKPOINTING:  # type: ignore[comparison-overlap]
+                    self._transition(S.RUNNING)
+                self._note_exit_if_gone()
+        changed = bool(reply.get("changed"))
+        return CheckpointResult(self.name, reply.get("generation") if changed else None,
+                                changed, int(reply.get("journal_pos", 0)))
+
+    def _on_event(self, message: dict[str, Any]) -> None:
+        """An unsolicited event from this tenant's worker (contract/worker.py)."""
+        event = message.get("event")
+        if event == wire.CHECKPOINTED:  # any checkpoint: asked for, or written at stop
+            self.env.counters.checkpoints += 1
+            self.generation = message.get("generation")
+            self.last_checkpoint_at = time.time()
+            if self.last_error and self.last_error.startswith("checkpoint"):
+                self.last_error = None
+        elif event == wire.CHECKPOINT_FAILED:
+            self.last_error = f"checkpoint failed: {message.get('error')}"
+            log.error("tenant %s: %s", self.name, self.last_error)
+
+    # ---- health ----
+
+    async def ping(self) -> None:
+        """One health ping; the third miss in a row kills the worker (its exit is then
+        recorded as a crash and the next request starts a new one)."""
+        handle = self.worker
+        if handle is None or self.state is not S.RUNNING:
+            return
+        try:
+            await handle.request(wire.PING, self.env.config.ping_timeout_s)
+            self.ping_misses = 0
+        except TimeoutError:
+            self.ping_misses += 1
+            log.warning("tenant %s missed a health ping (%d in a row)", self.name,
+                        self.ping_misses)
+            if self.ping_misses >= MISSED_PINGS_BEFORE_KILL:
+                log.error("tenant %s is unresponsive; killing it", self.name)
+                self.ping_misses = 0
+                handle.kill(signal.SIGKILL)
+        except WorkerError:
+            pass  # it exited; the exit watcher records it
+
+    def kill(self) -> None:
+        """No more waiting (second signal at shutdown)."""
+        if self.worker is not None:
+            self.worker.kill(signal.SIGKILL)
+
+    # ---- what operators see ----
+
+    def info(self) -> TenantInfo:
+        worker = self.worker
+        retry_in = None if self.retry_at is None else max(0.0, self.retry_at - time.monotonic())
+        record = self.record
+        return TenantInfo(
+            name=self.name, state=self.state.value,
+            pid=worker.pid if worker is not None and self.state in LIVE else None,
+            port=record.port, restarts=self.restarts, last_request_at=self.last_request_at,
+            in_flight=self.in_flight, requests=self.requests, bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out, created_at=record.created_at, started_at=self.started_at,
+            last_checkpoint_at=self.last_checkpoint_at, generation=self.generation,
+            last_error=self.last_error or ("; ".join(self.warnings) or None),
+            retry_at=None if retry_in is None else time.time() + retry_in,
+            moved_to=record.moved_to, host=record.owner, epoch=record.epoch,
+        )
+
+
+async def _quietly(future: asyncio.Future[Any], timeout: float) -> bool:
+    """Wait for `future` up to `timeout`; False on timeout (the future is not cancelled)."""
+    try:
+        await asyncio.wait_for(asyncio.shield(future), timeout)
+        return True
+    except TimeoutError:
+        return False
+
+
+async def _kill_and_reap(handle: WorkerHandle) -> None:
+    handle.kill(signal.SIGKILL)
+    await _quietly(handle.exited, 5)

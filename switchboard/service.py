@@ -1,0 +1,107 @@
+"""The operations the admin API exposes (`switchboard.api.TenantService`), over the directory,
+the supervisor and the disk layout. Each operation is a short script; the tenant process does
+the work on its worker, `switchboard.transfer` the work on export files."""
+
+from __future__ import annotations
+
+import logging
+
+from snapshots.layout import DataLayout
+
+from contract.names import is_valid_name
+from switchboard import metrics, transfer
+from switchboard.api import CheckpointResult, ExportedFile, TenantInfo
+from switchboard.directory import Directory
+from switchboard.errors import BadTenantName
+from switchboard.supervisor import Supervisor
+
+log = logging.getLogger("switchboard.service")
+
+
+class TenantOperations:
+    def __init__(self, supervisor: Supervisor, directory: Directory, layout: DataLayout) -> None:
+        self.supervisor = supervisor
+        self.directory = directory
+        self.layout = layout
+
+    def list_tenants(self) -> list[TenantInfo]:
+        return [t.info() for t in sorted(self.supervisor, key=lambda t: t.name)]
+
+    def get_tenant(self, name: str) -> TenantInfo:
+        return self.supervisor.get(name).info()
+
+    async def create_tenant(self, name: str) -> TenantInfo:
+        if not is_valid_name(name):
+            raise BadTenantName(name)
+        port = self.supervisor.ports.allocate()
+        try:
+            record = await self.directory.create(name, port=port)
+        except BaseException:
+            self.supervisor.ports.release(port)
+            raise
+        # Files of an earlier tenant of this name (a crash between rm's steps) are not this one's.
+        self.layout.delete_tenant(name)
+        self.layout.create_tenant(name)
+        return self.supervisor.adopt(record).info()
+
+    async def start_tenant(self, name: str) -> TenantInfo:
+        tenant = self.supervisor.get(name)
+        tenant.clear_failures()
+        if not tenant.serving:
+            await self.supervisor.wait_until_serving(tenant)
+        return tenant.info()
+
+    async def stop_tenant(self, name: str) -> TenantInfo:
+        tenant = self.supervisor.get(name)
+        await tenant.stop("operator")
+        return tenant.info()
+
+    async def checkpoint_tenant(self, name: str) -> CheckpointResult:
+        return await self.supervisor.get(name).checkpoint()
+
+    async def remove_tenant(self, name: str) -> None:
+        """Stop the worker, refuse new starts, then delete the record and the files: when this
+        returns nothing of the tenant is left, and a tenant created again starts empty."""
+        tenant = self.supervisor.get(name)
+        await tenant.remove()
+        await self.directory.remove(name)
+        self.supervisor.forget(tenant)
+        self.layout.delete_tenant(name)
+        log.info("tenant %s removed", name)
+
+    async def export_tenant(self, name: str) -> ExportedFile:
+        tenant = self.supervisor.get(name)
+        return await transfer.export_tenant(self.layout, tenant.name,
+                                            app=tenant.record.app or self.supervisor.config.app,
+                                            code_path=tenant.record.code_path)
+
+    async def import_tenant(self, name: str, data: bytes) -> TenantInfo:
+        if not is_valid_name(name):
+            raise BadTenantName(name)
+        port = self.supervisor.ports.allocate()
+        try:
+            record = await self.directory.create(name, port=port)  # TenantExists: nothing written
+        except BaseException:
+            self.supervisor.ports.release(port)
+            raise
+        self.layout.delete_tenant(name)
+        tenant = self.supervisor.adopt(record)
+        # Held from the create on: no start can slip in before the imported snapshot exists.
+        async with tenant.lock:
+            try:
+                tenant.generation = await transfer.import_tenant(
+                    self.layout, name, data, app=record.app or self.supervisor.config.app,
+                    code_path=record.code_path)
+            except BaseException:
+                tenant.removed = True
+                await self.directory.remove(name)
+                self.supervisor.forget(tenant)
+                self.layout.delete_tenant(name)
+                raise
+        return tenant.info()
+
+    def metrics_text(self) -> str:
+        spawner = self.supervisor.spawner
+        return metrics.render(self.supervisor.counters, self.supervisor,
+                              zygote_spawns=spawner.zygote_spawns,
+                              fresh_spawns=spawner.fresh_spawns)
