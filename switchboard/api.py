@@ -33,6 +33,7 @@ class TenantInfo:
     host: str | None = None  # the owner's host id in cluster mode, else None
     epoch: int = 1  # the tenant's fencing token (switchboard/directory.py)
     socket: str | None = None  # the worker's Unix socket path, None for a TCP worker
+    last_exit: str | None = None  # how the last worker ended ("killed by signal 9 after 3.1s")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

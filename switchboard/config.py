@@ -58,7 +58,10 @@ class Config:
     max_boot_failures: int = 5  # then `failed` until an operator starts it
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
-    min_uptime_s: float = 1.0  # a crash sooner than this after `ready` counts as a boot failure
+    # A worker that reported `ready` has booted: its crash restarts at once on the next
+    # request, unless it is the crash_loop_crashes-th within crash_loop_window_s (then backoff).
+    crash_loop_crashes: int = 5
+    crash_loop_window_s: float = 60.0
 
     # Limits.
     max_body_bytes: int = 10 * 1024 * 1024

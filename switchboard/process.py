@@ -17,6 +17,7 @@ wait. That is the supervisor's policy (switchboard/supervisor.py), which calls i
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import logging
@@ -85,6 +86,8 @@ class TenantProcess:
         self.boot_failures = 0
         self.retry_at: float | None = None  # monotonic time of the next start while backing off
         self.last_error: str | None = None
+        self.last_exit: str | None = None  # how the last worker ended, and when
+        self.crash_times: collections.deque[float] = collections.deque()  # monotonic
         self.warnings: list[str] = []
         self.ping_misses = 0
         self._start_task: asyncio.Task[None] | None = None
@@ -198,6 +201,7 @@ class TenantProcess:
             self.last_active = time.monotonic()
             self.retry_at = None
             self.ping_misses = 0
+            self.last_error = None  # healthy again: an earlier failure is history (last_exit)
             self._transition(S.RUNNING)
             self.env.counters.starts += 1
             log.info("tenant %s started on :%d (pid %s) in %.1f ms", self.name, self.port,
@@ -298,6 +302,9 @@ class TenantProcess:
             self._crashed(self.worker)
 
     def _crashed(self, handle: WorkerHandle) -> None:
+        """A worker that had reported ready died. It booted, so this is not a boot failure: the
+        next request starts a new one at once, unless crashes come in a loop (then backoff)."""
+        config = self.env.config
         uptime = time.time() - (self.started_at or time.time())
         self.worker = None
         handle.close()
@@ -306,12 +313,20 @@ class TenantProcess:
         self._transition(S.STOPPED)
         self._notify_stopped()
         reason = f"worker exited unexpectedly{handle.status_text()} after {uptime:.1f}s"
-        log.error("tenant %s: %s; it restarts on the next request", self.name, reason)
-        if uptime < self.env.config.min_uptime_s:
+        self.last_exit = reason
+        now = time.monotonic()
+        self.crash_times.append(now)
+        while self.crash_times and now - self.crash_times[0] > config.crash_loop_window_s:
+            self.crash_times.popleft()
+        if len(self.crash_times) >= config.crash_loop_crashes:
+            reason += (f"; {len(self.crash_times)} crashes within "
+                       f"{config.crash_loop_window_s:g}s")
+            self.crash_times.clear()
             self._transition(S.FAILED)
             self._boot_failed(reason)
-        else:
-            self.boot_failures = 0
+            return
+        self.boot_failures = 0
+        log.error("tenant %s: %s; it restarts on the next request", self.name, reason)
 
     def _notify_stopped(self) -> None:
         for callback in self.env.on_stopped:
@@ -442,6 +457,7 @@ class TenantProcess:
             last_error=self.last_error or ("; ".join(self.warnings) or None),
             retry_at=None if retry_in is None else time.time() + retry_in,
             moved_to=record.moved_to, host=record.owner, epoch=record.epoch,
+            last_exit=self.last_exit,
         )
 
 

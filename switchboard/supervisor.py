@@ -126,8 +126,16 @@ class Supervisor:
         tenant.waiting += 1
         try:
             while not tenant.serving:
-                tenant.refuse_if_unavailable()
                 remaining = deadline - time.monotonic()
+                try:
+                    tenant.refuse_if_unavailable()
+                except TenantUnavailable as exc:
+                    # Backing off for less than this request may still wait: wait, then try.
+                    wait = exc.retry_after_s
+                    if tenant.state is not S.FAILED or wait is None or wait >= remaining:
+                        raise
+                    await asyncio.sleep(wait)
+                    continue
                 if remaining <= 0:
                     raise TenantUnavailable(
                         f"{tenant.name} did not start within {self.config.start_timeout_s:g}s", 2)
