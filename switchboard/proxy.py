@@ -25,17 +25,24 @@ from __future__ import annotations
 import asyncio
 import collections
 import html
+import json
 import logging
+import os
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import httptools
 
 from switchboard.config import Config
 from switchboard.errors import TenantUnavailable, UnknownTenant
-from switchboard.routing import BadName, NotRouted, Route, route_host, route_path
-from switchboard.supervisor import Supervisor
-from switchboard.table import Tenant
+from switchboard.routing import (
+    BadName,
+    NotRouted,
+    Route,
+    is_health_check,
+    route_host,
+    route_path,
+)
 from switchboard.upstream import HOP_BY_HOP, UpstreamConnection, UpstreamPool, header_value
 
 log = logging.getLogger("switchboard.proxy")
@@ -43,8 +50,43 @@ log = logging.getLogger("switchboard.proxy")
 DROPPED_FROM_CLIENT = HOP_BY_HOP | {b"x-forwarded-prefix", b"content-length"}
 HIGH_WATER = 256 * 1024  # bytes buffered before the other side is paused
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
-REASONS = {400: "Bad Request", 404: "Not Found", 413: "Content Too Large", 502: "Bad Gateway",
-           503: "Service Unavailable", 504: "Gateway Timeout"}
+REASONS = {400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+           413: "Content Too Large", 502: "Bad Gateway", 503: "Service Unavailable",
+           504: "Gateway Timeout"}
+
+
+class Tenant(Protocol):
+    """What the proxy reads of a tenant that `Admission.acquire` handed it."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def worker(self) -> Any: ...  # the worker serving now; compared by identity only
+
+
+TenantT = TypeVar("TenantT", bound=Tenant)
+
+
+class Admission(Protocol[TenantT]):
+    """All the proxy asks of the supervisor (switchboard.supervisor.Supervisor)."""
+
+    @property
+    def on_stopped(self) -> list[Callable[[TenantT], None]]: ...
+
+    async def acquire(self, name: str) -> TenantT:
+        """A serving tenant with one more request in flight; raises UnknownTenant or
+        TenantUnavailable."""
+        ...
+
+    def release(self, tenant: TenantT, bytes_in: int, bytes_out: int) -> None:
+        """The request that `acquire` admitted is over; it moved these many body bytes."""
+        ...
+
+    async def recover(self, tenant: TenantT, worker: Any) -> bool:
+        """`worker` failed a request in flight: wait for the next one (False: it is alive)."""
+        ...
 
 
 def simple_response(status: int, text: str, *, close: bool,
@@ -57,6 +99,14 @@ def simple_response(status: int, text: str, *, close: bool,
     if close:
         head.append(b"connection: close")
     return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+def health_response(pid: int) -> bytes:
+    """The answer to `GET /_switchboard/health`: this router's pid proves that the port a test
+    or a script reached belongs to the process it started."""
+    body = json.dumps({"status": "ok", "pid": pid}).encode()
+    return (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\ncache-control: no-store\r\n\r\n%s" % (len(body), body))
 
 
 def _unavailable(client: ClientConnection, exc: TenantUnavailable) -> None:
@@ -124,6 +174,7 @@ class Body:
 class Request:
     __slots__ = (
         "body",
+        "bytes_out",
         "chunked",
         "content_length",
         "headers",
@@ -144,6 +195,7 @@ class Request:
         self.upgrade = False
         self.content_length: int | None = None
         self.chunked = False
+        self.bytes_out = 0  # response body bytes relayed to the client
 
 
 class ClientConnection(asyncio.Protocol):
@@ -348,9 +400,11 @@ class _Discard:
 class Proxy:
     """Routes each request to its tenant and relays it; the front listener's protocol factory."""
 
-    def __init__(self, config: Config, supervisor: Supervisor) -> None:
+    def __init__(self, config: Config, supervisor: Admission[Any]) -> None:
         self.config = config
         self.supervisor = supervisor
+        self.health = health_response(os.getpid())
+        self.health_head = self.health.partition(b"\r\n\r\n")[0] + b"\r\n\r\n"
         self.pool = UpstreamPool()
         self.connections: set[ClientConnection] = set()
         supervisor.on_stopped.append(lambda tenant: self.pool.close_port(tenant.port))
@@ -369,10 +423,15 @@ class Proxy:
         try:
             route = self.route(req)
         except BadName as exc:
-            client.fail(400, f"bad tenant name {exc.raw[:80].decode('latin-1')!r}: names are "
-                             "1-63 characters of a-z, 0-9 and '-', starting with a letter or digit")
+            client.fail(400, str(exc))
             return False
         except NotRouted:
+            if is_health_check(req.url):
+                if req.method not in (b"GET", b"HEAD"):
+                    client.fail(405, "the health check answers GET", [(b"allow", b"GET, HEAD")])
+                    return False
+                client.write(self.health if req.method == b"GET" else self.health_head)
+                return True
             if req.url in (b"/healthz", b"/healthz/"):
                 client.write(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
                 return True
@@ -395,10 +454,10 @@ class Proxy:
             _unavailable(client, exc)
             return False
         finally:
-            self.supervisor.release(tenant, req.body.size if req.body else 0, 0)
+            self.supervisor.release(tenant, req.body.size if req.body else 0, req.bytes_out)
 
     async def relay(self, client: ClientConnection, req: Request, route: Route,
-                    tenant: Tenant) -> bool:
+                    tenant: Any) -> bool:
         head = self.request_head(client, req, route)
         worker = tenant.worker
         for attempt in range(3):
@@ -449,7 +508,7 @@ class Proxy:
                     continue
                 client.fail(502, f"tenant {route.tenant}'s worker closed the connection")
                 return False
-            tenant.bytes_out += conn.bytes_out
+            req.bytes_out += conn.bytes_out
             if conn.tunnel_mode:
                 await self.wait_tunnel(conn)
                 return False

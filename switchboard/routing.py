@@ -2,31 +2,32 @@
 
 Path mode (default): `/t/<tenant>/<rest>` reaches `/<rest>` of the tenant's app with root path
 `/t/<tenant>`. Host mode: `<tenant>.<base_domain>` reaches the same path on the tenant's app.
-The name is checked on the raw bytes of the request target, before any percent-decoding, so
-`..`, `%2e%2e`, upper case, NUL and over-long names never reach the filesystem.
+The name is checked on the raw bytes of the request target, before any percent-decoding, with
+the one tenant-name rule (`contract.names`), so `..`, `%2e%2e`, upper case, NUL and over-long
+names never reach the filesystem.
+
+`/_switchboard/` is the router's own space in both modes, outside every tenant: in host mode
+a tenant's app never sees a path under it. `GET /_switchboard/health` is answered there.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
-_NAME_BYTES_RE = re.compile(rb"[a-z0-9][a-z0-9-]{0,62}")
+from contract.names import RULE, is_valid_name_bytes
+
 PATH_PREFIX = b"/t/"
-
-
-def is_valid_name(name: str) -> bool:
-    return NAME_RE.fullmatch(name) is not None
+ROUTER_PREFIX = b"/_switchboard/"
+HEALTH_PATH = b"/_switchboard/health"
 
 
 class NotRouted(Exception):
-    """The request is not for any tenant (e.g. `/` of the router)."""
+    """The request is not for any tenant (e.g. `/` of the router, or `/_switchboard/...`)."""
 
 
 class BadName(Exception):
     def __init__(self, raw: bytes) -> None:
-        super().__init__(raw.decode("latin-1"))
+        super().__init__(f"bad tenant name {raw[:80].decode('latin-1')!r}: {RULE}")
         self.raw = raw
 
 
@@ -47,7 +48,7 @@ def route_path(target: bytes) -> Route:
         if found != -1 and found < end:
             end = found
     raw_name = target[3:end]
-    if _NAME_BYTES_RE.fullmatch(raw_name) is None:
+    if not is_valid_name_bytes(raw_name):
         raise BadName(raw_name)
     rest = target[end:]
     if not rest.startswith(b"/"):
@@ -58,12 +59,19 @@ def route_path(target: bytes) -> Route:
 
 def route_host(host: bytes, target: bytes, base_domain: str) -> Route:
     """Route by Host header in host mode. Raises NotRouted or BadName."""
+    if target.startswith(ROUTER_PREFIX):
+        raise NotRouted()
     hostname = host.rsplit(b":", 1)[0] if not host.endswith(b"]") else host
     suffix = b"." + base_domain.encode("ascii").lower()
     hostname = hostname.lower()
     if not hostname.endswith(suffix):
         raise NotRouted()
     raw_name = hostname[: -len(suffix)]
-    if _NAME_BYTES_RE.fullmatch(raw_name) is None:
+    if not is_valid_name_bytes(raw_name):
         raise BadName(raw_name)
     return Route(raw_name.decode("ascii"), target or b"/", "")
+
+
+def is_health_check(target: bytes) -> bool:
+    """`target` asks for the router's health (any query string is ignored)."""
+    return target.partition(b"?")[0] == HEALTH_PATH

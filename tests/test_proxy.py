@@ -394,3 +394,30 @@ def test_websocket_echo_through_the_router(make_router: MakeRouter) -> None:
     with router.client() as client:  # the router serves on after the tunnel closed
         assert client.get("/t/acme/api/worker").status_code == 200
     wait_until(lambda: router.info("acme")["in_flight"] == 0, 10)
+
+
+# ---- the router's own health check ------------------------------------------------------------
+
+
+def test_the_health_check_names_this_router_in_path_and_host_mode(make_router: MakeRouter) -> None:
+    path_mode = make_router(app=COUNTER).start()
+    host_mode = make_router("host", app=COUNTER, env={"SWITCHBOARD_ROUTING": "host",
+                                                       "SWITCHBOARD_BASE_DOMAIN": "example.com"})
+    host_mode.start()
+    for router, hosts in ((path_mode, [None]),
+                          (host_mode, [None, "acme.example.com", "example.com", "elsewhere"])):
+        assert router.proc is not None
+        with router.client() as client:
+            for host in hosts:
+                headers = {"Host": host} if host else {}
+                answer = client.get("/_switchboard/health", headers=headers)
+                assert answer.status_code == 200, (host, answer.text)
+                assert answer.headers["content-type"] == "application/json"
+                assert answer.json() == {"status": "ok", "pid": router.proc.pid}
+            assert client.head("/_switchboard/health").status_code == 200
+            assert client.post("/_switchboard/health").status_code == 405
+            assert client.get("/_switchboard/other").status_code == 404
+    with RawConnection(path_mode.port) as conn:  # keep-alive: a health check, then a request
+        assert conn.request("GET", "/_switchboard/health").status == 200
+        path_mode.create("acme")
+        assert conn.request("GET", "/t/acme/count").status == 200

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from switchboard.routing import BadName, NotRouted, Route, is_valid_name, route_host, route_path
+from contract.names import is_valid_name, is_valid_name_bytes
+from switchboard.routing import (
+    BadName,
+    NotRouted,
+    Route,
+    is_health_check,
+    route_host,
+    route_path,
+)
 
 
 @pytest.mark.parametrize(
@@ -35,7 +43,8 @@ def test_path_mode_refuses_bad_names_before_any_decoding(name: bytes) -> None:
     assert refused.value.raw == name
 
 
-@pytest.mark.parametrize("target", [b"/", b"/t", b"/tx/acme", b"/healthz", b"*", b"/T/acme/"])
+@pytest.mark.parametrize("target", [b"/", b"/t", b"/tx/acme", b"/healthz", b"*", b"/T/acme/",
+                                    b"/_switchboard/health"])
 def test_path_mode_leaves_other_urls_unrouted(target: bytes) -> None:
     with pytest.raises(NotRouted):
         route_path(target)
@@ -66,6 +75,23 @@ def test_host_mode_leaves_other_hosts_unrouted(host: bytes) -> None:
         route_host(host, b"/", "example.com")
 
 
+@pytest.mark.parametrize("host", [b"acme.example.com", b"example.com", b"", b"x"])
+def test_host_mode_leaves_the_routers_own_paths_to_the_router(host: bytes) -> None:
+    with pytest.raises(NotRouted):
+        route_host(host, b"/_switchboard/health", "example.com")
+    assert route_host(b"acme.example.com", b"/_switchboardx", "example.com").tenant == "acme"
+
+
+@pytest.mark.parametrize(
+    ("target", "health"),
+    [(b"/_switchboard/health", True), (b"/_switchboard/health?x=1", True),
+     (b"/_switchboard/health/", False), (b"/_switchboard/healthz", False),
+     (b"/t/acme/_switchboard/health", False), (b"/healthz", False)],
+)
+def test_the_health_check_path(target: bytes, health: bool) -> None:
+    assert is_health_check(target) is health
+
+
 def test_host_mode_gives_an_empty_target_a_slash() -> None:
     assert route_host(b"acme.example.com", b"", "example.com").target == b"/"
 
@@ -76,5 +102,13 @@ def test_host_mode_gives_an_empty_target_a_slash() -> None:
      ("a" * 64, False), ("", False), ("-a", False), ("A", False), ("a.b", False),
      ("a\n", False), ("é", False)],
 )
-def test_is_valid_name_matches_the_contract(name: str, valid: bool) -> None:
+def test_routing_uses_the_contracts_name_rule(name: str, valid: bool) -> None:
     assert is_valid_name(name) is valid
+    raw = name.encode()
+    assert is_valid_name_bytes(raw) is valid
+    if valid:
+        assert route_path(b"/t/" + raw + b"/x").tenant == name
+        assert route_host(raw + b".example.com", b"/", "example.com").tenant == name
+    else:
+        with pytest.raises(BadName):
+            route_path(b"/t/" + raw + b"/x")
