@@ -212,6 +212,7 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel: UpstreamConnection | None = None
         self.pending_tunnel_bytes = b""
         self.upgrading = False
+        self.discarding = False  # answered early; what the client still sends is dropped
         self.closed = False
         self.write_paused = False
         self.upstream: UpstreamConnection | None = None  # the one relaying a response to us
@@ -239,6 +240,8 @@ class ClientConnection(asyncio.Protocol):
             self.parsing.body.abort()
 
     def data_received(self, data: bytes) -> None:
+        if self.discarding:
+            return  # the rest of a body we answered early
         if self.tunnel is not None:
             self.tunnel.transport_write(data)
             return
@@ -351,7 +354,7 @@ class ClientConnection(asyncio.Protocol):
                 self.resume_reading_for_body()
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and not self.discarding:
             self.bytes_written += len(data)
             if self.batch is not None:
                 self.batch.append(data)
@@ -378,23 +381,21 @@ class ClientConnection(asyncio.Protocol):
 
     def close_after_write(self) -> None:
         self.flush_batch()
-        if self.transport is None or self.closed:
+        if self.transport is None or self.closed or self.discarding:
             return
         body = self.parsing.body if self.parsing is not None else None
         if body is not None and not body.complete:
-            # We answer before the body is all in (413, 503): half-close so the client reads
-            # the answer instead of a reset, then give it a moment to stop sending.
+            # We answer before the body is all in (404, 413, 503): half-close so the client
+            # reads the answer instead of a reset, drop what it still sends (parsing it would
+            # answer its bytes as a malformed request, a write after write_eof), and give it a
+            # moment to stop sending.
             if self.transport.can_write_eof():
                 self.transport.write_eof()
-            self.parser = httptools.HttpRequestParser(_Discard())
+            self.discarding = True
             self.resume_reading_for_body()
             asyncio.get_running_loop().call_later(5.0, self.transport.close)
             return
         self.transport.close()
-
-
-class _Discard:
-    """Parser callbacks that ignore a request body we already answered."""
 
 
 class Proxy:

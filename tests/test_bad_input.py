@@ -4,6 +4,7 @@ tenant port someone else holds, a worker that crashes at import."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 from collections.abc import Callable, Iterator
@@ -249,3 +250,25 @@ def test_a_worker_that_crashes_at_import_ends_failed_with_the_reason(
     wait_until(failed_for_good, 15)
     assert router.metric("switchboard_boot_failures_total") == 6
     assert json.loads(router.cli("status", "acme", "--json").stdout)["state"] == "failed"
+
+
+def test_an_early_answer_before_the_body_closes_quietly(counter: Router) -> None:
+    # Issue 9, defect 4: the router answers 404 (unknown tenant) from the head alone; the body
+    # the client sends after reading that answer must be dropped quietly, with no "write() after
+    # write_eof()" traceback in the router's log.
+    body = b"x" * 50_000
+    for target in ("/t/nobody/upload", "/t/acme/echo", "/elsewhere"):
+        size = len(body) if target != "/t/acme/echo" else SMALL_LIMIT + 1
+        with RawConnection(counter.port) as conn:
+            conn.send(request_bytes("POST", target, {"Content-Length": str(size)}))
+            answer = conn.read_response()
+            assert answer.status in (404, 413), answer.body
+            assert answer.header("connection") == "close"
+            with contextlib.suppress(OSError):  # the router may close before it has read it all
+                for _ in range(4):
+                    conn.send(body)
+            assert conn.closed_by_server()
+    with counter.client() as client:  # the router serves on
+        assert client.get("/t/acme/count").status_code == 200
+    log = counter.log()
+    assert "write_eof" not in log and "Traceback" not in log, log[-3000:]
