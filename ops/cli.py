@@ -10,14 +10,14 @@ of overwriting the value another parser read, and `_admin_url()` and friends app
 environment and the defaults afterwards.
 
 Start-up stays fast: httpx (via ops.client), switchboard.server and the snapshot modules are
-imported inside the handlers that need them.
+imported inside the handlers that need them; `ops.errors` lets `main()` recognise their
+failures without importing them.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import math
 import os
@@ -27,8 +27,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from contract.names import is_valid_name
+from ops.errors import AdminError, CommandError
 from switchboard import __version__
-from switchboard.config import DEFAULT_DATA_DIR, HostPort
+from switchboard.config import DEFAULT_DATA_DIR, Config, HostPort
 from switchboard.errors import ConfigError, SwitchboardError
 
 if TYPE_CHECKING:
@@ -36,13 +38,8 @@ if TYPE_CHECKING:
 
 PROG = "switchboard"
 DEFAULT_ADMIN_URL = "http://127.0.0.1:8001"
-_TENANT_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-class CommandError(Exception):
-    """A failure reported as one line on stderr, exit status 1."""
 
 
 # --- entry point -----------------------------------------------------------------------------
@@ -74,9 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _failure_message(exc: Exception) -> str | None:
-    # AdminError can only have been raised if ops.client (and so httpx) was imported.
-    from_client = sys.modules.get("ops.client")
-    if from_client is not None and isinstance(exc, from_client.AdminError):
+    if isinstance(exc, AdminError):
         return str(exc) + _hint(exc.status, str(exc))
     if isinstance(exc, CommandError | SwitchboardError):
         return str(exc)
@@ -270,9 +265,17 @@ def _print_json(value: Any) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    config = serve_config(args)
+    from switchboard.server import run  # heavy: the router, uvicorn, the supervisor
+
+    return int(run(config))
+
+
+def serve_config(args: argparse.Namespace) -> Config:
+    """The Config `serve` runs with: the config file < SWITCHBOARD_* < these flags."""
     from switchboard.config import load
 
-    config = load(
+    return load(
         args.config,
         overrides={
             "data_dir": getattr(args, "data_dir", None),
@@ -283,9 +286,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "max_resident": args.max_resident,
         },
     )
-    from switchboard.server import run  # heavy: the router, uvicorn, the supervisor
-
-    return int(run(config))
 
 
 # --- admin API client commands ---------------------------------------------------------------
@@ -437,27 +437,16 @@ def _check_export(data: bytes, source: str) -> dict[str, Any]:
 # --- snapshot inspect|verify -----------------------------------------------------------------
 
 
-def _snapshot_api() -> tuple[Any, type[Exception]]:
-    """snapshots.inspect (describe, verify) and SnapshotError, imported only when used."""
-    try:
-        inspect_module = importlib.import_module("snapshots.inspect")
-        errors_module = importlib.import_module("snapshots.errors")
-    except ModuleNotFoundError as exc:
-        if exc.name not in {"snapshots", "snapshots.inspect", "snapshots.errors"}:
-            raise
-        raise CommandError(f"snapshot tools are not installed here ({exc.name} missing)") from exc
-    snapshot_error: type[Exception] = errors_module.SnapshotError
-    return inspect_module, snapshot_error
-
-
 def cmd_snapshot_inspect(args: argparse.Namespace) -> int:
+    from snapshots.errors import SnapshotError
+    from snapshots.inspect import describe
+
     path = Path(args.path)
     if not path.is_file():
         raise CommandError(f"{path}: no such snapshot file")
-    inspector, snapshot_error = _snapshot_api()
     try:
-        description: dict[str, Any] = inspector.describe(path)
-    except snapshot_error as exc:
+        description = describe(path)
+    except SnapshotError as exc:
         raise CommandError(str(exc)) from exc
     if _wants_json(args):
         _print_json(description)
@@ -469,14 +458,16 @@ def cmd_snapshot_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_snapshot_verify(args: argparse.Namespace) -> int:
+    from snapshots.errors import SnapshotError
+    from snapshots.inspect import verify
+
     files = _snapshot_files(args.target, _data_dir(args))
-    inspector, snapshot_error = _snapshot_api()
     results: list[dict[str, Any]] = []
     for path in files:
         problem: str | None = None
         try:
-            inspector.verify(path)
-        except snapshot_error as exc:
+            verify(path)
+        except SnapshotError as exc:
             problem = _without_prefix(str(exc), str(path))
         except OSError as exc:
             problem = exc.strerror or str(exc)
@@ -501,7 +492,7 @@ def _snapshot_files(target: str, data_dir: Path) -> list[Path]:
         return files
     if path.exists():
         return [path]
-    if not _TENANT_NAME_RE.fullmatch(target):
+    if not is_valid_name(target):
         raise CommandError(f"{target}: no such file, and not a tenant name")
     directory = data_dir / "tenants" / target / "snapshots"
     files = sorted(directory.glob("*.snap"), key=_natural_key)

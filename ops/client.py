@@ -1,8 +1,14 @@
-"""A synchronous client for the admin API (see `switchboard.admin`), used by the CLI.
+"""A synchronous client for the admin API (see `switchboard.admin`), used by the CLI, and
+`AdminAuth`, the one way any of our HTTP clients (the CLI, the tests, the bench) signs an admin
+call.
 
-Every request is signed with `switchboard.signing.sign_request` over exactly the bytes and the
-request target httpx puts on the wire: the request is built first, then signed, then sent.
-Failures of any kind become `AdminError` with a message fit for one line on a terminal.
+`AdminAuth` signs with `switchboard.signing.sign_request` over exactly the bytes and the request
+target httpx puts on the wire: httpx builds the request, then hands it to the auth flow, then
+sends it. Failures of any kind become `AdminError` with a message fit for one line on a
+terminal.
+
+httpx lives here and not in `switchboard.signing`, which the router imports: the router only
+verifies signatures and has no use for an HTTP client.
 """
 
 from __future__ import annotations
@@ -10,32 +16,45 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
+from contract.names import is_valid_name
+from ops.errors import AdminError
 from switchboard.errors import BadTenantName
 from switchboard.signing import sign_request
 
-# The same rule the server applies; checked here so a name with "/" or "?" cannot turn into
-# a different endpoint instead of a clear error.
-_TENANT_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+__all__ = ["AdminAuth", "AdminClient", "AdminError", "check_tenant_name"]
 
 
-class AdminError(Exception):
-    """An admin call failed. `status` is the HTTP status, or None when there was no answer."""
+class AdminAuth(httpx.Auth):
+    """Signs every request for the admin API (DESIGN.md Contract, `switchboard.signing`).
 
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
+    Works with `httpx.Client` and `httpx.AsyncClient`. The body is read before signing
+    (`requires_request_body`), since the signature covers its digest; the target signed is
+    `request.url.raw_path`, the percent-encoded path and query as sent.
+    """
+
+    requires_request_body = True
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers.update(
+            sign_request(self._key, request.method, request.url.raw_path, request.content)
+        )
+        yield request
 
 
 def check_tenant_name(name: str) -> str:
-    if not _TENANT_NAME_RE.fullmatch(name):
+    """`name` if it follows the tenant-name rule, else AdminError. Checked before a name goes
+    into a URL, so "a/b" or "a?b" cannot turn into another endpoint instead of a clear error."""
+    if not is_valid_name(name):
         raise AdminError(str(BadTenantName(name)))
     return name
 
@@ -49,9 +68,8 @@ class AdminClient:
             raise AdminError(f"bad admin URL {base_url!r}: {exc}") from exc
         if url.scheme not in {"http", "https"} or not url.host:
             raise AdminError(f"bad admin URL {base_url!r}: expected http://HOST:PORT")
-        self._key = key
         self._timeout = timeout
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, auth=AdminAuth(key))
 
     def close(self) -> None:
         self._http.close()
@@ -138,8 +156,6 @@ class AdminClient:
             body = b"" if payload is None else json.dumps(payload).encode("utf-8")
             headers = {"Content-Type": "application/json"} if payload is not None else {}
         request = self._http.build_request(method, path, content=body, headers=headers)
-        # Sign what will be sent: httpx's own encoding of the path and query, and these bytes.
-        request.headers.update(sign_request(self._key, method, request.url.raw_path, body))
         try:
             response = self._http.send(request, stream=stream)
         except httpx.ConnectError as exc:

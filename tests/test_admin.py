@@ -7,13 +7,14 @@ supervisor behind the same routes is covered by the integration tests.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 import pytest
 
+from ops.client import AdminAuth
 from switchboard.admin import build_admin_app
 from switchboard.api import CheckpointResult, TenantInfo
 from switchboard.errors import (
@@ -26,11 +27,6 @@ from switchboard.errors import (
 from switchboard.signing import Verifier, sign_request
 
 KEY = b"test-key-0123456789"
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 class FakeService:
@@ -94,21 +90,6 @@ class FakeService:
         return f"# TYPE switchboard_tenants gauge\nswitchboard_tenants {len(self.tenants)}\n"
 
 
-class SigningAuth(httpx.Auth):
-    """Signs each request as the CLI does: the exact target and body bytes httpx sends."""
-
-    requires_request_body = True
-
-    def __init__(self, key: bytes = KEY) -> None:
-        self.key = key
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        request.headers.update(
-            sign_request(self.key, request.method, request.url.raw_path, request.content)
-        )
-        yield request
-
-
 @pytest.fixture
 def service() -> FakeService:
     fake = FakeService()
@@ -126,7 +107,7 @@ def make_client(service: FakeService, *, auth: httpx.Auth | None = None,
 
 @pytest.fixture
 async def client(service: FakeService) -> AsyncIterator[httpx.AsyncClient]:
-    async with make_client(service, auth=SigningAuth()) as c:
+    async with make_client(service, auth=AdminAuth(KEY)) as c:
         yield c
 
 
@@ -311,7 +292,7 @@ async def test_every_path_needs_a_signature(
 
 @pytest.mark.anyio
 async def test_a_wrong_key_is_401_bad_signature(service: FakeService) -> None:
-    async with make_client(service, auth=SigningAuth(b"wrong key")) as c:
+    async with make_client(service, auth=AdminAuth(b"wrong key")) as c:
         response = await c.get("/v1/tenants")
     assert response.status_code == 401
     assert response.json()["error"].startswith("bad signature")
@@ -389,6 +370,6 @@ async def test_a_body_at_the_limit_is_accepted(service: FakeService) -> None:
     body = json.dumps({"name": "edge", "pad": ""}).encode()
     body = body.replace(b'""', b'"' + b"x" * (1024 - len(body)) + b'"')
     assert len(body) == 1024
-    async with make_client(service, auth=SigningAuth()) as c:
+    async with make_client(service, auth=AdminAuth(KEY)) as c:
         response = await c.post("/v1/tenants", content=body)
     assert response.status_code == 201
