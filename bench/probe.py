@@ -18,7 +18,6 @@ import gc
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -48,11 +47,10 @@ def build(data_dir: str, tenant: str, mb: float) -> dict[str, Any]:
         raw_pack_s = min(raw_pack_s, time.perf_counter() - started)
         size = len(raw)
         del raw
-    spec = _spec(data_dir, tenant)
-    store = LocalStore(Path(data_dir) / "tenants", keep_generations=2)
+    store = LocalStore.in_data_dir(data_dir, keep_generations=2)
 
     async def checkpoints() -> tuple[float, float]:
-        journal = Journal.open(spec.tenant_dir / "journal", next_seq=1)
+        journal = Journal.open(store.layout.journal_dir(tenant), next_seq=1)
         context = TenantContext(app, tenant, state, journal=journal, journal_pos=0)
         checkpointer = Checkpointer(context, store, journal, generation=None)
         in_process = float("inf")
@@ -76,7 +74,7 @@ def build(data_dir: str, tenant: str, mb: float) -> dict[str, Any]:
 def raw(data_dir: str, tenant: str) -> dict[str, Any]:
     from snapshots.store import LocalStore
 
-    loaded = LocalStore(Path(data_dir) / "tenants").load_newest_valid(tenant)
+    loaded = LocalStore.in_data_dir(data_dir).load_newest_valid(tenant)
     assert loaded is not None, f"no snapshot for {tenant} in {data_dir}"
     payload = loaded.payload
     gc.collect()
@@ -100,7 +98,7 @@ def restore(data_dir: str, tenant: str) -> dict[str, Any]:
     from tenant.runtime import restore as runtime_restore
 
     spec = _spec(data_dir, tenant)
-    store = LocalStore(Path(data_dir) / "tenants")
+    store = LocalStore.in_data_dir(data_dir)
     gc.collect()
     started = time.perf_counter()
     restored = runtime_restore(app, spec, store)

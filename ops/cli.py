@@ -483,19 +483,27 @@ def cmd_snapshot_verify(args: argparse.Namespace) -> int:
 
 
 def _snapshot_files(target: str, data_dir: Path) -> list[Path]:
-    """An existing path wins over a tenant of the same name; a directory means its *.snap."""
+    """An existing path wins over a tenant of the same name; a directory means its *.snap
+    files (any names: copies, other hosts'); a tenant name means its generations, oldest
+    first, from where the store keeps them (snapshots.layout)."""
+    from snapshots.layout import SNAPSHOT_SUFFIX, DataLayout
+
     path = Path(target)
     if path.is_dir():
-        files = sorted(path.glob("*.snap"), key=_natural_key)
+        files = sorted(path.glob(f"*{SNAPSHOT_SUFFIX}"), key=_natural_key)
         if not files:
-            raise CommandError(f"{path}: no *.snap files in this directory")
+            raise CommandError(f"{path}: no *{SNAPSHOT_SUFFIX} files in this directory")
         return files
     if path.exists():
         return [path]
     if not is_valid_name(target):
         raise CommandError(f"{target}: no such file, and not a tenant name")
-    directory = data_dir / "tenants" / target / "snapshots"
-    files = sorted(directory.glob("*.snap"), key=_natural_key)
+    layout = DataLayout(data_dir)
+    directory = layout.snapshot_dir(target)
+    try:
+        files = layout.snapshot_files(target)
+    except OSError as exc:
+        raise CommandError(f"cannot list {directory}: {exc.strerror or exc}") from exc
     if not files:
         raise CommandError(f"no snapshots of tenant {target!r} in {directory}")
     return files

@@ -13,7 +13,7 @@ SnapshotError            base class; catch this to handle any snapshot problem
                          generations are untouched.
   NoValidSnapshot        a tenant has snapshot files but none verifies; carries every
                          (path, reason) pair so the operator sees all of them.
-  InvalidTenantName      (also a ValueError) the name does not match [a-z0-9][a-z0-9-]{0,62};
+  InvalidTenantName      (also a ValueError) the name breaks the rule in contract/names.py;
                          raised before any path is built, so no path traversal is possible.
   CodecError             an unknown codec name, a value the codec cannot encode, or a payload
                          that does not decode.
@@ -24,6 +24,8 @@ SnapshotError            base class; catch this to handle any snapshot problem
 """
 
 from __future__ import annotations
+
+from contract.names import RULE
 
 
 class SnapshotError(Exception):
@@ -67,10 +69,7 @@ class InvalidTenantName(SnapshotError, ValueError):
         shown = repr(name)
         if len(shown) > 80:
             shown = shown[:80] + "..."
-        super().__init__(
-            f"bad tenant name {shown}: names are 1-63 characters of a-z, 0-9 and '-', "
-            "starting with a letter or digit"
-        )
+        super().__init__(f"bad tenant name {shown}: {RULE}")
         self.name = name
 
 

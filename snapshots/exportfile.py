@@ -18,7 +18,7 @@ Header keys (a reader looks them up by name and ignores keys it does not know):
 
     format          "switchboard-export"
     version         1 (this code writes 1 and reads up to 1)
-    tenant          the tenant it was exported from, [a-z0-9][a-z0-9-]{0,62}
+    tenant          the tenant it was exported from (the rule in contract/names.py)
     app             the app (MODULE:ATTR) that exported it
     app_version     that app's code version
     schema_version  the app's schema version of the data (import runs the upgrades from it)
@@ -38,7 +38,6 @@ crafted file cannot make a reader allocate without bound).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -49,9 +48,10 @@ import zlib
 from dataclasses import asdict, dataclass
 from typing import Any, BinaryIO
 
+from contract.names import is_valid_name
 from snapshots.codec import MsgpackCodec
+from snapshots.durable import write_atomic
 from snapshots.errors import CodecError, ExportFileError
-from snapshots.format import TENANT_NAME_RE
 
 MAGIC = b"SBEXPT\r\n"
 FORMAT_NAME = "switchboard-export"
@@ -114,25 +114,12 @@ def encode_export(
 
 
 def write_export(path: str | os.PathLike[str], blob: bytes) -> None:
-    """Write an encoded export file to path durably: temp file, fsync, rename, folder fsync."""
-    target = os.fspath(path)
-    tmp = target + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        with open(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(os.path.dirname(os.path.abspath(target)), os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Write an encoded export file to path, mode 0600.
+
+    When this returns, the whole file is on stable storage under `path`; a reader never
+    sees it half written (snapshots.durable.write_atomic). OSError on failure.
+    """
+    write_atomic(path, blob, mode=0o600)
 
 
 def read_export_header(f: BinaryIO, *, source: str) -> ExportHeader:
@@ -224,7 +211,7 @@ def _header_problem(fields: dict[str, Any]) -> str | None:
     generation = fields.get("generation")
     if generation is not None and (isinstance(generation, bool) or not isinstance(generation, int)):
         return "export header field 'generation' is not an int or null"
-    if TENANT_NAME_RE.fullmatch(fields["tenant"]) is None:
+    if not is_valid_name(fields["tenant"]):
         return f"export header tenant {fields['tenant']!r} is not a valid name"
     if fields["encoding"] != ENCODING:
         return f"unknown data encoding {fields['encoding']!r} (this code reads {ENCODING!r})"

@@ -15,7 +15,7 @@ a codec). All integers are big-endian.
 
 The header map (packed in this order; readers look keys up by name):
 
-    tenant          str    [a-z0-9][a-z0-9-]{0,62}
+    tenant          str    a tenant name (the rule in contract/names.py)
     generation      int    >= 0; the store numbers generations from 1
     codec           str    "msgpack" or "pickle" (see snapshots.codec)
     app_version     str    the tenant app's code version that wrote the state
@@ -73,14 +73,15 @@ from typing import Any, BinaryIO, Protocol
 
 import msgpack
 
+from contract.names import is_valid_name
 from snapshots.codec import gc_paused
-from snapshots.errors import InvalidTenantName, SnapshotCorrupt, SnapshotVersionError
+from snapshots.errors import SnapshotCorrupt, SnapshotVersionError
+from snapshots.layout import validate_tenant_name
 
 MAGIC = b"SBSNAP\r\n"
 FORMAT_VERSION = 1
 MAX_HEADER_LENGTH = 1024 * 1024
 CHECKSUM_PREFIX = "blake2b-256:"
-TENANT_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
 # magic, version, header length
 _FIXED = struct.Struct(">8sHI")
@@ -122,13 +123,6 @@ class SnapshotHeader:
     # Offset of the payload in the file (18 + H); 0 until the header is encoded or read.
     header_bytes: int = 0
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
-
-
-def validate_tenant_name(name: object) -> str:
-    """Return name if it is a valid tenant name, else raise InvalidTenantName."""
-    if not isinstance(name, str) or TENANT_NAME_RE.fullmatch(name) is None:
-        raise InvalidTenantName(name)
-    return name
 
 
 def payload_checksum(payload: Payload) -> str:
@@ -311,7 +305,7 @@ def _fields_problem(fields: Mapping[str, Any]) -> str | None:
     for name in ("generation", "journal_pos", "payload_length"):
         if fields[name] < 0:
             return f"header field {name!r} is negative: {fields[name]}"
-    if TENANT_NAME_RE.fullmatch(fields["tenant"]) is None:
+    if not is_valid_name(fields["tenant"]):
         return f"header tenant {fields['tenant']!r} is not a valid name"
     if _CHECKSUM_RE.fullmatch(fields["checksum"]) is None:
         return f"header checksum {fields['checksum']!r} is not 'blake2b-256:<64 hex>'"

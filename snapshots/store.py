@@ -1,12 +1,15 @@
 """Snapshot stores: where a tenant's snapshot generations are kept.
 
-LocalStore keeps them in a directory tree:
+LocalStore keeps them in a data dir, where snapshots.layout.DataLayout says (every path here
+comes from it):
 
-    <root>/<tenant>/snapshots/<generation:012d>.snap       one verified file per generation
-    <root>/<tenant>/snapshots/<generation:012d>.snap.tmp   a save in progress, or left by a crash
+    <data-dir>/tenants/<tenant>/snapshots/<generation:012d>.snap       one file a generation
+    <data-dir>/tenants/<tenant>/snapshots/<generation:012d>.snap.tmp   a save in progress, or
+                                                                      left by a crash
 
-Generations count up from 1; the newest keep_generations are kept. <root>/<tenant>/ may hold
-other packages' files (the journal), so this module only ever touches its snapshots/ folder.
+Generations count up from 1; the newest keep_generations are kept. The tenant's folder also
+holds other packages' files (the journal), so this module only ever touches its snapshots/
+folder.
 
 Runs in the tenant worker and in its forked checkpoint child: plain blocking calls, no event
 loop, no logging (save returns what it did, in SnapshotInfo; callers log), and no threads
@@ -15,7 +18,7 @@ before it returns.
 One save per tenant at a time: save holds an flock on the snapshots folder and fails at once
 if another save holds it.
 
-Fault injection: `LocalStore(root, fault=hook)` calls `hook(step)` at each step of a save, with
+Fault injection: `LocalStore(layout, fault=hook)` calls `hook(step)` at each step of a save, with
 step one of SAVE_STEPS, in that order. Tests pass a hook that kills the process there (SIGKILL)
 or raises, to check that every crash point leaves a restorable store. Production code passes
 nothing.
@@ -27,14 +30,14 @@ import contextlib
 import errno
 import fcntl
 import os
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 from snapshots.codec import CODEC_NAMES, Codec, get_codec
+from snapshots.durable import fsync_dir, make_dirs
 from snapshots.errors import (
     CodecError,
     NoValidSnapshot,
@@ -51,13 +54,10 @@ from snapshots.format import (
     open_snapshot,
     read_header,
     read_snapshot,
-    validate_tenant_name,
     verify_payload,
     write_to,
 )
-
-_SNAPSHOT_NAME = re.compile(r"(\d{12})\.snap")
-_TMP_SUFFIX = ".tmp"
+from snapshots.layout import TEMP_SUFFIX, DataLayout
 
 # The steps of a save where a fault hook is called, in order:
 #   after_temp_write   the temp file holds the whole snapshot, not fsynced
@@ -132,28 +132,43 @@ class SnapshotStore(Protocol):
 
 
 class LocalStore:
-    """Snapshots in a local directory; see the module docstring for the layout."""
+    """Snapshots in a local data dir; see the module docstring for the layout.
+
+    `LocalStore(DataLayout(data_dir), keep_generations)`, or `LocalStore.in_data_dir(...)`.
+    """
 
     def __init__(
-        self, root: Path | str, keep_generations: int = 3, *, fault: FaultHook | None = None
+        self, layout: DataLayout, keep_generations: int = 3, *, fault: FaultHook | None = None
     ) -> None:
+        if not isinstance(layout, DataLayout):
+            # The old signature took a tenants folder: refuse it rather than nest tenants/.
+            raise TypeError(
+                f"LocalStore takes a DataLayout, not {type(layout).__name__}; "
+                "use LocalStore.in_data_dir(data_dir) for a data dir"
+            )
         if keep_generations < 1:
             raise ValueError(f"keep_generations must be at least 1, not {keep_generations}")
-        self.root = Path(root)
+        self.layout = layout
         self.keep_generations = keep_generations
         self.fault = fault  # tests only: see the module docstring
 
+    @classmethod
+    def in_data_dir(
+        cls, data_dir: Path | str, keep_generations: int = 3, *, fault: FaultHook | None = None
+    ) -> Self:
+        return cls(DataLayout(data_dir), keep_generations, fault=fault)
+
     def snapshot_dir(self, tenant: str) -> Path:
-        # Validated before any path is built: the name charset has no '/' or '.'.
-        return self.root / validate_tenant_name(tenant) / "snapshots"
+        # Validated before any path is built (DataLayout): the name charset has no '/' or '.'.
+        return self.layout.snapshot_dir(tenant)
 
     def path_for(self, tenant: str, generation: int) -> Path:
-        return self.snapshot_dir(tenant) / f"{generation:012d}.snap"
+        return self.layout.snapshot_path(tenant, generation)
 
     def generations(self, tenant: str) -> list[SnapshotInfo]:
         """Every generation on disk, newest first, with its header when it reads."""
         infos = []
-        for generation, path in _scan(self.snapshot_dir(tenant)):
+        for generation, path in self._scan(tenant):
             header: SnapshotHeader | None = None
             problem: str | None = None
             try:
@@ -190,22 +205,22 @@ class LocalStore:
         if codec not in CODEC_NAMES:
             raise CodecError(f"unknown codec {codec!r}; known codecs: {', '.join(CODEC_NAMES)}")
         try:
-            _make_dirs(directory)
+            make_dirs(directory, mode=0o700)
         except OSError as exc:
             raise SnapshotWriteError(f"cannot create {directory}: {exc}") from exc
         with _locked_dir(directory, tenant) as dir_fd:
             notes = _remove_stale_tmp(directory)
             try:
-                existing = _scan(directory)
+                existing = self._scan(tenant)
             except OSError as exc:
                 raise SnapshotWriteError(f"cannot list {directory}: {exc}") from exc
             generation = existing[0][0] + 1 if existing else 1
             header = make_header(
                 tenant, generation, codec, app_version, schema_version, journal_pos, payload
             )
-            path = directory / f"{generation:012d}.snap"
+            path = self.path_for(tenant, generation)
             _write_durably(path, dir_fd, header, payload, self.fault or _no_fault)
-            pruned = self._prune(directory, dir_fd, generation, notes)
+            pruned = self._prune(tenant, dir_fd, generation, notes)
         return SnapshotInfo(
             tenant=tenant,
             generation=generation,
@@ -217,11 +232,12 @@ class LocalStore:
         )
 
     def _prune(
-        self, directory: Path, dir_fd: int, just_written: int, notes: list[str]
+        self, tenant: str, dir_fd: int, just_written: int, notes: list[str]
     ) -> tuple[int, ...]:
         # The save has succeeded by now: a prune failure is reported, never raised.
+        directory = self.snapshot_dir(tenant)
         try:
-            existing = _scan(directory)
+            existing = self._scan(tenant)
         except OSError as exc:
             notes.append(f"could not list {directory} to prune: {exc}")
             return ()
@@ -308,7 +324,7 @@ class LocalStore:
         """
         directory = self.snapshot_dir(tenant)
         try:
-            candidates = _scan(directory)
+            candidates = self._scan(tenant)
         except OSError as exc:
             raise SnapshotError(f"cannot list {directory}: {exc}") from exc
         if not candidates:
@@ -351,7 +367,7 @@ class LocalStore:
                 for entry in entries:
                     os.unlink(entry.path)
             directory.rmdir()
-            _fsync_dir(directory.parent)
+            fsync_dir(directory.parent)
         except FileNotFoundError:
             pass
         except OSError as exc:
@@ -360,22 +376,11 @@ class LocalStore:
         # folder that comes back after a crash is harmless, so a failed fsync is too.
         with contextlib.suppress(OSError):
             directory.parent.rmdir()
-            _fsync_dir(self.root)
+            fsync_dir(self.layout.tenants_dir)
 
-
-def _scan(directory: Path) -> list[tuple[int, Path]]:
-    """(generation, path) of every snapshot file, newest first; [] if no folder."""
-    found = []
-    try:
-        with os.scandir(directory) as entries:
-            for entry in entries:
-                match = _SNAPSHOT_NAME.fullmatch(entry.name)
-                if match:
-                    found.append((int(match.group(1)), Path(entry.path)))
-    except FileNotFoundError:
-        return []
-    found.sort(reverse=True)
-    return found
+    def _scan(self, tenant: str) -> list[tuple[int, Path]]:
+        """(generation, path) of every complete snapshot file, newest first; [] if none."""
+        return [(g, self.path_for(tenant, g)) for g in reversed(self.layout.generations(tenant))]
 
 
 def _no_fault(step: str) -> None:
@@ -385,7 +390,9 @@ def _no_fault(step: str) -> None:
 def _write_durably(
     path: Path, dir_fd: int, header: SnapshotHeader, payload: Payload, fault: FaultHook
 ) -> None:
-    tmp = path.with_name(path.name + _TMP_SUFFIX)
+    # Not snapshots.durable.write_atomic: the fault hooks go between its steps, and the
+    # folder is fsynced through the fd that holds the save lock.
+    tmp = path.with_name(path.name + TEMP_SUFFIX)
     try:
         # O_EXCL: never write into a file something else has open.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -449,7 +456,7 @@ def _remove_stale_tmp(directory: Path) -> list[str]:
     notes: list[str] = []
     try:
         with os.scandir(directory) as entries:
-            stale = [Path(e.path) for e in entries if e.name.endswith(_TMP_SUFFIX)]
+            stale = [Path(e.path) for e in entries if e.name.endswith(TEMP_SUFFIX)]
     except OSError as exc:
         notes.append(f"could not look for stale temp files in {directory}: {exc}")
         return notes
@@ -463,29 +470,6 @@ def _remove_stale_tmp(directory: Path) -> list[str]:
             continue
         notes.append(f"removed stale temp file {path} (a save that did not finish)")
     return notes
-
-
-def _make_dirs(directory: Path) -> None:
-    missing = []
-    level = directory
-    while not level.is_dir():
-        missing.append(level)
-        level = level.parent
-    for level in reversed(missing):
-        try:
-            level.mkdir(mode=0o700)
-        except FileExistsError:
-            continue
-        # A new folder's own entry lives in its parent: make that durable too.
-        _fsync_dir(level.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _remove_quietly(path: Path) -> None:

@@ -1,20 +1,16 @@
-"""Logging for the router: one JSON object a line when not on a terminal, readable text on one."""
+"""Logging for the router: one JSON object a line when not on a terminal, readable text on one.
+
+The JSON line is contract.logs.JsonFormatter, shared with the tenant workers.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import sys
 
+from contract.logs import JsonFormatter
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"ts": round(record.created, 3), "level": record.levelname.lower(),
-                 "logger": record.name, "pid": os.getpid(), "msg": record.getMessage()}
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
+__all__ = ["JsonFormatter", "configure"]
 
 
 def configure(log_format: str, level: str) -> None:

@@ -13,6 +13,7 @@ import logging
 import signal
 from typing import Any
 
+from contract import serving
 from switchboard import logs
 from switchboard.config import Config
 from switchboard.proxy import Proxy
@@ -91,21 +92,14 @@ class Router:
         log.info("switchboard stopped")
         return 0
 
-    async def start_admin(self, app: Any) -> Any:
-        import uvicorn
-
-        uv_config = uvicorn.Config(app, host=self.config.admin_listen.host,
-                                   port=self.config.admin_listen.port, lifespan="off",
-                                   log_config=None, access_log=False, timeout_graceful_shutdown=2)
-        uv_config.load()
-        server = uvicorn.Server(uv_config)
-        server.lifespan = uv_config.lifespan_class(uv_config)
+    async def start_admin(self, app: Any) -> serving.Server:
+        server = serving.Server(app, host=self.config.admin_listen.host,
+                                port=self.config.admin_listen.port, lifespan="off",
+                                log_config=None, access_log=False, timeout_graceful_shutdown=2)
         try:
-            await server.startup()
-        except SystemExit:  # uvicorn exits when it cannot bind
-            server.started = False
-        if not server.started:
-            raise OSError(f"cannot listen on {self.config.admin_listen}")
+            await server.start()
+        except serving.ServerStartError as exc:
+            raise OSError(f"cannot listen on {self.config.admin_listen}") from exc
         return server
 
     async def close_idle_upstreams(self, proxy: Proxy) -> None:

@@ -28,7 +28,6 @@ and never rewritten or loosened.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import heapq
 import hmac
@@ -40,6 +39,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from snapshots.durable import create_exclusive, make_dirs
 from switchboard.errors import ConfigError, SwitchboardError
 
 SCHEME = "Switchboard-HMAC-SHA256"
@@ -95,33 +95,19 @@ def load_key(path: str | os.PathLike[str]) -> bytes:
 def create_key(path: str | os.PathLike[str]) -> bytes:
     """Create a new key file readable by its owner only and return the key.
 
-    The key is written to a private temporary file, fsynced, then hard-linked into place, so
-    other processes see either no key file or a complete one, and an existing file is never
-    overwritten or loosened (KeyFileError instead). The parent directory is created if needed.
+    Written with snapshots.durable.create_exclusive: other processes see either no key file
+    or a complete one, an existing file is never overwritten or loosened (KeyFileError
+    instead), and when this returns the file and its name are on stable storage; a failed
+    fsync raises OSError rather than hand out a key that a power loss could take back. The
+    parent directory is created if needed.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(target.parent)
     key = secrets.token_hex(32).encode("ascii")
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
-    # O_EXCL with mode 0600: the file never exists with looser permissions, even briefly.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
-        try:
-            os.write(fd, key + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, target)  # atomic and never replaces an existing file
-        except FileExistsError as exc:
-            raise KeyFileError(f"admin key {target} already exists; not overwriting it") from exc
-        except OSError:
-            # A filesystem without hard links: fall back to creating the target directly.
-            _create_exclusive(target, key)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    _fsync_dir(target.parent)
+        create_exclusive(target, key + b"\n", mode=0o600)
+    except FileExistsError as exc:
+        raise KeyFileError(f"admin key {target} already exists; not overwriting it") from exc
     return key
 
 
@@ -136,30 +122,6 @@ def ensure_key(path: str | os.PathLike[str]) -> bytes:
         return create_key(path)
     except KeyFileError:
         return load_key(path)  # another process created it between our two looks
-
-
-def _create_exclusive(target: Path, key: bytes) -> None:
-    try:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError as exc:
-        raise KeyFileError(f"admin key {target} already exists; not overwriting it") from exc
-    try:
-        os.write(fd, key + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return  # not every platform lets a directory be opened; the key is already fsynced
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --- signing ---------------------------------------------------------------------------------

@@ -2,8 +2,10 @@
 
 Runs where the app code is: the router starts it as a subprocess,
 
-    python -m tenant.export export --tenants-dir DIR --tenant NAME --app MODULE:ATTR -o FILE
-    python -m tenant.export import --tenants-dir DIR --tenant NAME --app MODULE:ATTR FILE
+    python -m tenant.export export --data-dir DIR --tenant NAME --app MODULE:ATTR -o FILE
+    python -m tenant.export import --data-dir DIR --tenant NAME --app MODULE:ATTR FILE
+
+(`--tenants-dir DIR/tenants` is still accepted in place of `--data-dir DIR`.)
 
 each printing one JSON object on stdout (the export's header; the imported tenant's snapshot)
 and exiting 0, or printing one line on stderr and exiting 1. A subprocess, not a control op of
@@ -35,17 +37,18 @@ from pathlib import Path
 from snapshots.codec import get_codec
 from snapshots.errors import SnapshotError
 from snapshots.exportfile import encode_export, read_export, write_export
+from snapshots.layout import DataLayout
 from snapshots.store import LocalStore
-from tenant import journal as journal_mod
 from tenant.app import TenantApp
 from tenant.errors import RestoreError, TenantError, UpgradeError
+from tenant.journal_format import read_records
 from tenant.recovery import RecoveredState, recover_state
 
 # A checkpoint may prune the files being read; a read that loses that race starts over.
 _READ_ATTEMPTS = 3
 
 
-def load_state(app: TenantApp, tenants_dir: Path, tenant: str) -> RecoveredState:
+def load_state(app: TenantApp, layout: DataLayout, tenant: str) -> RecoveredState:
     """The tenant's state as a restore would build it, without writing anything.
 
     RestoreError when it cannot be built (no valid snapshot over existing files, a corrupt
@@ -53,7 +56,7 @@ def load_state(app: TenantApp, tenants_dir: Path, tenant: str) -> RecoveredState
     """
     for attempt in range(_READ_ATTEMPTS):
         try:
-            return _load_once(app, tenants_dir, tenant)
+            return recover_state(app, LocalStore(layout), tenant)
         except FileNotFoundError:
             if attempt == _READ_ATTEMPTS - 1:
                 raise RestoreError(
@@ -62,13 +65,9 @@ def load_state(app: TenantApp, tenants_dir: Path, tenant: str) -> RecoveredState
     raise AssertionError("unreachable")
 
 
-def _load_once(app: TenantApp, tenants_dir: Path, tenant: str) -> RecoveredState:
-    return recover_state(app, LocalStore(tenants_dir), tenant, tenants_dir / tenant / "journal")
-
-
-def export_tenant(app: TenantApp, app_spec: str, tenants_dir: Path, tenant: str) -> bytes:
+def export_tenant(app: TenantApp, app_spec: str, layout: DataLayout, tenant: str) -> bytes:
     """The export file of the tenant's current durable state, as bytes."""
-    loaded = load_state(app, tenants_dir, tenant)
+    loaded = load_state(app, layout, tenant)
     data = app.export_data(loaded.state) if app.export_data is not None else loaded.state
     try:
         _, blob = encode_export(
@@ -92,7 +91,7 @@ class Imported:
     journal_pos: int
 
 
-def import_tenant(app: TenantApp, tenants_dir: Path, tenant: str, blob: bytes,
+def import_tenant(app: TenantApp, layout: DataLayout, tenant: str, blob: bytes,
                   *, source: str = "<export>") -> Imported:
     """Write `blob` (an export file) as the generation 1 snapshot of the new tenant `tenant`.
 
@@ -107,10 +106,10 @@ def import_tenant(app: TenantApp, tenants_dir: Path, tenant: str, blob: bytes,
         )
     state = app.import_data(data) if app.import_data is not None else data
     state = app.upgrade_state(state, header.schema_version)
-    store = LocalStore(tenants_dir)
+    store = LocalStore(layout)
     if store.generations(tenant):
         raise TenantError(f"tenant {tenant} already has snapshots: import only makes new tenants")
-    if journal_mod.read_records(tenants_dir / tenant / "journal", after_seq=0).last_seq:
+    if read_records(layout.journal_dir(tenant), after_seq=0).last_seq:
         raise TenantError(f"tenant {tenant} already has a journal: import only makes new tenants")
     codec = get_codec(app.codec)
     info = store.save(tenant, codec.dumps(state), codec=codec.name, app_version=app.app_version,
@@ -134,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tenant.export")
     parser.add_argument("action", choices=["export", "import"])
     parser.add_argument("file", nargs="?", help="the export file to import")
-    parser.add_argument("--tenants-dir", required=True, type=Path)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--data-dir", type=Path)
+    where.add_argument("--tenants-dir", type=Path, help="DATA_DIR/tenants (older spelling)")
     parser.add_argument("--tenant", required=True)
     parser.add_argument("--app", required=True, metavar="MODULE:ATTR")
     parser.add_argument("--code-path", help="put this directory first on sys.path")
@@ -142,12 +143,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.code_path:
         sys.path.insert(0, args.code_path)
+    if args.data_dir is not None:
+        layout = DataLayout(args.data_dir)
+    else:
+        layout = DataLayout(args.tenants_dir.parent)
+        if layout.tenants_dir != args.tenants_dir:
+            parser.error(f"--tenants-dir must be DATA_DIR/tenants, not {args.tenants_dir}; "
+                         "pass --data-dir DATA_DIR")
     try:
         app = _load_app(args.app)
         if args.action == "export":
             if args.output is None:
                 parser.error("export needs -o FILE")
-            blob = export_tenant(app, args.app, args.tenants_dir, args.tenant)
+            blob = export_tenant(app, args.app, layout, args.tenant)
             write_export(args.output, blob)
             header, _ = read_export(blob, source=str(args.output))
             print(json.dumps({**header.to_json(), "size": len(blob)}))
@@ -155,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.file is None:
                 parser.error("import needs FILE")
             blob = Path(args.file).read_bytes()
-            imported = import_tenant(app, args.tenants_dir, args.tenant, blob, source=args.file)
+            imported = import_tenant(app, layout, args.tenant, blob, source=args.file)
             print(json.dumps(imported.__dict__))
     except (TenantError, SnapshotError, OSError, ImportError, TypeError, ValueError) as exc:
         print(" ".join(f"{type(exc).__name__}: {exc}".split()), file=sys.stderr)

@@ -10,15 +10,14 @@ code) raises RestoreError rather than hand back an empty or partial tenant.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from snapshots.codec import get_codec
 from snapshots.errors import CodecError, SnapshotError, UnsafeCodec
 from snapshots.store import LocalStore
-from tenant import journal as journal_mod
 from tenant.app import TenantApp
-from tenant.errors import RestoreError, TenantError
+from tenant.errors import JournalError, RestoreError, TenantError
+from tenant.journal_format import read_records
 
 
 @dataclass
@@ -31,9 +30,8 @@ class RecoveredState:
     warnings: list[str] = field(default_factory=list)
 
 
-def recover_state(
-    app: TenantApp, store: LocalStore, tenant: str, journal_dir: Path
-) -> RecoveredState:
+def recover_state(app: TenantApp, store: LocalStore, tenant: str) -> RecoveredState:
+    """The tenant's state from `store`'s data dir: its snapshots, then its journal."""
     try:
         # Verified and decoded in one step: hashing overlaps decoding (see LocalStore).
         loaded = store.load_newest_valid_state(tenant, get_codec)
@@ -55,12 +53,12 @@ def recover_state(
             recovered.warnings.append(
                 f"snapshot {path} is damaged ({reason}); restored an older generation")
     try:
-        replay = journal_mod.read_records(journal_dir, after_seq=recovered.journal_pos)
+        replay = read_records(store.layout.journal_dir(tenant), after_seq=recovered.journal_pos)
         for record in replay.records:
             app.apply(recovered.state, record.name, record.args, record.now)
             recovered.journal_pos = record.seq
             recovered.replayed += 1
-    except journal_mod.JournalError as exc:
+    except JournalError as exc:
         raise RestoreError(f"journal of {tenant} cannot be replayed: {exc}") from exc
     except TenantError as exc:
         raise RestoreError(f"replaying the journal of {tenant} failed: {exc}") from exc

@@ -19,7 +19,6 @@ import contextlib
 import ctypes
 import gc
 import importlib
-import json
 import logging
 import os
 import signal
@@ -28,9 +27,10 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from contract.logs import JsonFormatter
+from contract.serving import Server
 from contract.worker import (
     BOOT_FAILED,
     BOOT_FAILED_EXIT,
@@ -45,22 +45,18 @@ from contract.worker import (
     WorkerSpec,
 )
 from snapshots.store import LocalStore
-from tenant import journal as journal_mod
 from tenant.app import TenantApp
 from tenant.checkpoint import Checkpointer, CheckpointFailed
 from tenant.context import DurabilityGuard, TenantContext, activate
 from tenant.control import open_channel
 from tenant.errors import TenantError
+from tenant.journal import Journal
 from tenant.recovery import recover_state
 
 log = logging.getLogger("switchboard.tenant")
 
 PR_SET_PDEATHSIG = 1
 DRAIN_TIMEOUT_S = 5.0  # a stopping worker gives responses in flight this long to finish
-
-
-def journal_dir(spec: WorkerSpec) -> Path:
-    return Path(spec.data_dir) / "tenants" / spec.tenant / "journal"  # TODO(layout)
 
 
 def load_app(spec: str) -> TenantApp:
@@ -86,16 +82,16 @@ def set_death_signal(expected_parent: int, sig: int = signal.SIGTERM) -> None:
 @dataclass
 class Restored:
     context: TenantContext
-    journal: Any
+    journal: Journal
     generation: int | None
     warnings: list[str]
 
 
 def restore(app: TenantApp, spec: WorkerSpec, store: LocalStore) -> Restored:
     """Recover the state (tenant/recovery.py) and open the journal for appending after it."""
-    recovered = recover_state(app, store, spec.tenant, journal_dir(spec))
-    journal = journal_mod.Journal.open(
-        journal_dir(spec), next_seq=recovered.journal_pos + 1,
+    recovered = recover_state(app, store, spec.tenant)
+    journal = Journal.open(
+        store.layout.journal_dir(spec.tenant), next_seq=recovered.journal_pos + 1,
         fsync_policy=spec.journal_fsync,
     )
     context = TenantContext(app, spec.tenant, recovered.state, journal=journal,
@@ -119,7 +115,7 @@ class Worker:
         channel = await open_channel(self.control_fd)
         try:
             app = load_app(self.spec.app)
-            store = LocalStore(Path(self.spec.data_dir) / "tenants", self.spec.keep_generations)
+            store = LocalStore.in_data_dir(self.spec.data_dir, self.spec.keep_generations)
             restored = restore(app, self.spec, store)
         except Exception as exc:
             detail = "".join(traceback.format_exception_only(exc)).strip()
@@ -146,7 +142,7 @@ class Worker:
         )
         server = self._make_server(DurabilityGuard(app.asgi, restored.context))
         sock = socket.socket(fileno=self.listen_fd)
-        await server.startup(sockets=[sock])
+        await server.start(sockets=[sock])
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop_requested.set)
@@ -157,43 +153,20 @@ class Worker:
         })
         self.channel = channel
         control_task = asyncio.ensure_future(channel.serve(self.handle_control))
-        ticker = asyncio.ensure_future(server.main_loop())
+        ticker = asyncio.ensure_future(server.run())
         stop_task = asyncio.ensure_future(self.stop_requested.wait())
         await asyncio.wait({control_task, stop_task, ticker}, return_when=asyncio.FIRST_COMPLETED)
         # Router gone (EOF), asked to stop, or SIGTERM: drain, checkpoint if dirty, exit.
         ticker.cancel()
-        await self.drain(server, DRAIN_TIMEOUT_S)
+        await server.drain(DRAIN_TIMEOUT_S)
         await self.final_checkpoint()
         await restored.journal.close()
         for task in (control_task, stop_task):
             task.cancel()
         return self.exit_code
 
-    async def drain(self, server: Any, timeout_s: float) -> None:
-        """Stop accepting, close idle keep-alive connections at once, let responses in flight
-        finish (up to `timeout_s`), then cancel what is left.
-
-        uvicorn's own `shutdown()` sleeps 0.1 s unconditionally; on the eviction path a new
-        tenant waits for this stop, so it only waits for what is really in flight.
-        """
-        for listener in server.servers:
-            listener.close()
-        state = server.server_state
-        for connection in list(state.connections):
-            connection.shutdown()  # closes an idle connection now, a busy one after its response
-        deadline = time.monotonic() + timeout_s
-        while (state.connections or state.tasks) and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)
-        for task in list(state.tasks):
-            task.cancel()
-        for listener in server.servers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(listener.wait_closed(), 1)
-
-    def _make_server(self, asgi: Any) -> Any:
-        import uvicorn
-
-        config = uvicorn.Config(
+    def _make_server(self, asgi: Any) -> Server:
+        return Server(
             asgi,
             root_path=self.spec.root_path,
             lifespan="off",
@@ -206,10 +179,6 @@ class Worker:
             http="httptools",
             ws="websockets-sansio",
         )
-        config.load()
-        server = uvicorn.Server(config)
-        server.lifespan = config.lifespan_class(config)
-        return server
 
     def durability_lost(self, error: BaseException) -> None:
         """The journal failed: answer 503 from now on (DurabilityGuard) and exit, so the next
@@ -263,27 +232,13 @@ class Worker:
 def configure_logging(spec: WorkerSpec) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if spec.log_format == "json":
-        handler.setFormatter(_JsonFormatter(spec.tenant))
+        handler.setFormatter(JsonFormatter(tenant=spec.tenant))
     else:
         handler.setFormatter(logging.Formatter(
             f"%(asctime)s tenant {spec.tenant} %(levelname)s %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(spec.log_level.upper())
-
-
-class _JsonFormatter(logging.Formatter):
-    def __init__(self, tenant: str) -> None:
-        super().__init__()
-        self.tenant = tenant
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"ts": round(record.created, 3), "level": record.levelname.lower(),
-                 "logger": record.name, "tenant": self.tenant, "pid": os.getpid(),
-                 "msg": record.getMessage()}
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
 
 
 def worker_main(spec: WorkerSpec, listen_fd: int, control_fd: int, *, parent: int | None) -> int:

@@ -130,11 +130,11 @@ def test_failed_checkpoints_retry_with_doubling_backoff(
 ) -> None:
     monkeypatch.setattr(checkpoint_mod, "RETRY_FIRST_S", 0.05)
     monkeypatch.setattr(checkpoint_mod, "RETRY_MAX_S", 0.2)
-    store = FlakyStore(tmp_path / "tenants")
+    store = FlakyStore.in_data_dir(tmp_path)
     events: list[dict[str, Any]] = []
 
     async def main() -> None:
-        journal = Journal.open(tmp_path / "tenants" / "acme" / "journal", next_seq=1)
+        journal = Journal.open(store.layout.journal_dir("acme"), next_seq=1)
         ctx = TenantContext(schema_v3.app, "acme", schema_v3.initial_state(), journal=journal)
         checkpointer = Checkpointer(ctx, store, journal, generation=None, notify=events.append)
         await ctx.execute("put", name="a", qty=1)
@@ -209,10 +209,11 @@ def test_a_journal_failure_is_never_acknowledged_and_stops_the_worker(tmp_path: 
             with pytest.raises(DurabilityLost):
                 await ctx.execute("put", name="b", qty=2)
             assert journal.appended == ["put"]  # the second command never ran
-            checkpointer = Checkpointer(ctx, LocalStore(tmp_path), journal, generation=None)
+            checkpointer = Checkpointer(ctx, LocalStore.in_data_dir(tmp_path), journal,
+                                        generation=None)
             with pytest.raises(CheckpointFailed, match="refused"):
                 await checkpointer.checkpoint(fork=False)
-            assert not LocalStore(tmp_path).generations("acme")
+            assert not LocalStore.in_data_dir(tmp_path).generations("acme")
         finally:
             tenant_pkg.activate(None)
 
@@ -244,7 +245,7 @@ def test_every_kept_generation_can_be_restored_with_the_journal(tmp_path: Path) 
     from tenant.runtime import restore
 
     spec = WorkerSpec(tenant="acme", port=0, data_dir=str(tmp_path), app="x:app")
-    store = LocalStore(tmp_path / "tenants", keep_generations=3)
+    store = LocalStore.in_data_dir(tmp_path, keep_generations=3)
 
     async def build() -> dict[str, Any]:
         restored = restore(schema_v3.app, spec, store)

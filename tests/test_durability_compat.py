@@ -83,12 +83,12 @@ def test_a_v1_journal_restores_the_demo_app(tmp_path: Path) -> None:
     from examples.dabble import app
 
     shutil.copytree(FIXTURE, tmp_path / "tenants" / "acme" / "journal")
-    LocalStore(tmp_path / "tenants").save(
+    LocalStore.in_data_dir(tmp_path).save(
         "acme", get_codec("msgpack").dumps(app.initial_state()), codec="msgpack",
         app_version="1.0", schema_version=1, journal_pos=4,
     )
     spec = WorkerSpec(tenant="acme", port=0, data_dir=str(tmp_path), app="examples.dabble:app")
-    restored = restore(app, spec, LocalStore(tmp_path / "tenants"))
+    restored = restore(app, spec, LocalStore.in_data_dir(tmp_path))
     asyncio.run(restored.journal.close())
     state = restored.context.state
     assert restored.context.journal_pos == 11

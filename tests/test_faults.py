@@ -47,7 +47,7 @@ def spec_for(data_dir: Path, tenant: str = "acme") -> WorkerSpec:
 
 def restored_view(data_dir: Path, tenant: str = "acme") -> tuple[dict[str, Any], int, Any]:
     """Restore as a worker would; return (items view, number of logged commands, Restored)."""
-    store = LocalStore(data_dir / "tenants")
+    store = LocalStore.in_data_dir(data_dir)
     restored = restore(schema_v3.app, spec_for(data_dir, tenant), store)
     asyncio.run(restored.journal.close())
     state = restored.context.state
@@ -95,7 +95,7 @@ CHECKPOINT_CHILD = """
             print(json.dumps(["put", args]), flush=True)
 
     async def main():
-        store = LocalStore(Path(data_dir) / "tenants")
+        store = LocalStore.in_data_dir(data_dir)
         restored = restore(app, spec, store)
         ctx = restored.context
         checkpointer = Checkpointer(ctx, store, restored.journal, generation=restored.generation)
@@ -158,7 +158,7 @@ def test_a_crash_at_every_checkpoint_step_loses_nothing(
     assert restored.generation == (2 if renamed else 1)
 
     # The next checkpoint cleans up the dead save's temp file and lands.
-    store = LocalStore(tmp_path / "tenants")
+    store = LocalStore.in_data_dir(tmp_path)
     restored = restore(schema_v3.app, spec_for(tmp_path), store)
 
     async def checkpoint_again() -> None:
@@ -182,7 +182,7 @@ def test_a_crash_at_every_checkpoint_step_loses_nothing(
 
 def test_a_journal_cut_anywhere_in_its_last_record_drops_only_that_record(tmp_path: Path) -> None:
     source = tmp_path / "source"
-    store = LocalStore(source / "tenants")
+    store = LocalStore.in_data_dir(source)
     acks: list[tuple[str, dict[str, Any]]] = []
 
     async def build() -> tuple[Path, int, int]:

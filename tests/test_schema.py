@@ -33,8 +33,8 @@ UPGRADED = {"apple": {"qty": 3, "tags": []}, "pear": {"qty": 0, "tags": []},
             "fig": {"qty": 12, "tags": []}}
 
 
-def write_snapshot(tenants_dir: Path, tenant: str, state: Any, schema_version: int) -> Path:
-    store = LocalStore(tenants_dir)
+def write_snapshot(data_dir: Path, tenant: str, state: Any, schema_version: int) -> Path:
+    store = LocalStore.in_data_dir(data_dir)
     info = store.save(tenant, get_codec("msgpack").dumps(state), codec="msgpack",
                       app_version=f"schema-{schema_version}", schema_version=schema_version,
                       journal_pos=0)
@@ -52,8 +52,8 @@ def spec_for(data_dir: Path, tenant: str = "acme") -> WorkerSpec:
 def test_an_old_snapshot_is_upgraded_and_the_next_checkpoint_writes_version_3(
     tmp_path: Path, old_state: dict[str, Any], version: int, expected: dict[str, Any],
 ) -> None:
-    write_snapshot(tmp_path / "tenants", "acme", old_state, version)
-    store = LocalStore(tmp_path / "tenants")
+    write_snapshot(tmp_path, "acme", old_state, version)
+    store = LocalStore.in_data_dir(tmp_path)
     restored = restore(schema_v3.app, spec_for(tmp_path), store)
     assert schema_v3.view(restored.context.state) == expected
     assert restored.context.state["log"] == []
@@ -79,9 +79,9 @@ def test_an_old_snapshot_is_upgraded_and_the_next_checkpoint_writes_version_3(
 
 
 def test_a_snapshot_newer_than_the_code_is_refused(tmp_path: Path) -> None:
-    write_snapshot(tmp_path / "tenants", "acme", {"items": {}, "log": [], "v4": True}, 4)
+    write_snapshot(tmp_path, "acme", {"items": {}, "log": [], "v4": True}, 4)
     with pytest.raises(UpgradeError, match="schema version 4 but this code knows only up to 3"):
-        restore(schema_v3.app, spec_for(tmp_path), LocalStore(tmp_path / "tenants"))
+        restore(schema_v3.app, spec_for(tmp_path), LocalStore.in_data_dir(tmp_path))
 
 
 @pytest.mark.slow
@@ -90,9 +90,9 @@ def test_a_real_tenant_is_upgraded_and_a_newer_one_fails_with_the_reason(
 ) -> None:
     router = make_router(app=APP_SPEC).start()
     router.create("old", "future")
-    tenants = router.data_dir / "tenants"
-    write_snapshot(tenants, "old", V1_STATE, 1)
-    write_snapshot(tenants, "future", {"items": {}, "log": []}, 4)
+    data_dir = router.data_dir
+    write_snapshot(data_dir, "old", V1_STATE, 1)
+    write_snapshot(data_dir, "future", {"items": {}, "log": []}, 4)
     with router.client() as client:
         response = client.get("/t/old/items")
         assert response.status_code == 200, response.text
@@ -100,7 +100,7 @@ def test_a_real_tenant_is_upgraded_and_a_newer_one_fails_with_the_reason(
         assert response.json()["schema_version"] == 3
         assert client.post("/t/old/put", json={"name": "kiwi", "qty": 5}).status_code == 201
         assert router.cli("checkpoint", "old").stdout.strip() == "2"
-        header, _ = read_snapshot(LocalStore(tenants).path_for("old", 2))
+        header, _ = read_snapshot(LocalStore.in_data_dir(data_dir).path_for("old", 2))
         assert header.schema_version == 3
 
         response = client.get("/t/future/items")
@@ -110,7 +110,7 @@ def test_a_real_tenant_is_upgraded_and_a_newer_one_fails_with_the_reason(
         assert "schema version 4" in status["last_error"], status
         assert "newer app version" in status["last_error"]
         # The refused snapshot is left alone, for newer code to load.
-        assert [i.generation for i in LocalStore(tenants).generations("future")] == [1]
+        assert [i.generation for i in LocalStore.in_data_dir(data_dir).generations("future")] == [1]
 
 
 # Runs in a fresh interpreter: restore the tenant (snapshot + journal replay) and checkpoint.
@@ -125,7 +125,7 @@ REPLAY_CHILD = """
 
     data_dir = sys.argv[1]
     spec = WorkerSpec(tenant="acme", port=0, data_dir=data_dir, app="tests.apps.schema_v3:app")
-    store = LocalStore(Path(data_dir) / "tenants")
+    store = LocalStore.in_data_dir(data_dir)
     restored = restore(app, spec, store)
 
     async def main():
@@ -141,8 +141,8 @@ REPLAY_CHILD = """
 
 def test_replaying_the_same_journal_twice_gives_byte_identical_snapshots(tmp_path: Path) -> None:
     source = tmp_path / "source"
-    write_snapshot(source / "tenants", "acme", V1_STATE, 1)
-    store = LocalStore(source / "tenants")
+    write_snapshot(source, "acme", V1_STATE, 1)
+    store = LocalStore.in_data_dir(source)
     restored = restore(schema_v3.app, spec_for(source), store)
 
     async def commands() -> None:
@@ -166,7 +166,7 @@ def test_replaying_the_same_journal_twice_gives_byte_identical_snapshots(tmp_pat
         )
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == "2"
-        header, payload = read_snapshot(LocalStore(trial / "tenants").path_for("acme", 2))
+        header, payload = read_snapshot(LocalStore.in_data_dir(trial).path_for("acme", 2))
         assert header.schema_version == 3 and header.journal_pos == 72
         payloads.append(payload)
     assert payloads[0] == payloads[1]

@@ -83,7 +83,7 @@ needs_parallel = pytest.mark.skipif(
 def test_the_newest_big_state_loads_verified(
     tmp_path: Path, checksum_threads: list[int], restore_gc: None
 ) -> None:
-    store = LocalStore(tmp_path)
+    store = LocalStore.in_data_dir(tmp_path)
     save(store, CODEC.dumps(big_state("one")))
     payload = CODEC.dumps(big_state("two"))
     assert len(payload) > PARALLEL_VERIFY_MIN_BYTES
@@ -104,7 +104,7 @@ def test_the_newest_big_state_loads_verified(
 def test_a_flipped_payload_byte_falls_back_even_when_decoding_overlaps_the_check(
     tmp_path: Path, checksum_threads: list[int], restore_gc: None, where: str
 ) -> None:
-    store = LocalStore(tmp_path)
+    store = LocalStore.in_data_dir(tmp_path)
     save(store, CODEC.dumps(big_state("old")))
     newest_payload = CODEC.dumps(big_state("new"))
     newest = save(store, newest_payload)
@@ -130,7 +130,7 @@ def test_a_flipped_payload_byte_falls_back_even_when_decoding_overlaps_the_check
 
 
 def test_every_generation_damaged_is_no_valid_snapshot(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path)
+    store = LocalStore.in_data_dir(tmp_path)
     for tag in ("a", "b"):
         path = save(store, CODEC.dumps(big_state(tag, records=1000)))
         flip_byte(path, path.stat().st_size - 3)
@@ -140,7 +140,7 @@ def test_every_generation_damaged_is_no_valid_snapshot(tmp_path: Path) -> None:
 
 
 def test_same_choices_as_load_newest_valid(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path)
+    store = LocalStore.in_data_dir(tmp_path)
     assert store.load_newest_valid_state("acme") is None
     save(store, CODEC.dumps({"n": 1}))
     newest = save(store, CODEC.dumps({"n": 2}))
@@ -166,7 +166,7 @@ class Marker:
 
 @pytest.mark.parametrize("padding", [16, PARALLEL_VERIFY_MIN_BYTES * 2])
 def test_pickle_is_never_loaded_before_it_verifies(tmp_path: Path, padding: int) -> None:
-    store = LocalStore(tmp_path / "store")
+    store = LocalStore.in_data_dir(tmp_path / "store")
     save(store, PickleCodec().dumps({"generation": 1}), codec="pickle")
     marker = tmp_path / "code-ran"
     # pickle.loads stops at the STOP opcode and ignores what follows: damage to the padding
@@ -190,7 +190,7 @@ def test_pickle_is_never_loaded_before_it_verifies(tmp_path: Path, padding: int)
 def test_a_refused_codec_is_raised_for_a_sound_file_and_skipped_for_a_corrupt_one(
     tmp_path: Path,
 ) -> None:
-    store = LocalStore(tmp_path)
+    store = LocalStore.in_data_dir(tmp_path)
     save(store, CODEC.dumps({"n": 1}))
     newest = save(store, PickleCodec().dumps({"n": 2}), codec="pickle")
 
@@ -207,7 +207,7 @@ def test_a_refused_codec_is_raised_for_a_sound_file_and_skipped_for_a_corrupt_on
 @pytest.mark.parametrize("size", [10, PARALLEL_VERIFY_MIN_BYTES * 2])
 def test_a_sound_payload_that_does_not_decode_is_a_codec_error(tmp_path: Path,
                                                                size: int) -> None:
-    store = LocalStore(tmp_path)
+    store = LocalStore.in_data_dir(tmp_path)
     save(store, CODEC.dumps({"n": 1}))
     newest = save(store, b"\xc1" * size)  # 0xc1 is never valid msgpack
     with pytest.raises(CodecError, match=str(newest)):
@@ -215,7 +215,7 @@ def test_a_sound_payload_that_does_not_decode_is_a_codec_error(tmp_path: Path,
 
 
 def test_the_mapping_is_released(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path)
+    store = LocalStore.in_data_dir(tmp_path)
     path = save(store, CODEC.dumps(big_state("x", records=1000)))
     with open_snapshot(path) as snapshot:
         view = snapshot.payload
@@ -225,7 +225,7 @@ def test_the_mapping_is_released(tmp_path: Path) -> None:
 
 
 def test_load_state_refuses_a_damaged_small_payload(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path)
+    store = LocalStore.in_data_dir(tmp_path)
     path = save(store, CODEC.dumps({"n": 1}))
     flip_byte(path, path.stat().st_size - 1)
     with open_snapshot(path) as snapshot, pytest.raises(SnapshotCorrupt, match="checksum"):
@@ -252,7 +252,7 @@ def test_damaged_msgpack_cannot_allocate_far_beyond_its_size() -> None:
 
 
 def test_no_thread_below_the_threshold(tmp_path: Path, checksum_threads: list[int]) -> None:
-    store = LocalStore(tmp_path)
+    store = LocalStore.in_data_dir(tmp_path)
     save(store, CODEC.dumps({"n": 1}))
     loaded = store.load_newest_valid_state("acme")
     assert loaded is not None and loaded.state == {"n": 1}

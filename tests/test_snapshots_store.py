@@ -67,10 +67,10 @@ def snapshot_files(store: LocalStore, tenant: str = "acme") -> list[str]:
 
 
 def test_generations_count_up_and_load_the_newest(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path)
+    store = LocalStore.in_data_dir(tmp_path)
     infos = [save(store, n) for n in (1, 2, 3)]
     assert [i.generation for i in infos] == [1, 2, 3]
-    assert infos[2].path == tmp_path / "acme" / "snapshots" / "000000000003.snap"
+    assert infos[2].path == tmp_path / "tenants" / "acme" / "snapshots" / "000000000003.snap"
     assert infos[2].size == infos[2].path.stat().st_size
     assert stat.S_IMODE(infos[2].path.stat().st_mode) == 0o600
     listed = store.generations("acme")
@@ -84,7 +84,7 @@ def test_generations_count_up_and_load_the_newest(tmp_path: Path) -> None:
 
 
 def test_prunes_beyond_keep_generations_oldest_first(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path, keep_generations=3)
+    store = LocalStore.in_data_dir(tmp_path, keep_generations=3)
     infos = [save(store, n) for n in range(1, 6)]
     assert [i.pruned for i in infos] == [(), (), (), (1,), (2,)]
     assert snapshot_files(store) == [f"{g:012d}.snap" for g in (3, 4, 5)]
@@ -92,16 +92,16 @@ def test_prunes_beyond_keep_generations_oldest_first(tmp_path: Path) -> None:
 
 
 def test_keep_one_generation(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path, keep_generations=1)
+    store = LocalStore.in_data_dir(tmp_path, keep_generations=1)
     save(store, 1)
     assert save(store, 2).pruned == (1,)
     assert snapshot_files(store) == ["000000000002.snap"]
     with pytest.raises(ValueError):
-        LocalStore(tmp_path, keep_generations=0)
+        LocalStore.in_data_dir(tmp_path, keep_generations=0)
 
 
 def test_no_snapshot_at_all_is_none(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path)
+    store = LocalStore.in_data_dir(tmp_path)
     assert store.load_newest_valid("acme") is None
     assert store.generations("acme") == []
     assert store.oldest_kept_journal_pos("acme") is None
@@ -110,7 +110,7 @@ def test_no_snapshot_at_all_is_none(tmp_path: Path) -> None:
 
 
 def test_a_corrupt_newest_generation_falls_back_and_says_so(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path)
+    store = LocalStore.in_data_dir(tmp_path)
     save(store, 1)
     save(store, 2)
     newest = save(store, 3).path
@@ -125,7 +125,7 @@ def test_a_corrupt_newest_generation_falls_back_and_says_so(tmp_path: Path) -> N
 
 
 def test_a_torn_newest_generation_falls_back(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path)
+    store = LocalStore.in_data_dir(tmp_path)
     save(store, 1)
     newest = save(store, 500).path
     with open(newest, "r+b") as f:
@@ -138,7 +138,7 @@ def test_a_torn_newest_generation_falls_back(tmp_path: Path) -> None:
 
 
 def test_all_generations_corrupt_is_no_valid_snapshot(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path)
+    store = LocalStore.in_data_dir(tmp_path)
     paths = [save(store, n).path for n in (1, 2, 3)]
     flip_byte(paths[0], 0)  # magic
     flip_byte(paths[1], 20)  # header
@@ -158,7 +158,7 @@ def test_all_generations_corrupt_is_no_valid_snapshot(tmp_path: Path) -> None:
 
 
 def test_a_file_naming_another_tenant_is_never_loaded(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path)
+    store = LocalStore.in_data_dir(tmp_path)
     theirs = save(store, 1, tenant="other").path
     store.snapshot_dir("acme").mkdir(parents=True)
     shutil.copy(theirs, store.path_for("acme", 1))
@@ -167,7 +167,7 @@ def test_a_file_naming_another_tenant_is_never_loaded(tmp_path: Path) -> None:
 
 
 def test_a_newer_format_version_is_not_skipped(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path)
+    store = LocalStore.in_data_dir(tmp_path)
     save(store, 1)
     packed = msgpack.packb({"tenant": "acme"})
     head = MAGIC + struct.pack(">HI", 2, len(packed)) + packed
@@ -177,7 +177,7 @@ def test_a_newer_format_version_is_not_skipped(tmp_path: Path) -> None:
 
 
 def test_a_stale_temp_file_is_ignored_then_removed(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path)
+    store = LocalStore.in_data_dir(tmp_path)
     save(store, 1)
     stale = store.snapshot_dir("acme") / "000000000002.snap.tmp"
     stale.write_bytes(b"half a snapshot from a crashed save")
@@ -194,7 +194,7 @@ def test_a_stale_temp_file_is_ignored_then_removed(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["../escape", "..", "a/b", "Acme", "", "a" * 64, "/abs", "a."])
 def test_bad_tenant_names_never_touch_the_filesystem(tmp_path: Path, name: str) -> None:
     root = tmp_path / "root"
-    store = LocalStore(root)
+    store = LocalStore.in_data_dir(root)
     with pytest.raises(InvalidTenantName):
         store.save(name, b"x", codec="msgpack", app_version="1", schema_version=1, journal_pos=0)
     for call in (store.load_newest_valid, store.generations, store.delete_tenant):
@@ -204,28 +204,29 @@ def test_bad_tenant_names_never_touch_the_filesystem(tmp_path: Path, name: str) 
 
 
 def test_unknown_codec_writes_nothing(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path)
+    store = LocalStore.in_data_dir(tmp_path)
     with pytest.raises(CodecError):
         store.save("acme", b"x", codec="json", app_version="1", schema_version=1, journal_pos=0)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_delete_tenant_keeps_other_files_of_the_tenant(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path)
+    store = LocalStore.in_data_dir(tmp_path)
     save(store, 1)
     save(store, 1, tenant="other")
-    (tmp_path / "other" / "journal").write_bytes(b"journal")
+    tenants = tmp_path / "tenants"
+    (tenants / "other" / "journal").write_bytes(b"journal")
     store.delete_tenant("acme")
     store.delete_tenant("other")
-    assert not (tmp_path / "acme").exists()
-    assert (tmp_path / "other" / "journal").exists()
-    assert not (tmp_path / "other" / "snapshots").exists()
+    assert not (tenants / "acme").exists()
+    assert (tenants / "other" / "journal").exists()
+    assert not (tenants / "other" / "snapshots").exists()
     assert store.load_newest_valid("acme") is None
     store.delete_tenant("never-existed")
 
 
 def test_a_second_concurrent_save_fails_instead_of_racing(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path)
+    store = LocalStore.in_data_dir(tmp_path)
     save(store, 1)
     fd = os.open(store.snapshot_dir("acme"), os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -238,7 +239,7 @@ def test_a_second_concurrent_save_fails_instead_of_racing(tmp_path: Path) -> Non
 
 
 def test_save_works_in_a_forked_child(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path)
+    store = LocalStore.in_data_dir(tmp_path)
     save(store, 1)
     payload = CODEC.dumps(state(2))
     pid = os.fork()
@@ -271,7 +272,7 @@ def test_a_failed_fsync_is_final_and_leaves_no_trace(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # An fsync EIO cannot be caused for real without a faulty device; inject it.
-    store = LocalStore(tmp_path)
+    store = LocalStore.in_data_dir(tmp_path)
     save(store, 1)
     real_fsync = os.fsync
     file_fsyncs: list[int] = []
@@ -296,7 +297,7 @@ def test_a_failed_fsync_is_final_and_leaves_no_trace(
 def test_a_failed_directory_fsync_is_not_a_success(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = LocalStore(tmp_path)
+    store = LocalStore.in_data_dir(tmp_path)
     save(store, 1)
     real_fsync = os.fsync
 
@@ -336,7 +337,7 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.mark.slow
 def test_save_on_a_full_disk_keeps_the_old_generation(small_tmpfs: Path) -> None:
-    store = LocalStore(small_tmpfs / "data")
+    store = LocalStore.in_data_dir(small_tmpfs / "data")
     first = store.save(
         "acme", b"a" * 300_000, codec="pickle", app_version="1", schema_version=1, journal_pos=1
     )
@@ -367,7 +368,7 @@ signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 limit = int(sys.argv[2])
 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 try:
-    LocalStore(Path(sys.argv[1])).save(
+    LocalStore.in_data_dir(Path(sys.argv[1])).save(
         "acme", b"x" * (4 * limit), codec="msgpack", app_version="2",
         schema_version=1, journal_pos=99,
     )
@@ -380,7 +381,7 @@ else:
 
 @pytest.mark.slow
 def test_save_failing_with_efbig_mid_write_keeps_the_old_generation(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path)
+    store = LocalStore.in_data_dir(tmp_path)
     save(store, 50)
     size_before = store.path_for("acme", 1).stat().st_size
     done = subprocess.run(

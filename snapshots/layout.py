@@ -1,0 +1,187 @@
+"""The on-disk layout of a data dir: the one place that turns a tenant name into a path.
+
+    <data-dir>/
+        admin.key                    admin API key, 0600 (switchboard/signing.py)
+        snapshot.key                 snapshot and journal MAC key, 0600 (DESIGN.md
+                                     "Decisions"; planned, not written yet)
+        tenants.sqlite               the embedded tenant table (switchboard/table.py)
+        tenants/                     one folder per tenant
+            <name>/                  0700; everything of one tenant, and nothing else
+                snapshots/           0700; snapshot generations (snapshots/store.py)
+                    <generation:012d>.snap       one generation, complete (renamed into place)
+                    <generation:012d>.snap.tmp   a save in progress, or left by a crash
+                journal/             command journal segments (tenant/journal_format.py)
+                    <first_seq:020d>.journal     one segment; .journal.tmp while created
+            .trash-<name>-<hex>/     a tenant being deleted (delete_tenant); one left by a
+                                     crash is removed by sweep_trash or the next delete
+        transfers/                   0700; export files waiting to be streamed in or out
+
+`<name>` is checked against the tenant-name rule (contract/names.py) before any path is
+built: every method that takes a name raises InvalidTenantName (a ValueError) for a bad one,
+so `..`, `/`, NUL, upper case and over-long names never reach the filesystem. A name never
+starts with a dot, so nothing hidden in tenants/ is ever a tenant.
+
+What lives inside snapshots/ and journal/ (the byte formats) belongs to the modules named
+above; this module owns the names of folders and snapshot files, listing and deletion.
+Standard library and `contract` only: cheap to import in the router, the worker and the CLI.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+from pathlib import Path
+
+from contract.names import is_valid_name
+from snapshots.durable import fsync_dir, make_dirs
+from snapshots.errors import InvalidTenantName
+
+__all__ = ["SNAPSHOT_SUFFIX", "TEMP_SUFFIX", "TRASH_PREFIX", "DataLayout",
+           "validate_tenant_name"]
+
+SNAPSHOT_SUFFIX = ".snap"
+TEMP_SUFFIX = ".tmp"  # appended to a file's final name while it is being written
+TRASH_PREFIX = ".trash-"
+MAX_GENERATION = 10**12 - 1  # twelve digits in the file name
+_SNAPSHOT_NAME = re.compile(r"(\d{12})\.snap")
+
+
+def validate_tenant_name(name: object) -> str:
+    """Return `name` if it is a valid tenant name, else raise InvalidTenantName."""
+    if not is_valid_name(name):
+        raise InvalidTenantName(name)
+    assert isinstance(name, str)
+    return name
+
+
+class DataLayout:
+    """Paths of one data dir, plus listing and deletion; see the module docstring.
+
+    Building a DataLayout touches nothing on disk; only create_tenant, delete_tenant,
+    sweep_trash and ensure_transfers_dir write.
+    """
+
+    def __init__(self, data_dir: Path | str) -> None:
+        self.data_dir = Path(data_dir)
+        self.tenants_dir = self.data_dir / "tenants"
+        self.transfers_dir = self.data_dir / "transfers"
+
+    def __repr__(self) -> str:
+        return f"DataLayout({str(self.data_dir)!r})"
+
+    # -- paths (no I/O)
+
+    def tenant_dir(self, name: str) -> Path:
+        return self.tenants_dir / validate_tenant_name(name)
+
+    def snapshot_dir(self, name: str) -> Path:
+        return self.tenant_dir(name) / "snapshots"
+
+    def journal_dir(self, name: str) -> Path:
+        return self.tenant_dir(name) / "journal"
+
+    def snapshot_path(self, name: str, generation: int) -> Path:
+        if isinstance(generation, bool) or not isinstance(generation, int) or not (
+            1 <= generation <= MAX_GENERATION
+        ):
+            raise ValueError(f"a generation is an int from 1 to {MAX_GENERATION}, "
+                             f"not {generation!r}")
+        return self.snapshot_dir(name) / f"{generation:012d}{SNAPSHOT_SUFFIX}"
+
+    # -- listing
+
+    def generations(self, name: str) -> list[int]:
+        """The generations that have a complete snapshot file, ascending; [] when none.
+
+        Complete means renamed into place: a `.snap.tmp` of a save in progress is not one.
+        Whether a file verifies is the store's question (snapshots/store.py). Raises
+        OSError when the folder exists but cannot be read.
+        """
+        found: list[int] = []
+        try:
+            with os.scandir(self.snapshot_dir(name)) as entries:
+                for entry in entries:
+                    match = _SNAPSHOT_NAME.fullmatch(entry.name)
+                    if match:
+                        found.append(int(match.group(1)))
+        except FileNotFoundError:
+            return []
+        found.sort()
+        return found
+
+    def snapshot_files(self, name: str) -> list[Path]:
+        """The complete snapshot files, ascending by generation."""
+        return [self.snapshot_path(name, g) for g in self.generations(name)]
+
+    def has_files(self, name: str) -> bool:
+        """Whether anything of the tenant is on disk: any file under its folder (a snapshot,
+        a journal segment, a temp file left by a crash). Empty folders do not count. Raises
+        OSError when part of the folder cannot be read, rather than answer False."""
+        def fail(exc: OSError) -> None:
+            raise exc
+
+        try:
+            for _folder, _subfolders, files in os.walk(self.tenant_dir(name), onerror=fail):
+                if files:
+                    return True
+        except FileNotFoundError:
+            return False
+        return False
+
+    # -- changes
+
+    def create_tenant(self, name: str) -> None:
+        """Make the tenant's folder (0700), and tenants/ if needed; an existing one is kept.
+
+        When this returns, the folder and its entry in tenants/ are on stable storage.
+        """
+        make_dirs(self.tenant_dir(name), mode=0o700)
+
+    def delete_tenant(self, name: str) -> None:
+        """Delete every file of the tenant. Not while its worker runs: the caller stops it.
+
+        The tenant's folder is renamed to a hidden trash name in tenants/, tenants/ is
+        fsynced, then the trash is removed. When this returns, the tenant has no files: a
+        crash at any point leaves either the whole tenant or nothing under its name (at
+        most a trash folder, which sweep_trash removes at the next start or delete). A
+        tenant with no folder is not an error. Raises OSError when the rename or the fsync
+        fails (the tenant may then still be there after a crash); a failure to remove the
+        trash itself is left to the next sweep.
+        """
+        source = self.tenant_dir(name)
+        self.sweep_trash()
+        trash = self.tenants_dir / f"{TRASH_PREFIX}{name}-{os.urandom(6).hex()}"
+        try:
+            os.rename(source, trash)
+        except FileNotFoundError:
+            return
+        fsync_dir(self.tenants_dir)
+        # The name is gone for good now; the bytes go next. A trash folder that comes back
+        # after a crash is swept, so this needs no fsync of its own.
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def sweep_trash(self) -> list[Path]:
+        """Remove the trash folders that deletes left behind (a crash mid-delete); returns
+        what it removed. Call at startup; delete_tenant calls it too.
+
+        Safe next to a running delete: removing a folder already half removed is not an
+        error, and a trash folder that cannot be removed now is tried again next time.
+        """
+        try:
+            with os.scandir(self.tenants_dir) as entries:
+                leftovers = [Path(e.path) for e in entries if e.name.startswith(TRASH_PREFIX)]
+        except FileNotFoundError:
+            return []
+        for trash in leftovers:
+            shutil.rmtree(trash, ignore_errors=True)
+        return [trash for trash in leftovers if not trash.exists()]
+
+    def ensure_transfers_dir(self) -> Path:
+        """transfers/, created if missing; always 0700 (export files hold tenant data)."""
+        make_dirs(self.transfers_dir, mode=0o700)
+        mode = stat.S_IMODE(os.stat(self.transfers_dir).st_mode)
+        if mode != 0o700:
+            os.chmod(self.transfers_dir, 0o700)
+        return self.transfers_dir
