@@ -73,11 +73,6 @@ class Server:
         return [sock for server in self._server.servers for sock in server.sockets]
 
     @property
-    def servers(self) -> list[asyncio.Server]:
-        """The asyncio servers; for callers written against uvicorn.Server. Use `sockets`."""
-        return list(self._server.servers)
-
-    @property
     def should_exit(self) -> bool:
         return self._server.should_exit
 

@@ -86,14 +86,8 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | bytearray | memoryv
     count. The temp file is `.<name>.<random>.tmp`, created with O_EXCL and `mode`.
     """
     target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.urandom(6).hex()}.tmp")
-    fd = os.open(tmp, _CREATE_NEW, mode)
+    tmp = _write_temp(target, data, mode)
     try:
-        try:
-            write_all(fd, data)
-            os.fsync(fd)  # on failure the temp file is thrown away, never fsynced again
-        finally:
-            os.close(fd)
         os.rename(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -114,34 +108,37 @@ def create_exclusive(path: str | os.PathLike[str], data: bytes | bytearray | mem
     raises OSError and leaves no temp file.
     """
     target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.urandom(6).hex()}.tmp")
-    fd = os.open(tmp, _CREATE_NEW, mode)
+    tmp = _write_temp(target, data, mode)
     try:
-        try:
-            write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
         try:
             os.link(tmp, target)  # atomic, and never replaces an existing file
         except FileExistsError:
             raise
         except OSError:
-            _create_in_place(target, data, mode)
+            _write_new(target, data, mode)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
     fsync_dir(target.parent)
 
 
-def _create_in_place(target: Path, data: bytes | bytearray | memoryview, mode: int) -> None:
-    fd = os.open(target, _CREATE_NEW, mode)
+def _write_temp(target: Path, data: bytes | bytearray | memoryview, mode: int) -> Path:
+    """A new temp file next to `target` holding `data`, fsynced."""
+    tmp = target.with_name(f".{target.name}.{os.urandom(6).hex()}.tmp")
+    _write_new(tmp, data, mode)
+    return tmp
+
+
+def _write_new(path: Path, data: bytes | bytearray | memoryview, mode: int) -> None:
+    """Create `path` (O_EXCL), write `data`, fsync. On any failure the file is removed (this
+    call created it) and never fsynced again."""
+    fd = os.open(path, _CREATE_NEW, mode)
     try:
         write_all(fd, data)
         os.fsync(fd)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):
-            target.unlink()  # ours: O_EXCL created it; a partial secret must not stay
+            path.unlink()
         raise
     os.close(fd)
