@@ -23,6 +23,8 @@ class TenantOperations:
         self.supervisor = supervisor
         self.directory = directory
         self.layout = layout
+        for leftover in layout.sweep_trash():  # a crash in the middle of an earlier rm
+            log.info("removed %s, left by an interrupted rm", leftover)
 
     def list_tenants(self) -> list[TenantInfo]:
         return [t.info() for t in sorted(self.supervisor, key=lambda t: t.name)]

@@ -40,7 +40,7 @@ async def export_tenant(layout: DataLayout, name: str, *, app: str,
     try:
         reply = await _run_export_tool(
             "export", "--tenant", name, "--app", app, "-o", str(out),
-            tenants_dir=layout.tenants_dir, code_path=code_path,
+            data_dir=layout.data_dir, code_path=code_path,
         )
     except BaseException:
         with contextlib.suppress(OSError):
@@ -62,7 +62,7 @@ async def import_tenant(layout: DataLayout, name: str, data: bytes, *, app: str,
         staged.write_bytes(data)
         reply = await _run_export_tool(
             "import", str(staged), "--tenant", name, "--app", app,
-            tenants_dir=layout.tenants_dir, code_path=code_path,
+            data_dir=layout.data_dir, code_path=code_path,
         )
     finally:
         with contextlib.suppress(OSError):
@@ -84,8 +84,8 @@ def _transfers_dir(layout: DataLayout) -> Path:
     return directory
 
 
-async def _run_export_tool(*args: str, tenants_dir: Path, code_path: str | None) -> dict[str, Any]:
-    argv = [sys.executable, "-m", "tenant.export", *args, "--tenants-dir", str(tenants_dir)]
+async def _run_export_tool(*args: str, data_dir: Path, code_path: str | None) -> dict[str, Any]:
+    argv = [sys.executable, "-m", "tenant.export", *args, "--data-dir", str(data_dir)]
     if code_path:
         argv += ["--code-path", code_path]
     process = await asyncio.create_subprocess_exec(

@@ -365,7 +365,7 @@ def test_a_tenant_that_fails_to_boot_backs_off_then_stays_failed_while_others_se
     tries = [
         entry
         for entry in log_entries(router)
-        if entry["logger"] == "switchboard.supervisor"
+        if entry["logger"] == "switchboard.process"
         and entry["msg"].startswith("tenant bad failed to boot")
     ]
     assert len(tries) == 3
