@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+from pathlib import Path
 from typing import Any
 
 from contract import serving
-from switchboard import logs
+from switchboard import logs, runfile
 from switchboard.config import Config
 from switchboard.proxy import Proxy
 from switchboard.spawner import Spawner
@@ -54,6 +56,7 @@ class Router:
             log.error("cannot listen: %s", exc)
             table.close()
             return 1
+        publish_addresses(config.data_dir, front, admin)
         if config.use_zygote:
             spawner._ensure_zygote_soon((config.app, None))
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -89,6 +92,7 @@ class Router:
             await asyncio.wait_for(admin.shutdown(), 5)
         await spawner.close()
         table.close()
+        runfile.remove(config.data_dir, os.getpid())
         log.info("switchboard stopped")
         return 0
 
@@ -106,6 +110,19 @@ class Router:
         while True:
             await asyncio.sleep(IDLE_UPSTREAM_S / 4)
             proxy.pool.close_idle_older_than(IDLE_UPSTREAM_S)
+
+
+def publish_addresses(data_dir: Path, front: asyncio.Server, admin: serving.Server) -> None:
+    """Write `<data-dir>/router.json` (switchboard.runfile) with the addresses really bound,
+    so whoever started this router with port 0 learns its ports from the router itself."""
+    try:
+        runfile.write(data_dir, runfile.RouterAddresses(
+            pid=os.getpid(),
+            listen=runfile.bound_address(front.sockets),
+            admin_listen=runfile.bound_address(admin.sockets),
+        ))
+    except OSError as exc:  # the router still serves on the ports it was given
+        log.warning("cannot write %s: %s", runfile.path_in(data_dir), exc)
 
 
 def run(config: Config) -> int:
