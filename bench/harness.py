@@ -4,61 +4,47 @@ Every process is started in its own session (so its pid is also its process grou
 registered in `Processes`; `Processes.cleanup()` kills each group with SIGKILL. `__main__`
 calls it in a `finally`, after turning SIGTERM into SystemExit, so an error, Ctrl-C or a kill
 leaves nothing running. Processes are found and killed by pid, never by name.
+
+Routers, waiting, process groups and signed admin calls come from `harness`, which the tests
+share; what is here is the bench's own: `Processes`, the bench router's settings, raw HTTP
+timing helpers and the machine description.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import os
 import platform
 import signal
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from switchboard.signing import load_key, sign_request
+from harness import (
+    ROOT,
+    SWITCHBOARD,
+    HarnessError,
+    RouterProcess,
+    connectable,
+    free_port,
+    group_pids,
+    kill_group,
+    wait_until,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-SWITCHBOARD = Path(sys.executable).parent / "switchboard"
+__all__ = ["ROOT", "SWITCHBOARD", "connectable", "free_port", "group_pids", "wait_until"]
+
 BENCH_APP = "bench.app:app"
 
 
-class BenchError(Exception):
+class BenchError(HarnessError):
     """A benchmark could not be measured (a process did not start, a tool failed)."""
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.01) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise BenchError(f"{what} did not happen within {timeout:g}s")
-        time.sleep(step)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def connectable(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 class Processes:
@@ -97,10 +83,7 @@ class Processes:
         return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
     def kill(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(5)
+        kill_group(proc, sig, wait_s=5)
         if proc in self.children:
             self.children.remove(proc)
 
@@ -138,88 +121,46 @@ def python_env() -> dict[str, str]:
     return env
 
 
-class BenchRouter:
-    """A real `switchboard serve` with the bench app, in its own data dir and process group."""
+class BenchRouter(RouterProcess):
+    """A real `switchboard serve` with the bench app, in its own data dir and process group,
+    registered in `Processes` so that cleanup kills it whatever happens."""
 
     def __init__(self, procs: Processes, data_dir: Path, *, max_resident: int = 64,
                  port_range: str = "30000-31999", idle_timeout_s: float = 3600) -> None:
+        super().__init__(data_dir, app=BENCH_APP, idle_timeout_s=idle_timeout_s,
+                         max_resident=max_resident,
+                         env={"SWITCHBOARD_PORT_RANGE": port_range,
+                              "SWITCHBOARD_LOG_LEVEL": "warning"})
         self.procs = procs
-        self.data_dir = data_dir
-        self.port = free_port()
-        self.admin_port = free_port()
-        self.max_resident = max_resident
-        self.port_range = port_range
-        self.idle_timeout_s = idle_timeout_s
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._admin: httpx.Client | None = None
-        self._key = b""
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def base_env(self) -> dict[str, str]:
+        return python_env()
 
-    @property
-    def admin_url(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}"
+    def spawn(self, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        return self.procs.start(args, log=self.log_path, cwd=ROOT, env=env)
 
-    def env(self) -> dict[str, str]:
-        return dict(python_env(), SWITCHBOARD_PORT_RANGE=self.port_range,
-                    SWITCHBOARD_DATA_DIR=str(self.data_dir), SWITCHBOARD_ADMIN=self.admin_url,
-                    SWITCHBOARD_KEY_FILE=str(self.data_dir / "admin.key"),
-                    SWITCHBOARD_LOG_FORMAT="json", SWITCHBOARD_LOG_LEVEL="warning")
-
-    def start(self, timeout: float = 60) -> BenchRouter:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        args = [str(SWITCHBOARD), "serve", "--data-dir", str(self.data_dir), "--app", BENCH_APP,
-                "--listen", f"127.0.0.1:{self.port}",
-                "--admin-listen", f"127.0.0.1:{self.admin_port}",
-                "--idle-timeout", str(self.idle_timeout_s),
-                "--max-resident", str(self.max_resident)]
-        self.proc = self.procs.start(args, log=self.data_dir / "router.log", cwd=ROOT,
-                                     env=self.env())
-
-        def up() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise BenchError(f"switchboard serve exited: {self.log_tail()}")
-            return connectable(self.port) and connectable(self.admin_port)
-
-        wait_until(up, timeout, "switchboard serve listening")
-        self._key = load_key(self.data_dir / "admin.key")
-        self._admin = httpx.Client(base_url=self.admin_url, timeout=120)
-        wait_until(self.zygote_pid, timeout, "the zygote to start", step=0.05)
+    def start(self, timeout_s: float = 60) -> BenchRouter:
+        super().start(timeout_s)
+        wait_until(self.zygote_pid, timeout_s, "the zygote to start")
         return self
 
     def log_tail(self, n: int = 2000) -> str:
-        path = self.data_dir / "router.log"
-        return path.read_text(errors="replace")[-n:] if path.exists() else ""
-
-    def admin(self, method: str, path: str, payload: Any = None) -> Any:
-        assert self._admin is not None, "start() first"
-        body = b"" if payload is None else json.dumps(payload).encode()
-        headers = sign_request(self._key, method, path, body)
-        if body:
-            headers["content-type"] = "application/json"
-        response = self._admin.request(method, path, content=body, headers=headers)
-        if response.status_code >= 400:
-            raise BenchError(f"admin {method} {path}: {response.status_code} {response.text[:300]}")
-        return response.json() if response.content and path != "/metrics" else response.text
+        return self.log()[-n:]
 
     def create(self, name: str) -> dict[str, Any]:
-        info: dict[str, Any] = self.admin("POST", "/v1/tenants", {"name": name})
+        info: dict[str, Any] = self.admin_call("POST", "/v1/tenants", {"name": name})
         return info
 
     def start_tenant(self, name: str) -> dict[str, Any]:
-        info: dict[str, Any] = self.admin("POST", f"/v1/tenants/{name}/start")
+        info: dict[str, Any] = self.admin_call("POST", f"/v1/tenants/{name}/start")
         return info
 
     def stop_tenant(self, name: str) -> dict[str, Any]:
-        info: dict[str, Any] = self.admin("POST", f"/v1/tenants/{name}/stop")
+        info: dict[str, Any] = self.admin_call("POST", f"/v1/tenants/{name}/stop")
         return info
 
     def tenant(self, name: str) -> dict[str, Any]:
-        info: dict[str, Any] = self.admin("GET", f"/v1/tenants/{name}")
-        return info
+        return self.tenant_info(name)
 
     def cli(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[bytes]:
         result = self.procs.run([str(SWITCHBOARD), *args], timeout, env=self.env(), cwd=ROOT)
@@ -227,44 +168,14 @@ class BenchRouter:
             raise BenchError(f"switchboard {' '.join(args)}: {result.stderr.decode()[-500:]}")
         return result
 
-    def group(self) -> list[int]:
-        return [] if self.proc is None else group_pids(self.proc.pid)
-
-    def zygote_pid(self) -> int | None:
-        return next((p for p in self.group() if title(p).startswith("switchboard: zygote")), None)
-
-    def worker_pids(self) -> list[int]:
-        return [p for p in self.group() if title(p).startswith("switchboard: tenant")]
-
-    def stop(self) -> None:
-        if self._admin is not None:
-            self._admin.close()
-        if self.proc is not None:
-            self.procs.kill(self.proc)
-
-
-def group_pids(pgid: int) -> list[int]:
-    """Live processes of a process group, from /proc."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(") ", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] not in "ZX":
-            pids.append(int(entry))
-    return pids
-
-
-def title(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return ""
+    def stop(self, timeout_s: float = 60) -> int | None:
+        """Kill the router's group without a graceful stop: nothing a bench measured needs
+        the shutdown checkpoint, and thousands of tenants would make it slow."""
+        super().kill_group()
+        if self.proc is None:
+            return None
+        self.procs.kill(self.proc)
+        return self.proc.returncode
 
 
 def http_get(port: int, path: str, timeout: float = 60.0) -> tuple[int, bytes]:

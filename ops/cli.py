@@ -261,6 +261,18 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str))
 
 
+def _show(args: argparse.Namespace, value: Any, text: Callable[[Any], str | None]) -> int:
+    """Print `value` as JSON with --json, else what `text(value)` makes of it for people
+    (nothing when that is None). Returns the exit status, 0."""
+    if _wants_json(args):
+        _print_json(value)
+    else:
+        shown = text(value)
+        if shown is not None:
+            print(shown)
+    return 0
+
+
 # --- serve -----------------------------------------------------------------------------------
 
 
@@ -316,11 +328,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
     with _client(args) as client:
         tenants = client.list_tenants()
-    if _wants_json(args):
-        _print_json(tenants)
-    else:
-        print(tenant_table(sorted(tenants, key=lambda t: str(t.get("name", "")))))
-    return 0
+    return _show(args, tenants,
+                 lambda rows: tenant_table(sorted(rows, key=lambda t: str(t.get("name", "")))))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -328,11 +337,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     with _client(args) as client:
         info = client.get(args.name)
-    if _wants_json(args):
-        _print_json(info)
-    else:
-        print(tenant_details(info))
-    return 0
+    return _show(args, info, tenant_details)
 
 
 def _state_change(operation: str) -> Handler:
@@ -341,11 +346,7 @@ def _state_change(operation: str) -> Handler:
     def handler(args: argparse.Namespace) -> int:
         with _client(args) as client:
             info: dict[str, Any] = getattr(client, operation)(args.name)
-        if _wants_json(args):
-            _print_json(info)
-        else:
-            print(info.get("state"))
-        return 0
+        return _show(args, info, lambda i: str(i.get("state")))
 
     return handler
 
@@ -357,20 +358,18 @@ cmd_stop = _state_change("stop")
 def cmd_checkpoint(args: argparse.Namespace) -> int:
     with _client(args) as client:
         result = client.checkpoint(args.name)
-    if _wants_json(args):
-        _print_json(result)
-    else:
-        generation = result.get("generation")
-        print(generation if result.get("changed") and generation is not None else "unchanged")
-    return 0
+    return _show(args, result, _checkpoint_text)
+
+
+def _checkpoint_text(result: dict[str, Any]) -> str:
+    generation = result.get("generation")
+    return str(generation) if result.get("changed") and generation is not None else "unchanged"
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
     with _client(args) as client:
         client.remove(args.name)
-    if _wants_json(args):
-        _print_json({"name": args.name, "removed": True})
-    return 0
+    return _show(args, {"name": args.name, "removed": True}, lambda _: None)
 
 
 # --- export and import -----------------------------------------------------------------------
@@ -384,12 +383,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     with _client(args) as client:
         size = client.export(name, destination)
     header = _export_header(destination)
-    if _wants_json(args):
-        _print_json({"path": str(destination), "size": size, **header})
-    else:
-        print(f"exported {name} up to journal position {header.get('journal_pos')} "
-              f"({size} bytes) to {destination}")
-    return 0
+    return _show(args, {"path": str(destination), "size": size, **header},
+                 lambda _: f"exported {name} up to journal position {header.get('journal_pos')} "
+                           f"({size} bytes) to {destination}")
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -404,11 +400,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     name = check_tenant_name(args.as_name or header["tenant"])
     with _client(args) as client:
         info = client.import_file(name, data)
-    if _wants_json(args):
-        _print_json(info)
-    else:
-        print(name)
-    return 0
+    return _show(args, info, lambda _: name)
 
 
 def _export_header(path: Path) -> dict[str, Any]:
@@ -448,13 +440,9 @@ def cmd_snapshot_inspect(args: argparse.Namespace) -> int:
         description = describe(path)
     except SnapshotError as exc:
         raise CommandError(str(exc)) from exc
-    if _wants_json(args):
-        _print_json(description)
-    else:
-        from ops.output import key_values
+    from ops.output import key_values
 
-        print(key_values(description))
-    return 0
+    return _show(args, description, key_values)
 
 
 def cmd_snapshot_verify(args: argparse.Namespace) -> int:

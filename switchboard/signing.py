@@ -1,6 +1,8 @@
 """Admin API request signing: HMAC-SHA256 over the request, with a replay window.
 
-Shared by the admin API (`Verifier`) and the operator CLI (`sign_request`).
+Shared by the admin API (`Verifier`) and every client (`sign_request`, which the CLI, the
+tests and the bench reach through `ops.client.AdminAuth`, an httpx.Auth; httpx stays out of
+this module because the router imports it).
 
 Wire format (the Contract in DESIGN.md). Every admin request carries three headers:
 

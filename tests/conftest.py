@@ -1,26 +1,46 @@
-"""Shared fixtures. Integration tests start a real `switchboard serve` on free ports with its
-own data dir, wait by polling against a deadline, and kill the router's whole process group
-(router, zygote, workers, checkpoint children) in teardown, even when the test failed."""
+"""Shared fixtures and helpers.
+
+Integration tests start a real `switchboard serve` (harness.RouterProcess): it binds port 0
+for both listeners and reports its real ports in `<data-dir>/router.json`, and the test waits
+for that file and an HTTP health answer from the same pid. Every router is killed with its
+whole process group (router, zygote, workers, checkpoint children) in teardown, even when the
+test failed. The waiting, process-group and loopback helpers come from `harness`, which the
+benchmarks share.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
+import shutil
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-SWITCHBOARD = Path(sys.executable).parent / "switchboard"
+from harness import (
+    ROOT,
+    SWITCHBOARD,
+    RouterProcess,
+    alive,
+    cmdline,
+    free_port,
+    group_pids,
+    wait_until,
+)
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+    from tenant import TenantContext
+
+__all__ = ["ROOT", "SWITCHBOARD", "alive", "cmdline", "free_port", "group_pids", "wait_until"]
+
 APPS = "tests.apps"
 COUNTER = "tests.apps.counter:app"
 BROKEN = "tests.apps.broken:app"
@@ -29,49 +49,6 @@ BROKEN = "tests.apps.broken:app"
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, step: float = 0.05) -> Any:
-    """Poll `predicate` until it returns something truthy; fail the test at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
-        time.sleep(step)
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(") ", 1)[1][0] not in "ZX"
-    except (OSError, IndexError):
-        return False
-
-
-def group_pids(pgid: int) -> list[int]:
-    """Live processes in a process group (from /proc, not by name)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(") ", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] not in "ZX":
-            pids.append(int(entry))
-    return pids
 
 
 def rss_kb(pid: int) -> int:
@@ -98,6 +75,89 @@ def metric(text: str, name: str) -> float:
 def snapshot_files(data_dir: Path, tenant: str) -> list[Path]:
     folder = data_dir / "tenants" / tenant / "snapshots"
     return sorted(p for p in folder.glob("*.snap")) if folder.exists() else []
+
+
+def get_ok(client: httpx.Client, path: str, timeout: float = 30) -> httpx.Response:
+    """GET, retrying while a worker restarts (502 from a port nobody holds yet, 503, no
+    connection); the first other answer is returned, whatever its status."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            response = client.get(path)
+            if response.status_code not in (502, 503):
+                return response
+            problem = f"{response.status_code} {response.text[:200]}"
+        except httpx.TransportError as exc:
+            problem = repr(exc)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"GET {path} kept failing for {timeout}s: {problem}")
+        time.sleep(0.02)
+
+
+# --- a full disk, for real -------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def tmpfs(mount_point: Path, size: str, *, otherwise: str = "") -> Iterator[Path]:
+    """A real tmpfs of `size` (mount's syntax: 64k, 2m) at `mount_point`, created if needed,
+    so a write runs out of space for real. Mounting needs root: elsewhere the test is skipped,
+    and `otherwise` names the test that covers the same failure without a mount."""
+    note = f"; {otherwise}" if otherwise else ""
+    if shutil.which("mount") is None:
+        pytest.skip(f"no mount command to make a tmpfs{note}")
+    mount_point.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs",
+                           str(mount_point)], capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}){note}")
+    try:
+        yield mount_point
+    finally:
+        if subprocess.run(["umount", str(mount_point)], capture_output=True,
+                          timeout=30).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount_point)], capture_output=True, timeout=30)
+
+
+# --- the demo app in-process (tests/test_dabble*.py) -----------------------------------------
+
+
+def dabble_asgi() -> Starlette:
+    """The demo app's ASGI callable as the runtime serves it under uvicorn (`app.asgi`, which
+    must be the Starlette app). Imported here, not at the top, so the router's tests do not
+    load the tenant runtime."""
+    from starlette.applications import Starlette
+
+    from examples.dabble import app
+
+    assert isinstance(app.asgi, Starlette)
+    return app.asgi
+
+
+@pytest.fixture
+def dabble_clock() -> Callable[[], float]:
+    """The demo tenant's clock: the real one, unless a test module overrides this fixture."""
+    return time.time
+
+
+@pytest.fixture
+def dabble_context(dabble_clock: Callable[[], float]) -> Iterator[TenantContext]:
+    """Tenant "acme" of the demo app with fresh state, active for the test."""
+    import tenant
+    from examples.dabble import app
+
+    ctx = tenant.TenantContext(app, "acme", app.initial_state(), clock=dabble_clock)
+    tenant.activate(ctx)
+    yield ctx
+    tenant.activate(None)
+
+
+@pytest.fixture
+async def dabble_client(dabble_context: TenantContext) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client on the demo app in-process, as tenant "acme"."""
+    transport = httpx.ASGITransport(app=dabble_asgi())
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        yield client
+
 
 
 def raw_exchange(port: int, data: bytes, *, timeout: float = 10.0) -> bytes:
@@ -223,72 +283,19 @@ def request_bytes(method: str, target: str, headers: dict[str, str] | None = Non
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-def cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return ""
-
-
-class Router:
-    """A real `switchboard serve` process for one test."""
+class Router(RouterProcess):
+    """A real `switchboard serve` process for one test, with the CLI and admin shortcuts
+    the tests use."""
 
     def __init__(self, data_dir: Path, *, idle_timeout: float = 120, max_resident: int = 32,
                  app: str | None = None, env: dict[str, str] | None = None,
                  extra: list[str] | None = None) -> None:
-        self.data_dir = data_dir
-        self.port = free_port()
-        self.admin_port = free_port()
-        self.idle_timeout = idle_timeout
-        self.max_resident = max_resident
-        self.app = app
-        self.extra_env = env or {}
-        self.extra = extra or []
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = data_dir / "router.log"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        super().__init__(data_dir, app=app, idle_timeout_s=idle_timeout,
+                         max_resident=max_resident, env=env, extra_args=extra or ())
 
     @property
     def admin(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}"
-
-    def env(self) -> dict[str, str]:
-        env = dict(os.environ, SWITCHBOARD_ADMIN=self.admin,
-                   SWITCHBOARD_DATA_DIR=str(self.data_dir),
-                   SWITCHBOARD_KEY_FILE=str(self.data_dir / "admin.key"),
-                   SWITCHBOARD_LOG_FORMAT="json", PYTHONPATH=str(ROOT))
-        env.update(self.extra_env)
-        return env
-
-    def start(self, timeout: float = 30) -> Router:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        args = [str(SWITCHBOARD), "serve", "--data-dir", str(self.data_dir),
-                "--listen", f"127.0.0.1:{self.port}",
-                "--admin-listen", f"127.0.0.1:{self.admin_port}",
-                "--idle-timeout", str(self.idle_timeout), "--max-resident", str(self.max_resident),
-                *self.extra]
-        if self.app:
-            args += ["--app", self.app]
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child writes to it after we return
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                     env=self.env(), start_new_session=True)
-        log.close()
-
-        def up() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"switchboard serve exited: {self.log()[-2000:]}")
-            return all(_connectable(p) for p in (self.port, self.admin_port))
-
-        wait_until(up, timeout)
-        return self
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return self.admin_url
 
     def cli(self, *args: str, check: bool = True,
             timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -313,65 +320,17 @@ class Router:
     def client(self, **kw: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=kw.pop("timeout", 30), **kw)
 
-    def worker_pids(self) -> list[int]:
-        """Tenant worker processes of this router (by process group and title, never by name)."""
-        if self.proc is None:
-            return []
-        return [p for p in group_pids(self.proc.pid)
-                if cmdline(p).startswith("switchboard: tenant")]
-
     def metrics(self) -> str:
-        return _signed_get(self, "/metrics")
+        return str(self.admin_call("GET", "/metrics"))
 
     def metric(self, name: str) -> float:
         return metric(self.metrics(), name)
 
     def info(self, name: str) -> dict[str, Any]:
-        """One tenant's row straight from the admin API (cheaper than the CLI for polling)."""
-        row: dict[str, Any] = json.loads(_signed_get(self, f"/v1/tenants/{name}"))
-        return row
+        return self.tenant_info(name)
 
     def state(self, name: str) -> str:
         return str(self.info(name)["state"])
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def stop(self, timeout: float = 60) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def kill_group(self) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(10)
-
-
-def _connectable(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _signed_get(router: Router, path: str) -> str:
-    from switchboard.signing import load_key, sign_request
-
-    key = load_key(router.data_dir / "admin.key")
-    headers = sign_request(key, "GET", path, b"")
-    response = httpx.get(router.admin + path, headers=headers, timeout=10)
-    response.raise_for_status()
-    return response.text
 
 
 @pytest.fixture

@@ -4,52 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import anyio
 import httpx
 import pytest
-from starlette.applications import Starlette
 from starlette.types import Message
 
-import tenant
-from examples.dabble import app
 from examples.dabble.diagnostics import BLOB_CHUNK_BYTES, blob_bytes
 from tenant import TenantContext
+from tests.conftest import dabble_asgi
 
-
-def _starlette_app() -> Starlette:
-    """The runtime serves `app.asgi` under uvicorn: it must be the Starlette app."""
-    assert isinstance(app.asgi, Starlette)
-    return app.asgi
-
-
-ASGI = _starlette_app()
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def context() -> Iterator[TenantContext]:
-    ctx = TenantContext(app, "acme", app.initial_state())
-    tenant.activate(ctx)
-    yield ctx
-    tenant.activate(None)
-
-
-@pytest.fixture
-async def client(context: TenantContext) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=ASGI)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-        yield c
+ASGI = dabble_asgi()
 
 
 @pytest.mark.anyio
-async def test_worker_identity(client: httpx.AsyncClient) -> None:
-    body = (await client.get("/api/worker")).json()
+async def test_worker_identity(dabble_client: httpx.AsyncClient) -> None:
+    body = (await dabble_client.get("/api/worker")).json()
     assert body["tenant"] == "acme"
     assert body["pid"] == os.getpid()
     assert body["code_version"] == "1.0"
@@ -58,26 +29,28 @@ async def test_worker_identity(client: httpx.AsyncClient) -> None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("size", [0, 1, BLOB_CHUNK_BYTES, 3 * BLOB_CHUNK_BYTES + 17])
-async def test_blob_streams_the_requested_bytes(client: httpx.AsyncClient, size: int) -> None:
-    response = await client.get(f"/api/blob?size={size}")
+async def test_blob_streams_the_requested_bytes(
+    dabble_client: httpx.AsyncClient, size: int
+) -> None:
+    response = await dabble_client.get(f"/api/blob?size={size}")
     assert response.status_code == 200
     assert response.content == blob_bytes(size)
     assert "content-length" not in response.headers
-    sized = await client.get(f"/api/blob?size={size}&content_length=1")
+    sized = await dabble_client.get(f"/api/blob?size={size}&content_length=1")
     assert sized.headers["content-length"] == str(size)
     assert sized.content == blob_bytes(size)
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("size", ["-1", "abc", str((1 << 30) + 1), "1" * 30])
-async def test_blob_refuses_bad_sizes(client: httpx.AsyncClient, size: str) -> None:
-    response = await client.get(f"/api/blob?size={size}")
+async def test_blob_refuses_bad_sizes(dabble_client: httpx.AsyncClient, size: str) -> None:
+    response = await dabble_client.get(f"/api/blob?size={size}")
     assert response.status_code == 400
     assert "size must be" in response.json()["error"]
 
 
 @pytest.mark.anyio
-async def test_blob_is_sent_in_64k_chunks(context: TenantContext) -> None:
+async def test_blob_is_sent_in_64k_chunks(dabble_context: TenantContext) -> None:
     """At the ASGI level: many body messages of at most 64 KiB, not one big one."""
     size = 5 * BLOB_CHUNK_BYTES + 1
     sent: list[Message] = []
@@ -108,24 +81,24 @@ async def test_blob_is_sent_in_64k_chunks(context: TenantContext) -> None:
 
 
 @pytest.mark.anyio
-async def test_upload_hashes_a_streamed_body(client: httpx.AsyncClient) -> None:
+async def test_upload_hashes_a_streamed_body(dabble_client: httpx.AsyncClient) -> None:
     chunks = [os.urandom(70_000) for _ in range(5)]
 
     async def body() -> AsyncIterator[bytes]:
         for chunk in chunks:
             yield chunk
 
-    response = await client.post("/api/upload", content=body())
+    response = await dabble_client.post("/api/upload", content=body())
     assert response.status_code == 200
     whole = b"".join(chunks)
     assert response.json() == {"bytes": len(whole), "sha256": hashlib.sha256(whole).hexdigest()}
-    empty = await client.post("/api/upload")
+    empty = await dabble_client.post("/api/upload")
     assert empty.json() == {"bytes": 0, "sha256": hashlib.sha256(b"").hexdigest()}
 
 
 @pytest.mark.anyio
 async def test_websocket_echoes_text_and_bytes_until_the_client_closes(
-    context: TenantContext,
+    dabble_context: TenantContext,
 ) -> None:
     """At the ASGI level (what uvicorn hands the app): connect, echo, disconnect."""
     to_app, app_inbox = anyio.create_memory_object_stream[Message](10)

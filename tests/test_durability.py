@@ -29,27 +29,12 @@ from tenant.context import DurabilityGuard
 from tenant.errors import DurabilityLost, JournalWriteError
 from tenant.journal import Journal, read_records
 from tests.apps import schema_v3
-from tests.conftest import Router, alive
+from tests.conftest import Router, alive, get_ok
 
 ROUTER_ENV = {"SWITCHBOARD_MIN_UPTIME_S": "0"}
 
 
 # ---- 1: kill -9 right after a 2xx write, 200 times ----------------------------------------------
-
-
-def get_ok(client: httpx.Client, path: str, timeout: float = 30) -> httpx.Response:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            response = client.get(path)
-            if response.status_code not in (502, 503):
-                return response
-            problem = f"{response.status_code} {response.text[:200]}"
-        except httpx.TransportError as exc:
-            problem = repr(exc)
-        if time.monotonic() > deadline:
-            raise AssertionError(f"GET {path} kept failing for {timeout}s: {problem}")
-        time.sleep(0.01)
 
 
 @pytest.mark.slow

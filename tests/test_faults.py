@@ -9,7 +9,6 @@ is what a user sees: every acknowledged command is there afterwards, nothing els
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -17,8 +16,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +29,7 @@ from snapshots.store import SAVE_STEPS, LocalStore
 from tenant.checkpoint import Checkpointer
 from tenant.runtime import restore
 from tests.apps import schema_v3
-from tests.conftest import ROOT, Router, alive, wait_until
+from tests.conftest import ROOT, Router, alive, get_ok, tmpfs, wait_until
 
 APP_SPEC = "tests.apps.schema_v3:app"
 # The router must not count our kill -9s as boot failures and back the tenant off.
@@ -230,22 +228,6 @@ def test_a_journal_cut_anywhere_in_its_last_record_drops_only_that_record(tmp_pa
 # ---- helpers: a real router ---------------------------------------------------------------------
 
 
-def get_ok(client: httpx.Client, path: str, timeout: float = 30) -> httpx.Response:
-    """GET, retrying while the worker restarts (502 from a port nobody holds yet, 503)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            response = client.get(path)
-            if response.status_code not in (502, 503):
-                return response
-            problem = f"{response.status_code} {response.text[:200]}"
-        except httpx.TransportError as exc:
-            problem = repr(exc)
-        if time.monotonic() > deadline:
-            raise AssertionError(f"GET {path} kept failing for {timeout}s: {problem}")
-        time.sleep(0.02)
-
-
 def add_record(client: httpx.Client, tenant: str, fields: dict[str, Any]) -> dict[str, Any]:
     response = client.post(f"/t/{tenant}/api/tables/things/records", json=fields)
     assert response.status_code == 201, response.text
@@ -334,19 +316,6 @@ def test_a_flipped_byte_in_the_newest_snapshot_falls_back_a_generation(
 # ---- 4: a full disk under the snapshots ---------------------------------------------------------
 
 
-@contextlib.contextmanager
-def tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
-    mount_point.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs",
-                           str(mount_point)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()})")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
-
-
 def fill(directory: Path, leave_bytes: int) -> Path:
     """A file that takes all the space of directory's file system but leave_bytes."""
     stats = os.statvfs(directory)
@@ -394,7 +363,7 @@ def test_a_checkpoint_on_a_full_disk_fails_and_the_tenant_keeps_serving(
 
         filler.unlink()
         # The next retry (4 s after the first) lands without an operator.
-        wait_until(lambda: router.tenant("full")["generation"] == 2, 30, step=0.5)
+        wait_until(lambda: router.tenant("full")["generation"] == 2, 30, step_s=0.5)
         assert router.tenant("full")["last_error"] is None
         acked[add_record(client, "full", {"n": 99})["id"]] = {"n": 99}
         assert router.cli("checkpoint", "full").stdout.strip() == "3"

@@ -20,6 +20,7 @@ import pytest
 
 from tenant.errors import JournalCorrupt, JournalError, JournalWriteError
 from tenant.journal import Journal, JournalRecord, read_records
+from tests.conftest import tmpfs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -354,17 +355,9 @@ def test_prune_keeps_what_the_snapshot_does_not_cover(tmp_path: Path) -> None:
 
 @pytest.fixture
 def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs ({done.stderr.strip()}); "
-                    "test_write_failure_past_file_size_limit covers write failures")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
+    with tmpfs(tmp_path / "tiny", "64k",
+               otherwise="test_write_failure_past_file_size_limit covers write failures") as mount:
+        yield mount
 
 
 def test_full_disk_fails_pending_and_later_appends(tiny_tmpfs: Path) -> None:

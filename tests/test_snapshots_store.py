@@ -32,6 +32,7 @@ from snapshots.errors import (
 )
 from snapshots.format import MAGIC, read_snapshot
 from snapshots.store import LocalStore, SnapshotInfo
+from tests.conftest import tmpfs
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CODEC = MsgpackCodec()
@@ -316,23 +317,9 @@ def test_a_failed_directory_fsync_is_not_a_success(
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A real 1 MiB tmpfs, so a save runs out of space for real."""
-    mount_point = tmp_path / "tmpfs"
-    mount_point.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root; test_save_failing_with_efbig covers this")
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        if subprocess.run(["umount", str(mount_point)], timeout=30).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount_point)], timeout=30)
+    with tmpfs(tmp_path / "tmpfs", "1m",
+               otherwise="test_save_failing_with_efbig covers this") as mount:
+        yield mount
 
 
 @pytest.mark.slow

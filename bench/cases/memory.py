@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import time
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +26,8 @@ from bench.cases.coldstart import spawn_uvicorn
 from bench.harness import BenchError, BenchRouter, http_get
 from bench.memory import Memory, rss_bytes, smaps_rollup
 from bench.report import Figure, Goal
-from switchboard.signing import sign_request
+from ops.client import AdminAuth
+from switchboard.signing import load_key
 
 
 def fresh_uvicorn_memory(ctx: Context) -> Memory:
@@ -67,7 +67,7 @@ def idle_worker(ctx: Context) -> list[Figure]:
 
 def resident(ctx: Context) -> list[Figure]:
     router = ctx.main_router()
-    for tenant in router.admin("GET", "/v1/tenants")["tenants"]:
+    for tenant in router.admin_call("GET", "/v1/tenants")["tenants"]:
         if tenant["state"] == "running":
             router.stop_tenant(tenant["name"])
     n = ctx.sizes.resident
@@ -110,20 +110,17 @@ def dict_bytes_per_entry(names: list[str]) -> float:
 
 
 async def _create_many(router: BenchRouter, names: list[str], concurrency: int) -> None:
-    key = router._key
     queue = list(reversed(names))
 
     async def creator(client: httpx.AsyncClient) -> None:
         while queue:
             name = queue.pop()
-            body = json.dumps({"name": name}).encode()
-            headers = sign_request(key, "POST", "/v1/tenants", body)
-            headers["content-type"] = "application/json"
-            response = await client.post("/v1/tenants", content=body, headers=headers)
+            response = await client.post("/v1/tenants", json={"name": name})
             if response.status_code != 201:
                 raise BenchError(f"creating {name}: {response.status_code} {response.text[:200]}")
 
-    async with httpx.AsyncClient(base_url=router.admin_url, timeout=60) as client:
+    auth = AdminAuth(load_key(router.key_file))
+    async with httpx.AsyncClient(base_url=router.admin_url, timeout=60, auth=auth) as client:
         await asyncio.gather(*(creator(client) for _ in range(concurrency)))
 
 
@@ -134,7 +131,7 @@ def mapped(ctx: Context) -> list[Figure]:
     try:
         assert router.proc is not None
         router.create("warmup")  # first-call imports and caches are not per-tenant costs
-        router.admin("GET", "/v1/tenants/warmup")
+        router.admin_call("GET", "/v1/tenants/warmup")
         time.sleep(0.3)
         before = rss_bytes(router.proc.pid)
         names = [f"m{i:05d}" for i in range(n)]
@@ -144,7 +141,7 @@ def mapped(ctx: Context) -> list[Figure]:
         elapsed = time.perf_counter() - started
         time.sleep(0.3)
         after = rss_bytes(router.proc.pid)
-        listed = len(router.admin("GET", "/v1/tenants")["tenants"])
+        listed = len(router.admin_call("GET", "/v1/tenants")["tenants"])
         if listed != n + 1:
             raise BenchError(f"the router lists {listed} tenants, expected {n + 1}")
     finally:
