@@ -46,6 +46,7 @@ from contract.names import is_valid_name
 from switchboard.api import TenantService
 from switchboard.errors import (
     BadTenantName,
+    StorageFailed,
     SwitchboardError,
     TenantBusy,
     TenantExists,
@@ -66,6 +67,7 @@ _STATUS_FOR_ERROR: list[tuple[type[SwitchboardError], int]] = [
     (TenantExists, 409),
     (TenantBusy, 409),
     (TransferFailed, 422),
+    (StorageFailed, 507),
     (TenantUnavailable, 503),
     (WorkerError, 502),
 ]

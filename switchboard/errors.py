@@ -9,6 +9,8 @@ SwitchboardError
   TenantBusy           an operation conflicts with the tenant's current state (HTTP 409)
   ConfigError          a bad value in switchboard.toml, SWITCHBOARD_* or a flag
   WorkerError          the worker broke the control protocol or died while answering
+  StorageFailed        the router could not write its own records or a tenant's folder: a full
+                       disk, a read-only file system (HTTP 507); nothing was created
   TransferFailed       an export or import could not be done: a damaged export file, data the
                        app cannot export or import, a tenant whose files do not restore (HTTP 422)
 """
@@ -63,4 +65,8 @@ class WorkerError(SwitchboardError):
 
 
 class TransferFailed(SwitchboardError):
+    pass
+
+
+class StorageFailed(SwitchboardError):
     pass

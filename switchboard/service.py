@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import logging
 
-from snapshots.layout import DataLayout
-
 from contract.names import is_valid_name
+from snapshots.layout import DataLayout
 from switchboard import metrics, transfer
 from switchboard.api import CheckpointResult, ExportedFile, TenantInfo
 from switchboard.directory import Directory
-from switchboard.errors import BadTenantName
+from switchboard.errors import BadTenantName, StorageFailed
 from switchboard.supervisor import Supervisor
 
 log = logging.getLogger("switchboard.service")
@@ -41,9 +40,15 @@ class TenantOperations:
         except BaseException:
             self.supervisor.ports.release(port)
             raise
-        # Files of an earlier tenant of this name (a crash between rm's steps) are not this one's.
-        self.layout.delete_tenant(name)
-        self.layout.create_tenant(name)
+        try:
+            # Files of an earlier tenant of this name (a crash between rm's steps) are not
+            # this one's: a new tenant starts empty.
+            self.layout.delete_tenant(name)
+            self.layout.create_tenant(name)
+        except OSError as exc:
+            await self.directory.remove(name)
+            self.supervisor.ports.release(port)
+            raise StorageFailed(f"cannot create tenant {name!r}: {exc.strerror or exc}") from exc
         return self.supervisor.adopt(record).info()
 
     async def start_tenant(self, name: str) -> TenantInfo:

@@ -13,12 +13,14 @@ older file adds them (existing tenants get a fresh creation id and epoch 1).
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from switchboard.directory import EpochConflict, TenantRecord, new_creation_id
-from switchboard.errors import TenantExists, UnknownTenant
+from switchboard.errors import StorageFailed, TenantExists, UnknownTenant
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenants (
@@ -35,6 +37,16 @@ CREATE TABLE IF NOT EXISTS tenants (
 """
 _ADDED_COLUMNS = {"creation_id": "TEXT", "epoch": "INTEGER NOT NULL DEFAULT 1", "owner": "TEXT"}
 _COLUMNS = "name, creation_id, epoch, created_at, port, app, code_path, owner, moved_to"
+
+
+@contextlib.contextmanager
+def _writing(what: str) -> Iterator[None]:
+    """SQLite's "database or disk is full" and friends, as the error an operator can act on."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        raise StorageFailed(f"cannot {what}: the tenant directory cannot be written ({exc})") \
+            from exc
 
 
 class SqliteDirectory:
@@ -71,10 +83,11 @@ class SqliteDirectory:
         record = TenantRecord(name=name, creation_id=new_creation_id(), epoch=1,
                               created_at=time.time(), port=port, app=app, code_path=code_path)
         try:
-            self.db.execute(
-                f"INSERT INTO tenants ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (record.name, record.creation_id, record.epoch, record.created_at, record.port,
-                 record.app, record.code_path, record.owner, record.moved_to))
+            with _writing(f"create tenant {name!r}"):
+                self.db.execute(
+                    f"INSERT INTO tenants ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (record.name, record.creation_id, record.epoch, record.created_at,
+                     record.port, record.app, record.code_path, record.owner, record.moved_to))
         except sqlite3.IntegrityError:
             if self.db.execute("SELECT 1 FROM tenants WHERE name = ?", (name,)).fetchone():
                 raise TenantExists(name) from None
@@ -94,23 +107,26 @@ class SqliteDirectory:
                    if v is not None}
         if changes:
             assignments = ", ".join(f"{column} = ?" for column in changes)
-            cursor = self.db.execute(f"UPDATE tenants SET {assignments} WHERE name = ?",
-                                     (*changes.values(), name))
+            with _writing(f"update tenant {name!r}"):
+                cursor = self.db.execute(f"UPDATE tenants SET {assignments} WHERE name = ?",
+                                         (*changes.values(), name))
             if cursor.rowcount == 0:
                 raise UnknownTenant(name)
         return self._row(name)
 
     async def set_placement(self, name: str, *, owner: str | None, moved_to: str | None,
                             expect_epoch: int) -> TenantRecord:
-        cursor = self.db.execute(
-            "UPDATE tenants SET owner = ?, moved_to = ?, epoch = epoch + 1 "
-            "WHERE name = ? AND epoch = ?", (owner, moved_to, name, expect_epoch))
+        with _writing(f"change the owner of tenant {name!r}"):
+            cursor = self.db.execute(
+                "UPDATE tenants SET owner = ?, moved_to = ?, epoch = epoch + 1 "
+                "WHERE name = ? AND epoch = ?", (owner, moved_to, name, expect_epoch))
         if cursor.rowcount == 0:
             current = self._row(name)  # UnknownTenant when it is gone
             raise EpochConflict(name, expect_epoch, current.epoch)
         return self._row(name)
 
     async def remove(self, name: str) -> None:
-        cursor = self.db.execute("DELETE FROM tenants WHERE name = ?", (name,))
+        with _writing(f"remove tenant {name!r}"):
+            cursor = self.db.execute("DELETE FROM tenants WHERE name = ?", (name,))
         if cursor.rowcount == 0:
             raise UnknownTenant(name)

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from snapshots.layout import DataLayout
-
 from switchboard.api import ExportedFile
 from switchboard.errors import TransferFailed
 
