@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from contract import serving
+from snapshots.layout import DataLayout
 from switchboard import logs, runfile
 from switchboard.config import Config
 from switchboard.proxy import Proxy
+from switchboard.service import TenantOperations
 from switchboard.spawner import Spawner
 from switchboard.supervisor import Supervisor
-from switchboard.table import TenantTable
+from switchboard.table import SqliteDirectory
 from switchboard.upstream import IDLE_UPSTREAM_S
 
 log = logging.getLogger("switchboard.server")
@@ -41,31 +43,31 @@ class Router:
         config = self.config
         config.data_dir.mkdir(parents=True, exist_ok=True)
         key = ensure_key(config.key_file)
-        table = TenantTable(config.data_dir, config.port_range)
-        spawner = Spawner(
-            use_zygote=config.use_zygote, zygote_wait_s=config.zygote_wait_s,
-            on_event=lambda handle, message: supervisor.on_worker_event(handle, message))
-        supervisor = Supervisor(config, table, spawner)
+        layout = DataLayout(config.data_dir)
+        directory = SqliteDirectory(config.data_dir / "tenants.sqlite")
+        spawner = Spawner(use_zygote=config.use_zygote, zygote_wait_s=config.zygote_wait_s)
+        supervisor = Supervisor(config, directory, spawner, await directory.list())
+        service = TenantOperations(supervisor, directory, layout)
         proxy = Proxy(config, supervisor)
         loop = asyncio.get_running_loop()
         try:
             front = await loop.create_server(proxy.protocol, config.listen.host, config.listen.port,
                                              backlog=2048, reuse_address=True)
-            admin = await self.start_admin(build_admin_app(supervisor, Verifier(key)))
+            admin = await self.start_admin(build_admin_app(service, Verifier(key)))
         except OSError as exc:
             log.error("cannot listen: %s", exc)
-            table.close()
+            directory.close()
             return 1
         publish_addresses(config.data_dir, front, admin)
         if config.use_zygote:
-            spawner._ensure_zygote_soon((config.app, None))
+            spawner.prestart_zygote(config.app)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.signals.put_nowait, signum)
         setproctitle.setproctitle(
             f"switchboard: router {config.listen} admin {config.admin_listen}")
         log.info("switchboard serving %d tenants on http://%s/t/<tenant>/ "
                  "(admin http://%s, data %s)",
-                 len(table), config.listen, config.admin_listen, config.data_dir)
+                 len(supervisor), config.listen, config.admin_listen, config.data_dir)
         reconcile = asyncio.ensure_future(supervisor.run())
         janitor = asyncio.ensure_future(self.close_idle_upstreams(proxy))
 
@@ -91,7 +93,7 @@ class Router:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(admin.shutdown(), 5)
         await spawner.close()
-        table.close()
+        directory.close()
         runfile.remove(config.data_dir, os.getpid())
         log.info("switchboard stopped")
         return 0
