@@ -73,8 +73,10 @@ def metric(text: str, name: str) -> float:
 
 
 def snapshot_files(data_dir: Path, tenant: str) -> list[Path]:
-    folder = data_dir / "tenants" / tenant / "snapshots"
-    return sorted(p for p in folder.glob("*.snap")) if folder.exists() else []
+    """A tenant's complete snapshot files, oldest generation first (the store's layout)."""
+    from snapshots.layout import DataLayout
+
+    return DataLayout(data_dir).snapshot_files(tenant)
 
 
 def get_ok(client: httpx.Client, path: str, timeout: float = 30) -> httpx.Response:
