@@ -58,16 +58,15 @@ class Router:
             log.error("cannot listen: %s", exc)
             directory.close()
             return 1
-        publish_addresses(config.data_dir, front, admin)
+        bound = publish_addresses(config.data_dir, front, admin)
         if config.use_zygote:
             spawner.prestart_zygote(config.app)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.signals.put_nowait, signum)
-        setproctitle.setproctitle(
-            f"switchboard: router {config.listen} admin {config.admin_listen}")
+        setproctitle.setproctitle(f"switchboard: router {bound.listen} admin {bound.admin_listen}")
         log.info("switchboard serving %d tenants on http://%s/t/<tenant>/ "
                  "(admin http://%s, data %s)",
-                 len(supervisor), config.listen, config.admin_listen, config.data_dir)
+                 len(supervisor), bound.listen, bound.admin_listen, config.data_dir)
         reconcile = asyncio.ensure_future(supervisor.run())
         janitor = asyncio.ensure_future(self.close_idle_upstreams(proxy))
 
@@ -114,17 +113,20 @@ class Router:
             proxy.pool.close_idle_older_than(IDLE_UPSTREAM_S)
 
 
-def publish_addresses(data_dir: Path, front: asyncio.Server, admin: serving.Server) -> None:
+def publish_addresses(data_dir: Path, front: asyncio.Server,
+                      admin: serving.Server) -> runfile.RouterAddresses:
     """Write `<data-dir>/router.json` (switchboard.runfile) with the addresses really bound,
     so whoever started this router with port 0 learns its ports from the router itself."""
+    bound = runfile.RouterAddresses(
+        pid=os.getpid(),
+        listen=runfile.bound_address(front.sockets),
+        admin_listen=runfile.bound_address(admin.sockets),
+    )
     try:
-        runfile.write(data_dir, runfile.RouterAddresses(
-            pid=os.getpid(),
-            listen=runfile.bound_address(front.sockets),
-            admin_listen=runfile.bound_address(admin.sockets),
-        ))
+        runfile.write(data_dir, bound)
     except OSError as exc:  # the router still serves on the ports it was given
         log.warning("cannot write %s: %s", runfile.path_in(data_dir), exc)
+    return bound
 
 
 def run(config: Config) -> int:
