@@ -1,4 +1,4 @@
-"""The streaming reverse proxy on the router's front listener.
+"""The streaming reverse proxy on the router's front listener: one request, start to end.
 
 A lean asyncio relay, not an HTTP client library: measured on this kind of machine an
 httpx-based proxy runs at about 3% of direct throughput, a raw relay at about 67%. Requests
@@ -6,6 +6,11 @@ and responses are parsed with httptools (llhttp, in C); bodies are relayed chunk
 they arrive, with backpressure both ways (a slow reader pauses the other side's socket), so a
 200 MB upload or download never sits in the router's memory. Connections to workers are kept
 alive and reused.
+
+Four modules, one idea each: `downstream` (client connections: parsing, request bodies,
+answers, closing), `upstream` (worker connections and their keep-alive pool), `flow` (the
+backpressure both share) and this one, which joins them per request: route, admit through the
+supervisor, send to the worker, retry when that is safe, count bytes, release.
 
 What the worker sees: the request target without the `/t/<tenant>` prefix (the worker's
 uvicorn is configured with that root path, and X-Forwarded-Prefix carries it too), the
@@ -18,22 +23,21 @@ A worker that died under a request (kill -9, crash) costs that request nothing w
 again is safe (the connection was refused, or it is a GET/HEAD/OPTIONS without a body that got no
 answer): it waits for the supervisor's next worker, as a new request would. Anything else is a
 502, since a POST may already have been applied.
+
+The router's own answers: 400 (bad tenant name, malformed request), 404 (no tenant there),
+413 (body over `max_body_bytes`), 502, 503 (+ Retry-After when the tenant may recover), and
+`GET /_switchboard/health` -> 200 `{"status": "ok", "pid": <router pid>}` in both routing modes.
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import html
 import json
-import logging
 import os
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar, cast
-
-import httptools
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 from switchboard.config import Config
+from switchboard.downstream import ClientConnection, Request
 from switchboard.errors import TenantUnavailable, UnknownTenant
 from switchboard.routing import (
     BadName,
@@ -43,16 +47,11 @@ from switchboard.routing import (
     route_host,
     route_path,
 )
-from switchboard.upstream import HOP_BY_HOP, UpstreamConnection, UpstreamPool, header_value
-
-log = logging.getLogger("switchboard.proxy")
+from switchboard.upstream import HOP_BY_HOP, UpstreamPool, header_value
 
 DROPPED_FROM_CLIENT = HOP_BY_HOP | {b"x-forwarded-prefix", b"content-length"}
-HIGH_WATER = 256 * 1024  # bytes buffered before the other side is paused
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
-REASONS = {400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-           413: "Content Too Large", 502: "Bad Gateway", 503: "Service Unavailable",
-           504: "Gateway Timeout"}
+BODY_GRACE_S = 1.0  # a worker answered before the body was in: wait this long for the rest
 
 
 class Tenant(Protocol):
@@ -72,9 +71,6 @@ TenantT = TypeVar("TenantT", bound=Tenant)
 class Admission(Protocol[TenantT]):
     """All the proxy asks of the supervisor (switchboard.supervisor.Supervisor)."""
 
-    @property
-    def on_stopped(self) -> list[Callable[[TenantT], None]]: ...
-
     async def acquire(self, name: str) -> TenantT:
         """A serving tenant with one more request in flight; raises UnknownTenant or
         TenantUnavailable."""
@@ -87,18 +83,6 @@ class Admission(Protocol[TenantT]):
     async def recover(self, tenant: TenantT, worker: Any) -> bool:
         """`worker` failed a request in flight: wait for the next one (False: it is alive)."""
         ...
-
-
-def simple_response(status: int, text: str, *, close: bool,
-                    extra: Sequence[tuple[bytes, bytes]] = ()) -> bytes:
-    body = (f"<!doctype html><title>{status} {REASONS.get(status, '')}</title>"
-            f"<h1>{status} {REASONS.get(status, '')}</h1><p>{html.escape(text)}</p>\n").encode()
-    head = [f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}".encode(),
-            b"content-type: text/html; charset=utf-8", b"content-length: %d" % len(body)]
-    head += [name + b": " + value for name, value in extra]
-    if close:
-        head.append(b"connection: close")
-    return b"\r\n".join(head) + b"\r\n\r\n" + body
 
 
 def health_response(pid: int) -> bytes:
@@ -115,300 +99,16 @@ def _unavailable(client: ClientConnection, exc: TenantUnavailable) -> None:
     client.fail(503, exc.reason, extra)
 
 
-class Body:
-    """A request body being received from the client, consumed by the upstream pump."""
-
-    __slots__ = ("_client", "_waiter", "aborted", "buffered", "chunks", "complete", "size",
-                 "too_large")
-
-    def __init__(self, client: ClientConnection) -> None:
-        self.chunks: collections.deque[bytes] = collections.deque()
-        self.complete = False
-        self.too_large = False
-        self.aborted = False  # the client went away before the body ended
-        self.size = 0  # bytes received in all
-        self.buffered = 0  # bytes received and not yet sent on to the worker
-        self._waiter: asyncio.Future[None] | None = None
-        self._client = client
-
-    def feed(self, data: bytes) -> None:
-        self.chunks.append(data)
-        self.size += len(data)
-        self.buffered += len(data)
-        self._wake()
-
-    def refuse(self) -> None:
-        """Over max_body_bytes: what is buffered is never sent, the rest is dropped."""
-        self.too_large = True
-        self._wake()
-
-    def finish(self) -> None:
-        self.complete = True
-        self._wake()
-
-    def abort(self) -> None:
-        self.aborted = True
-        self._wake()
-
-    @property
-    def cut_short(self) -> bool:
-        """The body will never arrive whole: the request must not reach the worker complete."""
-        return self.too_large or self.aborted
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    async def next_chunk(self) -> bytes | None:
-        while not self.chunks:
-            if self.complete or self.cut_short:
-                return None
-            self._waiter = asyncio.get_running_loop().create_future()
-            self._client.resume_reading_for_body()
-            await self._waiter
-        chunk = self.chunks.popleft()
-        self.buffered -= len(chunk)
-        return chunk
-
-
-class Request:
-    __slots__ = (
-        "body",
-        "bytes_out",
-        "chunked",
-        "content_length",
-        "headers",
-        "keep_alive",
-        "method",
-        "upgrade",
-        "url",
-        "version",
-    )
-
-    def __init__(self) -> None:
-        self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.method = b"GET"
-        self.keep_alive = True
-        self.version = "1.1"
-        self.body: Body | None = None
-        self.upgrade = False
-        self.content_length: int | None = None
-        self.chunked = False
-        self.bytes_out = 0  # response body bytes relayed to the client
-
-
-class ClientConnection(asyncio.Protocol):
-    """One connection from a client (nginx, a browser, a script)."""
-
-    def __init__(self, proxy: Proxy) -> None:
-        self.proxy = proxy
-        self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpRequestParser(self)
-        self.queue: collections.deque[Request] = collections.deque()
-        self.parsing: Request | None = None
-        self.handler: asyncio.Task[None] | None = None
-        self.peer = b"127.0.0.1"
-        self.tunnel: UpstreamConnection | None = None
-        self.pending_tunnel_bytes = b""
-        self.upgrading = False
-        self.discarding = False  # answered early; what the client still sends is dropped
-        self.closed = False
-        self.write_paused = False
-        self.upstream: UpstreamConnection | None = None  # the one relaying a response to us
-        self.reading_paused = False
-        self.bytes_written = 0
-        self.batch: list[bytes] | None = None  # writes collected while a response is parsed
-
-    # ---- asyncio callbacks ----
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
-        peer = transport.get_extra_info("peername")
-        if peer:
-            self.peer = str(peer[0]).encode()
-        self.proxy.connections.add(self)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.proxy.connections.discard(self)
-        if self.tunnel is not None:
-            self.tunnel.close()
-        if self.upstream is not None:
-            self.upstream.abort()  # the response has nowhere to go
-        if self.parsing is not None and self.parsing.body is not None:
-            self.parsing.body.abort()
-
-    def data_received(self, data: bytes) -> None:
-        if self.discarding:
-            return  # the rest of a body we answered early
-        if self.tunnel is not None:
-            self.tunnel.transport_write(data)
-            return
-        if self.upgrading:
-            self.pending_tunnel_bytes += data  # the client spoke before the 101 came back
-            return
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self.upgrading = True
-            self.pending_tunnel_bytes = data[exc.args[0]:]
-        except httptools.HttpParserError as exc:
-            self.fail(400, f"malformed request: {exc}")
-
-    def pause_writing(self) -> None:
-        self.write_paused = True
-        if self.upstream is not None:
-            self.upstream.pause_reading()
-        if self.tunnel is not None:
-            self.tunnel.pause_reading()
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        if self.upstream is not None:
-            self.upstream.resume_reading()
-        if self.tunnel is not None:
-            self.tunnel.resume_reading()
-
-    # ---- httptools callbacks ----
-
-    def on_message_begin(self) -> None:
-        self.parsing = Request()
-
-    def on_url(self, url: bytes) -> None:
-        assert self.parsing is not None
-        self.parsing.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        assert self.parsing is not None
-        self.parsing.headers.append((name.lower(), value))
-
-    def on_headers_complete(self) -> None:
-        req = self.parsing
-        assert req is not None
-        req.method = self.parser.get_method()
-        req.keep_alive = self.parser.should_keep_alive()
-        req.version = self.parser.get_http_version()
-        req.upgrade = self.parser.should_upgrade()
-        for name, value in req.headers:
-            if name == b"content-length":
-                req.content_length = int(value) if value.strip().isdigit() else None
-            elif name == b"transfer-encoding" and b"chunked" in value.lower():
-                req.chunked = True
-        if req.content_length or req.chunked:
-            req.body = Body(self)
-        self.queue.append(req)
-        if self.handler is None or self.handler.done():
-            self.handler = asyncio.ensure_future(self.handle_queue())
-
-    def on_body(self, data: bytes) -> None:
-        req = self.parsing
-        assert req is not None and req.body is not None
-        if req.body.too_large:
-            return  # already refused; the rest is read and dropped
-        if req.body.size + len(data) > self.proxy.config.max_body_bytes:
-            req.body.refuse()
-            return
-        req.body.feed(data)
-        if req.body.buffered > HIGH_WATER:
-            self.pause_reading()
-
-    def on_message_complete(self) -> None:
-        req = self.parsing
-        if req is not None and req.body is not None:
-            req.body.finish()
-        self.parsing = None
-
-    # ---- flow control ----
-
-    def pause_reading(self) -> None:
-        if not self.reading_paused and self.transport is not None:
-            self.reading_paused = True
-            self.transport.pause_reading()
-
-    def resume_reading_for_body(self) -> None:
-        if self.reading_paused and self.transport is not None and not self.closed:
-            self.reading_paused = False
-            self.transport.resume_reading()
-
-    # ---- request handling ----
-
-    async def handle_queue(self) -> None:
-        while self.queue and not self.closed:
-            req = self.queue[0]
-            written = self.bytes_written
-            try:
-                keep_going = await self.proxy.handle(self, req)
-            except Exception:  # a bug must cost one request, never a silent, hanging connection
-                log.exception("request %r failed in the router", req.url[:200])
-                if self.bytes_written == written:
-                    self.fail(502, "the router failed to handle this request (see its log)")
-                elif self.transport is not None:
-                    self.transport.abort()
-                return
-            self.queue.popleft()
-            if not keep_going or not req.keep_alive:
-                self.close_after_write()
-                return
-            if self.reading_paused:
-                self.resume_reading_for_body()
-
-    def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.closed and not self.discarding:
-            self.bytes_written += len(data)
-            if self.batch is not None:
-                self.batch.append(data)
-            else:
-                self.transport.write(data)
-
-    def begin_batch(self) -> None:
-        """Collect writes until `flush_batch`: a response's head and body then leave in one
-        writev instead of one send each (measured: ~20% less router CPU per small request)."""
-        if self.batch is None:
-            self.batch = []
-
-    def flush_batch(self) -> None:
-        batch, self.batch = self.batch, None
-        if batch and self.transport is not None and not self.closed:
-            if len(batch) == 1:
-                self.transport.write(batch[0])
-            else:
-                self.transport.writelines(batch)
-
-    def fail(self, status: int, text: str, extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
-        self.write(simple_response(status, text, close=True, extra=extra))
-        self.close_after_write()
-
-    def close_after_write(self) -> None:
-        self.flush_batch()
-        if self.transport is None or self.closed or self.discarding:
-            return
-        body = self.parsing.body if self.parsing is not None else None
-        if body is not None and not body.complete:
-            # We answer before the body is all in (404, 413, 503): half-close so the client
-            # reads the answer instead of a reset, drop what it still sends (parsing it would
-            # answer its bytes as a malformed request, a write after write_eof), and give it a
-            # moment to stop sending.
-            if self.transport.can_write_eof():
-                self.transport.write_eof()
-            self.discarding = True
-            self.resume_reading_for_body()
-            asyncio.get_running_loop().call_later(5.0, self.transport.close)
-            return
-        self.transport.close()
-
-
 class Proxy:
     """Routes each request to its tenant and relays it; the front listener's protocol factory."""
 
     def __init__(self, config: Config, supervisor: Admission[Any]) -> None:
         self.config = config
         self.supervisor = supervisor
-        self.health = health_response(os.getpid())
-        self.health_head = self.health.partition(b"\r\n\r\n")[0] + b"\r\n\r\n"
         self.pool = UpstreamPool()
         self.connections: set[ClientConnection] = set()
-        supervisor.on_stopped.append(lambda tenant: self.pool.close_port(tenant.port))
+        self.health = health_response(os.getpid())
+        self.health_head = self.health.partition(b"\r\n\r\n")[0] + b"\r\n\r\n"
         if config.routing == "host":
             base = config.base_domain
             self.route: Callable[[Request], Route] = lambda req: route_host(
@@ -417,7 +117,16 @@ class Proxy:
             self.route = lambda req: route_path(req.url)
 
     def protocol(self) -> ClientConnection:
-        return ClientConnection(self)
+        return ClientConnection(self.handle, self.config.max_body_bytes, self.connections)
+
+    def close(self) -> None:
+        """Close every worker and client connection (the router is stopping)."""
+        self.pool.close_all()
+        for conn in list(self.connections):
+            conn.close()
+
+    def stats(self) -> dict[str, Any]:
+        return {"connections": len(self.connections), "idle_upstream": self.pool.idle_count()}
 
     async def handle(self, client: ClientConnection, req: Request) -> bool:
         """Serve one request. Returns False when the client connection must close."""
@@ -427,17 +136,7 @@ class Proxy:
             client.fail(400, str(exc))
             return False
         except NotRouted:
-            if is_health_check(req.url):
-                if req.method not in (b"GET", b"HEAD"):
-                    client.fail(405, "the health check answers GET", [(b"allow", b"GET, HEAD")])
-                    return False
-                client.write(self.health if req.method == b"GET" else self.health_head)
-                return True
-            if req.url in (b"/healthz", b"/healthz/"):
-                client.write(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
-                return True
-            client.fail(404, "no tenant in this URL: tenants are served under /t/<name>/")
-            return False
+            return self.answer_unrouted(client, req)
         if req.content_length is not None and req.content_length > self.config.max_body_bytes:
             client.fail(413, f"request body over {self.config.max_body_bytes} bytes")
             return False
@@ -455,16 +154,43 @@ class Proxy:
             _unavailable(client, exc)
             return False
         finally:
-            self.supervisor.release(tenant, req.body.size if req.body else 0, req.bytes_out)
+            self.supervisor.release(tenant, req.bytes_in, req.bytes_out)
+
+    def answer_unrouted(self, client: ClientConnection, req: Request) -> bool:
+        """The router's own URLs: the health check, else a 404."""
+        if is_health_check(req.url):
+            if req.method not in (b"GET", b"HEAD"):
+                client.fail(405, "the health check answers GET", [(b"allow", b"GET, HEAD")])
+                return False
+            client.write(self.health if req.method == b"GET" else self.health_head)
+            return True
+        if req.url in (b"/healthz", b"/healthz/"):
+            client.write(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
+            return True
+        client.fail(404, "no tenant in this URL: tenants are served under /t/<name>/")
+        return False
+
+    def cannot_send(self, client: ClientConnection, req: Request) -> bool:
+        """True when the request must not reach a worker any more: its client left, or its
+        body went over the limit while it waited (then it is answered 413 here)."""
+        body = req.body
+        if body is not None and body.too_large:
+            client.fail(413, f"request body over {self.config.max_body_bytes} bytes")
+            return True
+        return client.closed or (body is not None and body.aborted)
 
     async def relay(self, client: ClientConnection, req: Request, route: Route,
                     tenant: Any) -> bool:
+        if self.cannot_send(client, req):
+            return False
         head = self.request_head(client, req, route)
+        body = req.body
         worker = tenant.worker
+        close_client = not req.keep_alive or req.upgrade
         for attempt in range(3):
             last_try = attempt == 2
             try:
-                conn, reused = await self.pool.get(tenant.port)
+                conn, reused = await self.pool.get(tenant.port, worker)
             except OSError:
                 # Nothing was sent, so any request may go to the next worker: the one we were
                 # given died (kill -9, crash) and the supervisor starts another.
@@ -473,54 +199,51 @@ class Proxy:
                     continue
                 client.fail(502, f"tenant {route.tenant} is not answering on its port")
                 return False
-            close_client = not req.keep_alive or req.upgrade
-            done = conn.begin(client, head_only=req.method == b"HEAD", close_client=close_client,
-                              http10=req.version == "1.0")
-            conn.transport_write(head)
-            if client.closed:
-                conn.abort()  # the client left while its tenant was starting
-            pump = asyncio.ensure_future(self.pump_body(req, conn)) if req.body else None
-            if pump is not None:
-                either: set[asyncio.Future[Any]] = {done, pump}
-                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-                if not done.done() and (pump.cancelled() or pump.exception() is not None
-                                        or (req.body is not None and req.body.cut_short)):
-                    # Over the limit or the client vanished mid-body: the worker must not see
-                    # the request end, and nothing will come of this exchange.
-                    conn.abort()
-            reusable = await done
-            if pump is not None:
-                if not pump.done() and not (req.body and req.body.cut_short):
-                    await asyncio.wait({pump}, timeout=1.0)
-                pump.cancel()
-            if req.body is not None and req.body.too_large:
-                conn.abort()
-                if not conn.head_sent:
-                    client.fail(413, f"request body over {self.config.max_body_bytes} bytes")
+            if self.cannot_send(client, req):  # while we connected: the worker hears nothing
+                self.pool.put(conn)
                 return False
-            if not conn.head_sent:
+            out = [head]
+            if body is not None:
+                body.attach(conn, out)
+            reusable = await conn.exchange(client, out, head_only=req.method == b"HEAD",
+                                           close_client=close_client,
+                                           http10=req.version == "1.0")
+            if body is not None:
+                if conn.answered and not body.complete and not body.cut_short:
+                    await body.wait_complete(BODY_GRACE_S)
+                body.detach()
+                if body.too_large:
+                    conn.abort()
+                    if not conn.answered:
+                        client.fail(413, f"request body over {self.config.max_body_bytes} bytes")
+                    return False
+            if not conn.answered:
                 # Closed without a byte of answer. Sending it again is safe for a request without
                 # a body on a stale keep-alive connection, and for an idempotent one whose worker
                 # died (it goes to the next worker); a POST may have been applied, so it is not.
-                if not last_try and not conn.got_bytes and req.body is None and (
+                if not last_try and not conn.got_bytes and body is None and (
                         reused or (req.method in IDEMPOTENT
                                    and await self.supervisor.recover(tenant, worker))):
                     worker = tenant.worker
                     continue
                 client.fail(502, f"tenant {route.tenant}'s worker closed the connection")
                 return False
-            req.bytes_out += conn.bytes_out
-            if conn.tunnel_mode:
-                await self.wait_tunnel(conn)
+            if conn.upgraded:
+                client.splice()
+                await conn.wait_closed()
+                req.bytes_out = conn.bytes_out
+                req.tunnel_bytes_in = client.spliced_bytes
                 return False
-            body_done = req.body is None or req.body.complete
+            req.bytes_out = conn.bytes_out
+            body_done = body is None or body.complete
             if reusable and body_done:
                 self.pool.put(conn)
             else:
+                conn.unlink()
                 conn.close()
             # A body the worker did not read to its end is still arriving: close the client
             # connection rather than parse the rest of it as the next request.
-            return not conn.close_client and not client.closed and body_done
+            return not conn.client_must_close and not client.closed and body_done
         return False
 
     def request_head(self, client: ClientConnection, req: Request, route: Route) -> bytes:
@@ -543,7 +266,7 @@ class Proxy:
                     or name.startswith(b"x-forwarded-")):
                 continue
             lines.append(name + b": " + value)
-        chain = forwarded_for + b", " + client.peer if forwarded_for else client.peer
+        chain = forwarded_for + b", " + client.address if forwarded_for else client.address
         lines.append(b"x-forwarded-for: " + chain)
         lines.append(b"x-forwarded-proto: " + (forwarded_proto or b"http"))
         lines.append(b"x-forwarded-host: " + (forwarded_host or host))
@@ -556,25 +279,3 @@ class Proxy:
         elif req.content_length is not None:
             lines.append(b"content-length: %d" % req.content_length)
         return b"\r\n".join(lines) + b"\r\n\r\n"
-
-    async def pump_body(self, req: Request, conn: UpstreamConnection) -> None:
-        body = req.body
-        assert body is not None
-        while (chunk := await body.next_chunk()) is not None:
-            if conn.closed:
-                return
-            conn.transport_write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if req.chunked else chunk)
-            if conn.write_paused is not None:
-                await conn.write_paused
-        if req.chunked and body.complete and not body.cut_short:
-            conn.transport_write(b"0\r\n\r\n")
-
-    async def wait_tunnel(self, conn: UpstreamConnection) -> None:
-        while not conn.closed:
-            lost = asyncio.get_running_loop().create_future()
-            conn.done = lost  # connection_lost resolves it
-            await lost
-
-    def stats(self) -> dict[str, Any]:
-        return {"connections": len(self.connections),
-                "idle_upstream": sum(len(v) for v in self.pool.idle.values())}

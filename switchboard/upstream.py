@@ -1,22 +1,39 @@
-"""The router's side of its connections to tenant workers (used by switchboard/proxy.py).
+"""The router's connections to tenant workers and their keep-alive pool.
 
-`UpstreamConnection` relays one exchange at a time on a keep-alive connection to a worker:
-it parses the worker's response with httptools and writes it to the client connection as it
-arrives (re-framing chunked bodies, ending HEAD/204/304 answers at their head, passing 1xx
-through, and splicing both sockets after a 101). `UpstreamPool` keeps idle connections by port
-and closes them when their tenant stops or after `IDLE_UPSTREAM_S`.
+The client side (switchboard.proxy) uses this interface and nothing else:
+
+- `UpstreamPool.get(port, worker)` -> `(conn, reused)`: an idle connection to that worker, or
+  a new one (raises OSError when nobody listens); `put(conn)` after a reusable exchange;
+  `close_idle_older_than(s)`, `close_all()`.
+- `conn.exchange(client, request, ...)` -> a future: sends the request and relays the
+  response to `client` (any `flow.Endpoint`) as it arrives, re-framing chunked bodies, ending
+  HEAD/204/304 answers at their head, passing 1xx through. The future is done when the answer
+  is (True: the connection can serve another request). Request body bytes go through
+  `conn.write()`, and `conn.abort()` ends an exchange the worker must not see complete. The
+  connection stays linked to `client` (flow control both ways) until the caller is done with
+  the request: `put()` back in the pool or `close()`/`abort()` (or `unlink()`).
+- When the future is done, the exchange's outcome: `answered` (the response head reached the
+  client), `got_bytes` (the worker sent anything), `upgraded` (a 101: the two sockets stay
+  linked byte for byte until either closes; `wait_closed()`), `client_must_close` (the client
+  connection cannot carry another request: asked for, HTTP/1.0 close-delimited, or the answer
+  was cut off), `bytes_out` (body or tunnel bytes relayed to the client).
+
+Neither side touches the other's fields: the connection sees its client only as a
+`flow.Endpoint` (write, writelines, the link), and backpressure both ways is `flow`'s. A pooled
+connection remembers the worker it reached, so one to an earlier worker on the same port (the
+tenant stopped or crashed and came back) is closed instead of reused. Hop-by-hop headers
+(RFC 9110 7.6.1) never pass.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, cast
+from typing import Any
 
 import httptools
 
-if TYPE_CHECKING:
-    from switchboard.proxy import ClientConnection
+from switchboard.flow import Endpoint
 
 HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
@@ -25,197 +42,189 @@ HOP_BY_HOP = frozenset({
 IDLE_UPSTREAM_S = 60.0
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(Endpoint):
     """A keep-alive connection to one tenant worker, relaying one exchange at a time."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, worker: Any) -> None:
+        super().__init__()
         self.port = port
-        self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
-        self.client: ClientConnection | None = None
-        self.done: asyncio.Future[bool] | None = None  # True: reusable
-        self.head_sent = False
-        self.got_bytes = False
-        self.chunked = False
-        self.bodyless = False
-        self.status = 0
-        self.reason = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.close_client = False
-        self.http10 = False  # the client speaks HTTP/1.0: no chunked framing, no 1xx
-        self.closed = False
+        self.worker = worker  # the worker process at the other end, compared by identity
         self.idle_since = 0.0
+        # The current exchange's outcome (see the module docstring).
+        self.answered = False
+        self.got_bytes = False
+        self.upgraded = False
+        self.client_must_close = False
         self.bytes_out = 0
-        self.write_paused: asyncio.Future[None] | None = None
-        self.tunnel_mode = False
+        self._parser = httptools.HttpResponseParser(self)
+        self._done: asyncio.Future[bool] | None = None  # True: reusable
+        self._out: list[bytes] = []  # what one read of the worker produced for the client
+        self._status = 0
+        self._reason = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._chunked = False  # the client gets chunked framing
+        self._until_close = False  # the worker's body ends where its connection does
+        self._head_only = False
+        self._http10 = False  # the client speaks HTTP/1.0: no chunked framing, no 1xx
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if self.tunnel_mode and self.client is not None:
-            self.client.tunnel = None
-            self.client.close_after_write()
-        if self.write_paused is not None and not self.write_paused.done():
-            self.write_paused.set_result(None)
-        self._finish(False)
-
-    def pause_writing(self) -> None:
-        self.write_paused = asyncio.get_running_loop().create_future()
-
-    def resume_writing(self) -> None:
-        if self.write_paused is not None and not self.write_paused.done():
-            self.write_paused.set_result(None)
-        self.write_paused = None
-
-    def pause_reading(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.resume_reading()
-
-    def transport_write(self, data: bytes) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.write(data)
-
-    def begin(self, client: ClientConnection, head_only: bool, close_client: bool,
-              http10: bool = False) -> asyncio.Future[bool]:
-        self.client = client
-        self.head_sent = self.got_bytes = self.chunked = False
-        self.bodyless = head_only
-        self.close_client = close_client
-        self.http10 = http10
-        self.headers = []
+    def exchange(self, client: Endpoint, request: list[bytes], *, head_only: bool,
+                 close_client: bool, http10: bool) -> asyncio.Future[bool]:
+        """Send `request` (its head, and the body bytes already in) and relay the answer to
+        `client`; see the module docstring."""
+        self.answered = self.got_bytes = self.upgraded = self._chunked = False
+        self._until_close = False
+        self.client_must_close = close_client
         self.bytes_out = 0
-        self.done = asyncio.get_running_loop().create_future()
-        client.upstream = self
-        return self.done
+        self._head_only = head_only
+        self._http10 = http10
+        self._headers, self._reason = [], b""
+        self._done = done = asyncio.get_running_loop().create_future()
+        self.link(client)
+        self.writelines(request)
+        if self.closed:  # the worker hung up before we could ask
+            self._finish(False)
+        return done
+
+    # ---- asyncio callbacks ----
 
     def data_received(self, data: bytes) -> None:
-        if self.tunnel_mode:
-            if self.client is not None:
-                self.client.write(data)
+        client = self.peer
+        if self.upgraded:
+            self.bytes_out += len(data)
+            if client is not None:
+                client.write(data)
+            return
+        if not self._exchanging():
+            self.abort()  # bytes nobody asked for: this connection is not fit for reuse
             return
         self.got_bytes = True
-        client = self.client
-        if client is not None:
-            client.begin_batch()
+        out: list[bytes] = []
+        self._out = out
         try:
-            self.parser.feed_data(data)
+            self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self._start_tunnel(data[exc.args[0]:])
         except httptools.HttpParserError:
             self.abort()
-        finally:
-            if client is not None:
-                client.flush_batch()
+        if out and client is not None:
+            client.writelines(out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.answered and self._until_close and self._exchanging():
+            # The body was delimited by the close: this is its end, not a cut.
+            if self._chunked and self.peer is not None:
+                self.peer.write(b"0\r\n\r\n")
+            self._finish(False)
+        super().connection_lost(exc)  # tells a linked client
+        self._cut_off()
+
+    def peer_lost(self) -> None:
+        if self.upgraded:
+            self.close()  # the tunnel's other end is gone: send what is buffered, then close
+        else:
+            self.abort()  # the answer has nowhere to go
+
+    def abort(self) -> None:
+        super().abort()
+        self._cut_off()
 
     # ---- httptools callbacks ----
 
     def on_status(self, reason: bytes) -> None:
-        self.reason += reason
+        self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
+        self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
-        client = self.client
-        if client is None:
+        self._status = status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            if not self._http10:
+                self._out.append(b"HTTP/1.1 %d %s\r\n\r\n" % (status, self._reason))
+            self._reason, self._headers = b"", []
             return
-        if 100 <= self.status < 200 and self.status != 101:
-            if not self.http10:
-                client.write(b"HTTP/1.1 %d %s\r\n\r\n" % (self.status, self.reason))
-            self.reason, self.headers = b"", []
-            return
-        lines = [b"HTTP/1.1 %d %s" % (self.status, self.reason or b"OK")]
+        lines = [b"HTTP/1.1 %d %s" % (status, self._reason or b"OK")]
         has_length = False
         connection_tokens: set[bytes] = set()
-        for name, value in self.headers:
+        for name, value in self._headers:
             if name == b"connection":
                 connection_tokens.update(t.strip().lower() for t in value.split(b","))
             elif name == b"transfer-encoding":
-                self.chunked = b"chunked" in value.lower()
+                self._chunked = b"chunked" in value.lower()
             elif name == b"content-length":
                 has_length = True
-        for name, value in self.headers:
+        for name, value in self._headers:
             if name in HOP_BY_HOP or name in connection_tokens:
                 continue
             lines.append(name + b": " + value)
-        no_body = self.bodyless or self.status in (204, 304)
-        if self.status == 101:
-            lines += [b"connection: upgrade", b"upgrade: " + header_value(self.headers, b"upgrade")]
-        elif (self.chunked or not has_length) and not no_body:
-            if self.http10:
+        no_body = self._head_only or status in (204, 304)
+        if status == 101:
+            upgrade = header_value(self._headers, b"upgrade")
+            lines += [b"connection: upgrade", b"upgrade: " + upgrade]
+        elif (self._chunked or not has_length) and not no_body:
+            self._until_close = not self._chunked
+            if self._http10:
                 # HTTP/1.0 has no chunked coding: the body ends where the connection does.
-                self.chunked = False
-                self.close_client = True
+                self._chunked = False
+                self.client_must_close = True
             else:  # chunked upstream, or close-delimited: (re-)frame it for the client
-                self.chunked = True
+                self._chunked = True
                 lines.append(b"transfer-encoding: chunked")
-        if self.close_client:
+        if self.client_must_close:
             lines.append(b"connection: close")
-        elif self.http10:
+        elif self._http10:
             lines.append(b"connection: keep-alive")  # a 1.0 client assumes close otherwise
-        client.write(b"\r\n".join(lines) + b"\r\n\r\n")
-        self.head_sent = True
-        if no_body and self.status != 101:
+        self._out.append(b"\r\n".join(lines) + b"\r\n\r\n")
+        self.answered = True
+        if no_body and status != 101:
             # A HEAD, 204 or 304 answer ends at its head; a fresh parser for the next one.
-            self.parser = httptools.HttpResponseParser(self)
-            self._finish(keep_alive(self.headers))
+            self._parser = httptools.HttpResponseParser(self)
+            self._finish(keep_alive(self._headers))
 
     def on_body(self, data: bytes) -> None:
-        client = self.client
-        if client is None:
-            return
         self.bytes_out += len(data)
-        if self.chunked:
-            client.write(b"%x\r\n%s\r\n" % (len(data), data))
+        if self._chunked:
+            self._out.append(b"%x\r\n%s\r\n" % (len(data), data))
         else:
-            client.write(data)
+            self._out.append(data)
 
     def on_message_complete(self) -> None:
-        if 100 <= self.status < 200 or self.done is None or self.done.done():
+        if 100 <= self._status < 200 or not self._exchanging():
             return
-        if self.chunked and self.client is not None:
-            self.client.write(b"0\r\n\r\n")
-        self._finish(self.parser.should_keep_alive())
+        if self._chunked:
+            self._out.append(b"0\r\n\r\n")
+        self._finish(self._parser.should_keep_alive())
 
     # ---- ending ----
 
+    def _exchanging(self) -> bool:
+        return self._done is not None and not self._done.done()
+
+    def _cut_off(self) -> None:
+        """The connection ended before the exchange did."""
+        if self._exchanging():
+            if self.answered:
+                self.client_must_close = True  # half an answer: that client cannot go on
+            self._finish(False)
+
     def _finish(self, reusable: bool) -> None:
-        if self.client is not None and self.client.upstream is self:
-            self.client.upstream = None
-        if self.done is not None and not self.done.done():
-            self.done.set_result(reusable and not self.closed)
-        self.reason = b""
+        """The answer is over (the link stays until the caller is done with the request)."""
+        done = self._done
+        if done is None or done.done():
+            return
+        self._reason = b""
+        done.set_result(reusable and not self.closed)
 
     def _start_tunnel(self, leftover: bytes) -> None:
-        client = self.client
-        if client is None or self.status != 101:
+        if self.peer is None or self._status != 101:
             self.abort()
             return
-        self.tunnel_mode = True
-        client.tunnel = self
+        self.upgraded = True
+        self.client_must_close = True
         if leftover:
-            client.write(leftover)
-        if client.pending_tunnel_bytes:
-            self.transport_write(client.pending_tunnel_bytes)
-            client.pending_tunnel_bytes = b""
-
-    def abort(self) -> None:
-        self.closed = True
-        if self.transport is not None:
-            self.transport.abort()
+            self.bytes_out += len(leftover)
+            self._out.append(leftover)
         self._finish(False)
-
-    def close(self) -> None:
-        self.closed = True
-        if self.transport is not None:
-            self.transport.close()
 
 
 def header_value(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes:
@@ -233,43 +242,48 @@ class UpstreamPool:
     """Idle keep-alive connections to workers, by port."""
 
     def __init__(self) -> None:
-        self.idle: dict[int, list[UpstreamConnection]] = {}
+        self._idle: dict[int, list[UpstreamConnection]] = {}
 
-    async def get(self, port: int) -> tuple[UpstreamConnection, bool]:
-        """A connection to `port`, and whether it was reused (a reused one may be stale)."""
-        conns = self.idle.get(port)
+    async def get(self, port: int, worker: Any) -> tuple[UpstreamConnection, bool]:
+        """A connection to `worker` on `port`, and whether it was reused (a reused one may be
+        stale). Idle connections to an earlier worker on the same port are closed here."""
+        conns = self._idle.get(port)
         while conns:
             conn = conns.pop()
-            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
-                conn.resume_reading()
+            if conn.worker is not worker:
+                conn.close()
+            elif not conn.closed and conn.transport is not None and (
+                    not conn.transport.is_closing()):
                 return conn, True
         loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(lambda: UpstreamConnection(port), "127.0.0.1", port)
+        _, conn = await loop.create_connection(lambda: UpstreamConnection(port, worker),
+                                               "127.0.0.1", port)
         return conn, False
 
     def put(self, conn: UpstreamConnection) -> None:
-        conn.client = None
+        conn.unlink()
         conn.idle_since = time.monotonic()
-        self.idle.setdefault(conn.port, []).append(conn)
+        self._idle.setdefault(conn.port, []).append(conn)
+
+    def idle_count(self) -> int:
+        return sum(len(conns) for conns in self._idle.values())
 
     def close_port(self, port: int) -> None:
-        for conn in self.idle.pop(port, []):
+        for conn in self._idle.pop(port, []):
             conn.close()
 
     def close_idle_older_than(self, seconds: float) -> None:
         cutoff = time.monotonic() - seconds
-        for port, conns in list(self.idle.items()):
+        for port, conns in list(self._idle.items()):
             keep = [c for c in conns if c.idle_since >= cutoff and not c.closed]
             for conn in conns:
                 if conn not in keep:
                     conn.close()
             if keep:
-                self.idle[port] = keep
+                self._idle[port] = keep
             else:
-                del self.idle[port]
+                del self._idle[port]
 
     def close_all(self) -> None:
-        for port in list(self.idle):
+        for port in list(self._idle):
             self.close_port(port)
-
-

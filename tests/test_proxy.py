@@ -4,8 +4,11 @@ without the router's memory growing (issue 3, "Done when" 5), WebSocket passthro
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import signal
 import socket
 import struct
 import threading
@@ -289,6 +292,74 @@ def test_clients_that_vanish_mid_response_or_mid_upload_do_not_hurt_the_router(
         response = client.get("/t/acme/count")
     assert response.status_code == 200 and response.json()["pid"] == worker_pid
     assert counter.proc is not None and counter.proc.poll() is None
+
+
+def test_a_worker_that_answers_before_the_body_is_in_costs_the_router_nothing(
+    make_router: MakeRouter,
+) -> None:
+    router = make_router(app=COUNTER, env={"SWITCHBOARD_MAX_BODY_BYTES": "200000000"}).start()
+    router.create("acme")
+    assert router.proc is not None
+    with router.client() as client:
+        assert client.get("/t/acme/count").status_code == 200
+    baseline = rss_kb(router.proc.pid)
+    peak = baseline
+    size = 100_000_000
+    with socket.create_connection(("127.0.0.1", router.port), timeout=10) as sock:
+        # /count answers 405 to a POST without reading its body; the client keeps sending.
+        sock.sendall(request_bytes("POST", "/t/acme/count", {"Content-Length": str(size)}))
+        sent, block = 0, b"b" * 65536
+        sock.settimeout(0.2)
+        answer = b""
+        deadline = time.monotonic() + 20
+        while sent < size and time.monotonic() < deadline:
+            try:
+                sent += sock.send(block)
+            except TimeoutError:
+                pass
+            except OSError:
+                break  # the router closed the connection
+            peak = max(peak, rss_kb(router.proc.pid))
+        sock.settimeout(10)
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 405 "), answer[:200]
+    growth_mb = (peak - baseline) / 1024
+    assert growth_mb < 30, f"router RSS grew {growth_mb:.1f} MB while the body kept coming"
+    with router.client() as client:
+        assert client.get("/t/acme/count").status_code == 200
+    assert "Traceback" not in router.log()
+
+
+def test_a_worker_killed_mid_response_ends_the_clients_connection(counter: Router) -> None:
+    # Half an answer cannot be finished: the client must see its connection end (and know the
+    # body is short), not wait on a keep-alive connection for bytes that never come.
+    with RawConnection(counter.port) as conn:
+        conn.send(request_bytes("GET", "/t/acme/stream?n=200&size=1000&pause=0.02"))
+        conn.sock.settimeout(10)
+        received = conn.sock.recv(65536)
+        assert received.startswith(b"HTTP/1.1 200 ")
+        for pid in counter.worker_pids():
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while chunk := conn.sock.recv(65536):
+            received += chunk
+            assert time.monotonic() < deadline, "the client connection was left open"
+    assert not received.endswith(b"0\r\n\r\n")  # no false end of the chunked body
+    with counter.client() as client:  # the next request gets the next worker
+        assert client.get("/t/acme/count").status_code == 200
+
+
+def test_body_bytes_both_ways_are_counted_for_the_tenant(counter: Router) -> None:
+    with counter.client() as client:
+        echoed = client.post("/t/acme/echo", content=b"u" * 100_000)
+        streamed = client.get("/t/acme/stream", params={"n": 4, "size": 1000})
+    assert echoed.json()["bytes"] == 100_000 and len(streamed.content) == 4000
+    wait_until(lambda: counter.info("acme")["in_flight"] == 0, 10)
+    info = counter.info("acme")
+    assert info["bytes_in"] == 100_000
+    assert info["bytes_out"] == len(echoed.content) + 4000
 
 
 def test_a_client_that_leaves_while_its_tenant_starts_sends_nothing_to_the_worker(
