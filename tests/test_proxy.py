@@ -21,6 +21,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
+from switchboard.downstream import simple_response
 from tests.conftest import (
     COUNTER,
     RawConnection,
@@ -492,3 +493,16 @@ def test_the_health_check_names_this_router_in_path_and_host_mode(make_router: M
         assert conn.request("GET", "/_switchboard/health").status == 200
         path_mode.create("acme")
         assert conn.request("GET", "/t/acme/count").status == 200
+
+
+@pytest.mark.parametrize(
+    ("status", "phrase"),
+    [(400, "Bad Request"), (404, "Not Found"), (405, "Method Not Allowed"),
+     (413, "Content Too Large"), (502, "Bad Gateway"), (503, "Service Unavailable")],
+)
+def test_the_routers_own_answers_carry_the_standard_reason_phrase(status: int, phrase: str) -> None:
+    answer = simple_response(status, "why <not>", close=True)
+    assert answer.startswith(f"HTTP/1.1 {status} {phrase}\r\n".encode())
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"content-length: %d" % len(body) in head and b"connection: close" in head
+    assert b"why &lt;not&gt;" in body
