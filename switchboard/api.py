@@ -34,6 +34,7 @@ class TenantInfo:
     epoch: int = 1  # the tenant's fencing token (switchboard/directory.py)
     socket: str | None = None  # the worker's Unix socket path, None for a TCP worker
     last_exit: str | None = None  # how the last worker ended ("killed by signal 9 after 3.1s")
+    rss_bytes: int | None = None  # the worker's resident memory at its last health ping
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

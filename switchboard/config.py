@@ -68,6 +68,7 @@ class Config:
     max_waiting_requests: int = 1024  # per tenant, while it starts
     port_range: tuple[int, int] = (20000, 29999)
     max_concurrent_checkpoints: int = 2  # forked checkpoints copy up to the heap each
+    max_worker_rss_bytes: int = 0  # 0: no limit; past it a worker is recycled between requests
 
     # Durability (passed to workers).
     journal_fsync: str = "always"  # always | everysec | never

@@ -23,6 +23,8 @@ class Counters:
     idle_stops: int = 0
     checkpoints: int = 0
     checkpoint_failures: int = 0
+    unresponsive_kills: int = 0
+    rss_recycles: int = 0
 
 
 class _Tenant(Protocol):

@@ -90,6 +90,9 @@ class TenantProcess:
         self.crash_times: collections.deque[float] = collections.deque()  # monotonic
         self.warnings: list[str] = []
         self.ping_misses = 0
+        self.rss_bytes: int | None = None  # at the last health ping
+        self.kill_reason: str | None = None  # why the router killed the worker, if it did
+        self._pinging = False
         self._start_task: asyncio.Task[None] | None = None
         # activity
         self.last_request_at: float | None = None  # Unix seconds
@@ -201,6 +204,8 @@ class TenantProcess:
             self.last_active = time.monotonic()
             self.retry_at = None
             self.ping_misses = 0
+            self.rss_bytes = None
+            self.kill_reason = None
             self.last_error = None  # healthy again: an earlier failure is history (last_exit)
             self._transition(S.RUNNING)
             self.env.counters.starts += 1
@@ -312,7 +317,9 @@ class TenantProcess:
         self.env.counters.crashes += 1
         self._transition(S.STOPPED)
         self._notify_stopped()
-        reason = f"worker exited unexpectedly{handle.status_text()} after {uptime:.1f}s"
+        how = f"killed as {self.kill_reason}" if self.kill_reason else "exited unexpectedly"
+        reason = f"worker {how}{handle.status_text()} after {uptime:.1f}s"
+        self.kill_reason = None
         self.last_exit = reason
         now = time.monotonic()
         self.crash_times.append(now)
@@ -364,6 +371,7 @@ class TenantProcess:
         finally:
             handle.close()
             self.worker = None
+            self.last_exit = f"stopped ({why})"
             self._transition(S.STOPPED)
             self._notify_stopped()
             log.info("tenant %s stopped (%s)", self.name, why)
@@ -417,24 +425,41 @@ class TenantProcess:
     # ---- health ----
 
     async def ping(self) -> None:
-        """One health ping; the third miss in a row kills the worker (its exit is then
-        recorded as a crash and the next request starts a new one)."""
+        """One health ping, which also reads the worker's memory. The third miss in a row
+        kills the worker, SIGTERM then SIGKILL (its exit is recorded as a crash, and the next
+        request starts a new one)."""
         handle = self.worker
-        if handle is None or self.state is not S.RUNNING:
+        if handle is None or self.state is not S.RUNNING or self._pinging:
             return
+        timeout = self.env.config.ping_timeout_s
+        self._pinging = True  # one ping at a time, so misses count in a row
         try:
-            await handle.request(wire.PING, self.env.config.ping_timeout_s)
+            await handle.request(wire.PING, timeout)
             self.ping_misses = 0
         except TimeoutError:
             self.ping_misses += 1
             log.warning("tenant %s missed a health ping (%d in a row)", self.name,
                         self.ping_misses)
             if self.ping_misses >= MISSED_PINGS_BEFORE_KILL:
+                self.env.counters.unresponsive_kills += 1
+                self.kill_reason = f"unresponsive (missed {self.ping_misses} health pings)"
                 log.error("tenant %s is unresponsive; killing it", self.name)
                 self.ping_misses = 0
-                handle.kill(signal.SIGKILL)
+                handle.kill(signal.SIGTERM)  # a wedged event loop cannot act on it: a deadline
+                if not await _quietly(handle.exited, timeout):
+                    handle.kill(signal.SIGKILL)
+            return
         except WorkerError:
-            pass  # it exited; the exit watcher records it
+            return  # it exited; the exit watcher records it
+        finally:
+            self._pinging = False
+        if handle.pid is not None:
+            self.rss_bytes = _rss_bytes(handle.pid)
+
+    @property
+    def over_memory_limit(self) -> bool:
+        limit = self.env.config.max_worker_rss_bytes
+        return bool(limit) and self.rss_bytes is not None and self.rss_bytes > limit
 
     def kill(self) -> None:
         """No more waiting (second signal at shutdown)."""
@@ -457,7 +482,7 @@ class TenantProcess:
             last_error=self.last_error or ("; ".join(self.warnings) or None),
             retry_at=None if retry_in is None else time.time() + retry_in,
             moved_to=record.moved_to, host=record.owner, epoch=record.epoch,
-            last_exit=self.last_exit,
+            last_exit=self.last_exit, rss_bytes=self.rss_bytes,
         )
 
 
@@ -468,6 +493,18 @@ async def _quietly(future: asyncio.Future[Any], timeout: float) -> bool:
         return True
     except TimeoutError:
         return False
+
+
+def _rss_bytes(pid: int) -> int | None:
+    """Resident set size of `pid` (VmRSS), None when it cannot be read (gone, not Linux)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 async def _kill_and_reap(handle: WorkerHandle) -> None:

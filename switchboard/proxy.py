@@ -218,12 +218,13 @@ class Proxy:
                         client.fail(413, f"request body over {self.config.max_body_bytes} bytes")
                     return False
             if not conn.answered:
-                # Closed without a byte of answer. Sending it again is safe for a request without
-                # a body on a stale keep-alive connection, and for an idempotent one whose worker
-                # died (it goes to the next worker); a POST may have been applied, so it is not.
+                # Closed without a byte of answer. Only an idempotent request without a body is
+                # sent again: on a stale keep-alive connection, or to the next worker when this
+                # one died. Any other may have been applied, or may be what killed the worker
+                # (a request that wedges its worker must not wedge the next one too).
                 if not last_try and not conn.got_bytes and body is None and (
-                        reused or (req.method in IDEMPOTENT
-                                   and await self.supervisor.recover(tenant, worker))):
+                        req.method in IDEMPOTENT and (
+                            reused or await self.supervisor.recover(tenant, worker))):
                     worker = tenant.worker
                     continue
                 client.fail(502, f"tenant {route.tenant}'s worker closed the connection")

@@ -182,6 +182,8 @@ class Supervisor:
                 continue
             if tenant.idle and now - tenant.last_active >= idle_timeout:
                 self.env.run_in_background(self._stop_idle(tenant))
+            elif tenant.idle and tenant.over_memory_limit:
+                self.env.run_in_background(self._recycle(tenant))
             elif (tenant.state is S.FAILED and tenant.retry_at is not None
                   and now >= tenant.retry_at):
                 self.env.run_in_background(self._retry(tenant))
@@ -195,6 +197,15 @@ class Supervisor:
 
         if await tenant.stop("idle", when=still_idle):
             self.counters.idle_stops += 1
+
+    async def _recycle(self, tenant: TenantProcess) -> None:
+        """Past max_worker_rss_bytes: stop it between requests (it checkpoints first); the
+        next request starts a fresh worker from the snapshot."""
+        rss = tenant.rss_bytes or 0
+        if await tenant.stop(f"recycled: {rss} bytes resident, over max_worker_rss_bytes",
+                             when=lambda: tenant.idle and tenant.over_memory_limit):
+            self.counters.rss_recycles += 1
+            tenant.rss_bytes = None
 
     async def _retry(self, tenant: TenantProcess) -> None:
         # A failure is recorded on the tenant; the next tick or request tries again.
