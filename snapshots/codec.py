@@ -34,6 +34,12 @@ Set order: sorted by value when all elements are str, all int or all bytes (fast
 readable in a dump); otherwise sorted by each element's packed bytes, which is a total order
 for any mix of types.
 
+Nesting: sets, frozensets and tuples nest at most MAX_EXT_NESTING (32) deep inside each other
+(lists and dicts in between do not count). The elements of each are a nested msgpack call, and
+the C unpacker takes about 42 KiB of C stack per call: a payload of under 1 KiB nesting 200
+tuples overflowed an 8 MiB stack and killed the process (SIGSEGV). dumps refuses deeper
+nesting and loads raises CodecError on it, so a decode needs at most about 1.4 MiB of stack.
+
 pickle (opt-in, protocol 5) packs arbitrary object graphs. Unpickling runs code named by its
 input, so PickleCodec.loads must only see payloads whose checksum has been verified in a file
 this deployment wrote (snapshots.format.read_snapshot and load_state do that);
@@ -69,6 +75,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import functools
 import gc
 import pickle
 import struct
@@ -149,24 +156,35 @@ _AWARE = 2
 _ONE_US = dt.timedelta(microseconds=1)
 
 
-def _pack(obj: Any) -> bytes:
+MAX_EXT_NESTING = 32
+_TOO_DEEP = (f"sets, frozensets and tuples nested more than {MAX_EXT_NESTING} deep (decoding "
+             "them would overflow the C stack)")
+
+
+def _pack(obj: Any, depth: int = 0) -> bytes:
+    """depth: how many sets, frozensets and tuples obj is inside."""
     packed: bytes = msgpack.packb(
-        obj, default=_default, strict_types=True, use_bin_type=True, datetime=False
+        obj, default=_DEFAULTS[depth], strict_types=True, use_bin_type=True, datetime=False
     )
     return packed
 
 
-def _default(obj: Any) -> msgpack.ExtType:
+def _default(depth: int, obj: Any) -> msgpack.ExtType:
     encoder = _ENCODERS.get(type(obj))
-    if encoder is None:
-        kind = type(obj)
-        raise TypeError(
-            f"cannot encode {kind.__module__}.{kind.__qualname__}: it takes "
-            "None, bool, int, float, str, bytes, list, dict, datetime, date, time, timedelta, "
-            "Decimal, UUID, set, frozenset and tuple, exact types only (a subclass would come "
-            "back as its base type after a restore); convert the value or use the pickle codec"
-        )
-    return encoder(obj)
+    if encoder is not None:
+        return encoder(obj)
+    container = _CONTAINER_ENCODERS.get(type(obj))
+    if container is not None:
+        if depth >= MAX_EXT_NESTING:
+            raise CodecError(f"msgpack codec: {_TOO_DEEP}")
+        return container(obj, depth + 1)
+    kind = type(obj)
+    raise TypeError(
+        f"cannot encode {kind.__module__}.{kind.__qualname__}: it takes "
+        "None, bool, int, float, str, bytes, list, dict, datetime, date, time, timedelta, "
+        "Decimal, UUID, set, frozenset and tuple, exact types only (a subclass would come "
+        "back as its base type after a restore); convert the value or use the pickle codec"
+    )
 
 
 def _offset_us(offset: dt.timedelta | None) -> tuple[int, bytes]:
@@ -213,26 +231,26 @@ def _array_header(n: int) -> bytes:
     return b"\xdd" + n.to_bytes(4, "big")
 
 
-def _sorted_elements(o: set[Any] | frozenset[Any]) -> bytes:
+def _sorted_elements(o: set[Any] | frozenset[Any], depth: int) -> bytes:
     # Set iteration order follows string hashes, which PYTHONHASHSEED randomises; sorting
     # makes a checkpoint of unchanged state byte-identical.
     for kind in (str, int, bytes):
         if all(type(x) is kind for x in o):
-            return _pack(sorted(o))
-    packed = sorted(_pack(x) for x in o)
+            return _pack(sorted(o), depth)
+    packed = sorted(_pack(x, depth) for x in o)
     return _array_header(len(packed)) + b"".join(packed)
 
 
-def _enc_set(o: set[Any]) -> msgpack.ExtType:
-    return msgpack.ExtType(EXT_SET, _sorted_elements(o))
+def _enc_set(o: set[Any], depth: int) -> msgpack.ExtType:
+    return msgpack.ExtType(EXT_SET, _sorted_elements(o, depth))
 
 
-def _enc_frozenset(o: frozenset[Any]) -> msgpack.ExtType:
-    return msgpack.ExtType(EXT_FROZENSET, _sorted_elements(o))
+def _enc_frozenset(o: frozenset[Any], depth: int) -> msgpack.ExtType:
+    return msgpack.ExtType(EXT_FROZENSET, _sorted_elements(o, depth))
 
 
-def _enc_tuple(o: tuple[Any, ...]) -> msgpack.ExtType:
-    return msgpack.ExtType(EXT_TUPLE, _pack(list(o)))
+def _enc_tuple(o: tuple[Any, ...], depth: int) -> msgpack.ExtType:
+    return msgpack.ExtType(EXT_TUPLE, _pack(list(o), depth))
 
 
 def _enc_bigint(o: int) -> msgpack.ExtType:
@@ -247,11 +265,15 @@ _ENCODERS: dict[type, Callable[[Any], msgpack.ExtType]] = {
     dt.timedelta: _enc_timedelta,
     decimal.Decimal: _enc_decimal,
     uuid.UUID: _enc_uuid,
+    int: _enc_bigint,
+}
+# Their elements are packed one level deeper (the depth argument).
+_CONTAINER_ENCODERS: dict[type, Callable[[Any, int], msgpack.ExtType]] = {
     set: _enc_set,
     frozenset: _enc_frozenset,
     tuple: _enc_tuple,
-    int: _enc_bigint,
 }
+_DEFAULTS = [functools.partial(_default, depth) for depth in range(MAX_EXT_NESTING + 1)]
 
 
 # --- msgpack decoding ---------------------------------------------------------------------
@@ -262,8 +284,11 @@ _TZ_CACHE: dict[int, dt.timezone] = {0: dt.UTC}
 _TZ_CACHE_MAX = 1024
 
 
-def _unpack(data: Buffer) -> Any:
-    return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, use_list=True, strict_map_key=False)
+def _unpack(data: Buffer, depth: int = 0) -> Any:
+    """depth: how many sets, frozensets and tuples data is inside."""
+    return msgpack.unpackb(
+        data, ext_hook=_EXT_HOOKS[depth], raw=False, use_list=True, strict_map_key=False
+    )
 
 
 def _tz(flags: int, data: bytes, offset_at: int) -> dt.timezone | None:
@@ -307,18 +332,6 @@ def _dec_uuid(data: bytes) -> uuid.UUID:
     return uuid.UUID(bytes=bytes(data))
 
 
-def _dec_set(data: bytes) -> set[Any]:
-    return set(_unpack(data))
-
-
-def _dec_frozenset(data: bytes) -> frozenset[Any]:
-    return frozenset(_unpack(data))
-
-
-def _dec_tuple(data: bytes) -> tuple[Any, ...]:
-    return tuple(_unpack(data))
-
-
 def _dec_bigint(data: bytes) -> int:
     return int.from_bytes(data, "big", signed=True)
 
@@ -330,18 +343,29 @@ _DECODERS: dict[int, Callable[[bytes], Any]] = {
     EXT_TIMEDELTA: _dec_timedelta,
     EXT_DECIMAL: _dec_decimal,
     EXT_UUID: _dec_uuid,
-    EXT_SET: _dec_set,
-    EXT_FROZENSET: _dec_frozenset,
-    EXT_TUPLE: _dec_tuple,
     EXT_BIGINT: _dec_bigint,
+}
+# Their ext data is a msgpack array of the elements, unpacked one level deeper.
+_CONTAINER_TYPES: dict[int, Callable[[list[Any]], Any]] = {
+    EXT_SET: set,
+    EXT_FROZENSET: frozenset,
+    EXT_TUPLE: tuple,
 }
 
 
-def _ext_hook(code: int, data: bytes) -> Any:
+def _ext_hook(depth: int, code: int, data: bytes) -> Any:
     decoder = _DECODERS.get(code)
-    if decoder is None:
+    if decoder is not None:
+        return decoder(data)
+    container = _CONTAINER_TYPES.get(code)
+    if container is None:
         raise CodecError(f"unknown msgpack extension type {code} (written by newer code?)")
-    return decoder(data)
+    if depth >= MAX_EXT_NESTING:
+        raise CodecError(_TOO_DEEP)
+    return container(_unpack(data, depth + 1))
+
+
+_EXT_HOOKS = [functools.partial(_ext_hook, depth) for depth in range(MAX_EXT_NESTING + 1)]
 
 
 # What a malformed (but checksum-valid, so writer-made) payload can raise while decoding.

@@ -144,7 +144,7 @@ def read_export_header(f: BinaryIO, *, source: str) -> ExportHeader:
         )
     try:
         fields = json.loads(rest[:length])
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." nested too deep
         raise ExportFileError(f"{source}: export header is not JSON: {exc}") from exc
     if not isinstance(fields, dict):
         raise ExportFileError(f"{source}: export header is not a JSON object")
@@ -208,7 +208,9 @@ def _header_problem(fields: dict[str, Any]) -> str | None:
         value = fields.get(name)
         if isinstance(value, bool) or not isinstance(value, types):
             return f"export header field {name!r} is missing or not a {types[0].__name__}"
-    generation = fields.get("generation")
+    if "generation" not in fields:
+        return "export header field 'generation' is missing"
+    generation = fields["generation"]
     if generation is not None and (isinstance(generation, bool) or not isinstance(generation, int)):
         return "export header field 'generation' is not an int or null"
     if not is_valid_name(fields["tenant"]):
