@@ -20,10 +20,21 @@ Worker -> router, unsolicited events:
   {"event": "checkpointed", "generation": int, "journal_pos": int}   any checkpoint that landed,
                                                        the one written at stop included
   {"event": "checkpoint_failed", "error": str}         the old snapshot and the journal stay
+                                                       (a background retry adds "retry_in_s")
+  {"event": "writes_unavailable", "error": str}        the journal failed (disk full, quota, I/O
+                                                       error): writes get 503 with `error`, e.g.
+                                                       "cannot make writes durable: no space left
+                                                       on device"; reads are still served and the
+                                                       worker keeps running (not a crash, not a
+                                                       boot failure); it retries on its own
+  {"event": "writes_restored", "unavailable_s": float} a new journal could be written: writes are
+                                                       accepted again, after that many seconds
 Router -> worker requests, each answered by {"id": same, "ok": true, ...} or
 {"id": same, "ok": false, "error": str}:
   {"id": n, "op": "ping"}        -> {"journal_pos", "dirty", "checkpointing", "generation",
-                                     "unsaved", "checkpoint_error"}
+                                     "unsaved", "checkpoint_error",
+                                     "writes_unavailable": str|null (the reason while writes
+                                     are refused, as in the event; null when they are accepted)}
   {"id": n, "op": "checkpoint"}  -> {"changed", "generation", "journal_pos"} (forked child writes)
   {"id": n, "op": "stop"}        -> answered at once; then the worker drains, checkpoints if
                                     dirty (in-process) and exits
@@ -32,8 +43,9 @@ End of file on the socket means the router is gone: the worker checkpoints if di
 so no worker outlives its router even when the router was killed with SIGKILL.
 
 Exit status: 0 after a stop, BOOT_FAILED_EXIT when it could not restore, DURABILITY_LOST_EXIT
-when its journal failed (it stopped acknowledging writes and exits to restart from durable
-state), anything else (or a signal) is a crash.
+when its journal failed and it could not read its durable state back to go on serving it, or
+its last journal fsync at stop failed (the next start restores from disk), anything else (or a
+signal) is a crash. A journal failure alone does not end the worker (see writes_unavailable).
 """
 
 from __future__ import annotations
@@ -50,6 +62,8 @@ READY = "ready"
 BOOT_FAILED = "boot_failed"
 CHECKPOINTED = "checkpointed"
 CHECKPOINT_FAILED = "checkpoint_failed"
+WRITES_UNAVAILABLE = "writes_unavailable"
+WRITES_RESTORED = "writes_restored"
 # requests, router -> worker
 PING = "ping"
 CHECKPOINT = "checkpoint"

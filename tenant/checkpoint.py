@@ -15,9 +15,13 @@ stay, the state stays dirty (unsaved), the error is raised, and a forked checkpo
 in the background with backoff (2 s, doubling, at most 60 s apart) until one lands or nothing
 is left to save: acknowledged writes are still safe in the journal meanwhile.
 
-A checkpoint is refused once the journal has failed (the context is no longer durable): the
-state in memory may then hold commands that were never acknowledged, and the worker restarts
-from durable state instead.
+A snapshot holds only commands that count as acknowledged: before it takes its position, a
+checkpoint holds new commands back and waits until the journal has made every applied one
+durable (`Journal.settle`: one group-commit fsync at most), so a journal that fails later can
+never have refused a command the snapshot holds. A checkpoint is refused while writes are
+unavailable after a journal failure (the context is not durable): the state may then hold
+refused commands, and the journal keeps every acknowledged write anyway
+(tenant/write_recovery.py). The final checkpoint at stop follows the same rules.
 """
 
 from __future__ import annotations
@@ -80,7 +84,9 @@ class Checkpointer:
         self.retry_at: float | None = None  # time.time() of the next retry
         self._retry_timer: asyncio.TimerHandle | None = None
         self._retry_task: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()
+        # One checkpoint at a time; held also while the state is rebuilt after a journal
+        # failure, so a checkpoint never lands in the middle of that.
+        self.lock = asyncio.Lock()
 
     @property
     def unsaved(self) -> bool:
@@ -104,24 +110,28 @@ class Checkpointer:
         return outcome
 
     async def _checkpoint(self, *, fork: bool) -> CheckpointOutcome:
-        async with self._lock:
+        async with self.lock:
             ctx = self.context
-            if not ctx.durable:
-                raise CheckpointFailed(
-                    f"checkpoint of {ctx.tenant} refused: the journal failed "
-                    f"({ctx.durability_error}), so the state may hold commands that are not "
-                    "durable; the worker restarts from durable state"
-                )
+            self._refuse_unless_durable()
             if not ctx.dirty:
                 return CheckpointOutcome(False, self.generation, ctx.journal_pos)
-            position, covered = ctx.journal_pos, ctx.commands_since_checkpoint
-            self._rotate()
-            self.running = True
+            child: tuple[int, int] | None = None
+            with ctx.holding_writes():
+                await self._settle_journal()
+                position, covered = ctx.journal_pos, ctx.commands_since_checkpoint
+                self._rotate()
+                self.running = True
+                try:
+                    if fork:
+                        child = self._fork_child(position)  # it has its copy: writes go on
+                    else:
+                        generation = self._write(position)
+                except BaseException:
+                    self.running = False
+                    raise
             try:
-                if fork:
-                    generation = await self._write_in_child(position)
-                else:
-                    generation = self._write(position)
+                if child is not None:
+                    generation = await self._await_child(*child)
             finally:
                 self.running = False
             ctx.commands_since_checkpoint -= covered
@@ -131,6 +141,26 @@ class Checkpointer:
                 with contextlib.suppress(OSError):  # the next checkpoint prunes them
                     self.journal.prune(oldest)
             return CheckpointOutcome(True, generation, position)
+
+    def _refuse_unless_durable(self) -> None:
+        ctx = self.context
+        if not ctx.durable:
+            raise CheckpointFailed(
+                f"checkpoint of {ctx.tenant} refused while writes are unavailable "
+                f"({ctx.writes_unavailable}); the journal keeps every acknowledged write"
+            )
+
+    async def _settle_journal(self) -> None:
+        """Wait until every command applied so far counts as acknowledged (a failure of the
+        journal meanwhile is a failed checkpoint, and the context learns of it)."""
+        try:
+            await self.journal.settle()
+        except JournalWriteError as exc:
+            self.context.durability_lost(exc)
+            raise CheckpointFailed(f"checkpoint of {self.context.tenant} failed: "
+                                   f"{self.context.writes_unavailable}") from exc
+        except JournalError as exc:
+            raise CheckpointFailed(f"checkpoint of {self.context.tenant} failed: {exc}") from exc
 
     def _rotate(self) -> None:
         """Start a new journal segment at the checkpoint's position, if the disk allows.
@@ -164,7 +194,9 @@ class Checkpointer:
             raise CheckpointFailed(f"checkpoint of {ctx.tenant} failed: {exc}") from exc
         return info.generation
 
-    async def _write_in_child(self, position: int) -> int:
+    def _fork_child(self, position: int) -> tuple[int, int]:
+        """Fork the child that writes the snapshot at `position`: (its pid, the pipe it
+        reports on). It runs on a copy-on-write view of the state as of this call."""
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: no event loop, no logging, no locks; pack, write, _exit
@@ -183,6 +215,9 @@ class Checkpointer:
             finally:
                 os._exit(status)
         os.close(write_fd)
+        return pid, read_fd
+
+    async def _await_child(self, pid: int, read_fd: int) -> int:
         loop = asyncio.get_running_loop()
         message, status = await loop.run_in_executor(None, _collect_child, pid, read_fd)
         if "generation" in message and status == 0:

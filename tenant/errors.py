@@ -9,10 +9,10 @@ TenantError
   JournalError        see tenant/journal.py
     JournalCorrupt    a bad journal record that is not the torn tail, or a gap in the seqs:
                       restore stops rather than skip acknowledged commands
-    JournalWriteError a write or fsync of the journal failed; the journal is broken for good
-  DurabilityLost      raised by `TenantContext.execute` once the journal is broken: the state in
-                      memory may hold commands that are not durable, so the worker answers 503
-                      and exits, and the next start restores from what is on disk
+    JournalWriteError a write or fsync of the journal failed; that journal is broken for good
+  DurabilityLost      raised by `TenantContext.execute` for a command the journal could not make
+                      durable, and for every command while writes are unavailable after such a
+                      failure: not acknowledged, answered 503 (DurabilityGuard); reads go on
 """
 
 from __future__ import annotations
@@ -64,10 +64,14 @@ class JournalWriteError(JournalError):
 
 
 class DurabilityLost(TenantError):
-    """The journal can no longer make commands durable (a write or fsync failed).
+    """This command is not durable: the journal failed (a write or fsync), or has not been
+    started again since it did. The message is the reason a user reads: "cannot make writes
+    durable: no space left on device".
 
-    Never an acknowledgement: the request that sees it answers 503, and the worker stops so that
-    the next start restores from the durable snapshot and journal.
+    Never an acknowledgement: the request that sees it answers 503 (DurabilityGuard). The
+    command is not in the state the worker serves from then on: the worker rebuilds it from
+    the durable files and accepts writes again once a new journal segment could be started
+    (tenant/write_recovery.py).
     """
 
     status = 503

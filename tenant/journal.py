@@ -16,6 +16,10 @@ Durability by `fsync_policy`, i.e. what holds when the future returned by `appen
   nothing; a machine crash can lose any recent writes.
 A failed write or fsync breaks the journal for good (JournalWriteError now and on every later
 append): fsync is never retried, since a retry can report success over pages the kernel dropped.
+`kept_seq` then says which records may have been acknowledged; the worker goes on with a new
+journal, not this one (tenant/write_recovery.py): `drop_unkept` cuts the refused records out
+of the files it leaves, and `Journal.start_after_failure` starts a new segment right after
+`kept_seq`, which supersedes whatever the failed file holds past it (tenant/journal_format.py).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import contextlib
 import itertools
 import os
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -51,7 +55,7 @@ from tenant.journal_format import (
 __all__ = [
     "FSYNC_POLICIES", "MAX_PAYLOAD_BYTES", "Journal", "JournalCorrupt", "JournalError",
     "JournalRecord", "JournalStats", "JournalWriteError", "PreparedRecord", "ReplayResult",
-    "read_records",
+    "drop_unkept", "read_records",
 ]
 
 FSYNC_POLICIES = ("always", "everysec", "never")
@@ -94,6 +98,9 @@ class Journal:
         self._stop = asyncio.Event()
         self._error: BaseException | None = None
         self._closed = False
+        # Called once, with the OSError, when the journal breaks (whatever noticed it: an
+        # append, the group-commit flusher, the "everysec" ticker, a rotation).
+        self.on_failure: Callable[[BaseException], None] | None = None
         self._stats = JournalStats()
         # One thread, so fsyncs never run concurrently and never wait behind other work.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal-fsync")
@@ -164,9 +171,42 @@ class Journal:
         fd, _ = create_segment(directory, next_seq)
         return cls(directory, fd, False, next_seq, fsync_policy, loop)
 
+    @classmethod
+    def start_after_failure(cls, journal_dir: str | os.PathLike[str], *, next_seq: int,
+                            fsync_policy: str = "always") -> Journal:
+        """A journal in a new segment at `next_seq` (a failed journal's `kept_seq` + 1).
+
+        Never opens a segment a failure touched: the new segment supersedes the records at
+        and after `next_seq` that the failed files may still hold (tenant/journal_format.py),
+        and segments that start after `next_seq` (only refused records) are removed first.
+        When this returns, the new segment's header and name are on disk. On a full disk it
+        raises SegmentNotCreated (an OSError) and nothing changed: call again later.
+        """
+        if fsync_policy not in FSYNC_POLICIES:
+            raise ValueError(f"fsync_policy must be one of {FSYNC_POLICIES}, not {fsync_policy!r}")
+        directory = Path(journal_dir)
+        remove_temp_segments(directory)
+        for first, path in list_segments(directory):
+            if first > next_seq:
+                path.unlink(missing_ok=True)
+        fd, _ = create_segment(directory, next_seq, replace=True)
+        return cls(directory, fd, False, next_seq, fsync_policy, None)
+
     @property
     def next_seq(self) -> int:
         return self._next_seq
+
+    @property
+    def kept_seq(self) -> int:
+        """The last seq that may have been acknowledged: what a failure must keep.
+
+        "always": the last fsynced record (and the records found at open, which the state
+        has held since); every later one was refused, or is still waiting. "everysec" and
+        "never": the last record written in full, since writing is what acknowledges there.
+        """
+        if self._policy == "always":
+            return max(self._durable_seq, self._opened_end_seq)
+        return self._next_seq - 1
 
     @property
     def durable_seq(self) -> int:
@@ -219,6 +259,28 @@ class Journal:
             if self._policy == "everysec" and self._ticker is None:
                 self._ticker = loop.create_task(self._tick())
         return future
+
+    async def settle(self) -> None:
+        """Return once every record appended so far counts as acknowledged: fsynced under
+        "always" (one group-commit fsync away at most), written under the other policies (at
+        once). A checkpoint waits for this before it takes its position, so a snapshot never
+        holds a command the journal may still refuse. JournalWriteError if the journal fails.
+        """
+        if self._policy != "always":
+            self._check_usable()
+            return
+        target = self._next_seq - 1
+        durable = self.durable_seq  # may take in open()'s fsync result, failure included
+        self._check_usable()
+        if durable >= target:
+            return
+        loop = self._loop or asyncio.get_running_loop()
+        self._loop = loop
+        future: asyncio.Future[int] = loop.create_future()
+        self._waiters.append((target, future))  # target >= every seq already waiting
+        if self._flusher is None:
+            self._flusher = loop.create_task(self._flush_waiters())
+        await future
 
     def rotate(self) -> None:
         """Start a new segment named by `next_seq` (at a checkpoint: the snapshot covers the rest).
@@ -373,7 +435,8 @@ class Journal:
 
     def _fail(self, exc: BaseException) -> None:
         """Break the journal for good and fail everything still waiting for durability."""
-        if self._error is None:
+        first = self._error is None
+        if first:
             self._error = exc
         while self._waiters:
             seq, future = self._waiters.popleft()
@@ -381,3 +444,28 @@ class Journal:
                 error = JournalWriteError(f"seq {seq} is not durable: journal write failed: {exc}")
                 error.__cause__ = exc
                 future.set_exception(error)
+        if first and self.on_failure is not None:
+            self.on_failure(exc)
+
+
+def drop_unkept(journal_dir: str | os.PathLike[str], kept_seq: int) -> None:
+    """Cut the records after `kept_seq` out of a failed journal's files, in the page cache.
+
+    Nothing is fsynced (a failed file is never fsynced again) and nothing needs free space:
+    the segment holding `kept_seq` is truncated right after it and later segments are
+    removed. So a worker killed before `Journal.start_after_failure` succeeds does not replay
+    a refused command at its next start; after a machine crash the files may still hold
+    them, until the new segment supersedes them. OSError or JournalCorrupt when a file cannot
+    be read or cut (the caller's bounded replay still leaves those records out).
+    """
+    directory = Path(journal_dir)
+    segments = list_segments(directory)
+    holding = [(first, path) for first, path in segments if first <= kept_seq]
+    if holding:
+        first, path = holding[-1]
+        scan = scan_segment(path, first, is_last=True, through_seq=kept_seq)
+        if path.stat().st_size > scan.good_end:
+            os.truncate(path, scan.good_end)
+    for first, path in segments:
+        if first > kept_seq:
+            path.unlink(missing_ok=True)

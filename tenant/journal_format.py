@@ -26,6 +26,15 @@ Torn tail: a crash can leave the last record of the last segment partly written.
 valid record follows it; it is dropped and reported, and `Journal.open` truncates it. A bad
 record anywhere else is JournalCorrupt: it cannot be a torn write, and the records after it
 may have been acknowledged, so restore stops instead of skipping them.
+
+A later segment supersedes: the records of a segment count only up to the seq before the next
+segment's first seq, and whatever follows them in that file is never read. This is how the
+journal goes on after a failed write or fsync without touching the failed file again
+(`Journal.start_after_failure`): the new segment starts right after the last record that may
+have been acknowledged, so the refused records (and a torn one) left behind it in the failed
+file never replay. Only that path writes a segment whose first seq is not past every record
+on disk. A superseded segment that holds *fewer* records than the next one's first seq needs
+is still a gap (JournalCorrupt).
 """
 
 from __future__ import annotations
@@ -119,16 +128,22 @@ def frame_record(seq: int, record: PreparedRecord) -> bytes:
 # ---------------------------------------------------------------- reading
 
 
-def read_records(journal_dir: str | os.PathLike[str], after_seq: int) -> ReplayResult:
-    """Every record with seq > after_seq, checked; raises JournalCorrupt rather than skip one."""
+def read_records(journal_dir: str | os.PathLike[str], after_seq: int,
+                 through_seq: int | None = None) -> ReplayResult:
+    """Every record with seq > after_seq (and <= through_seq, when given), checked; raises
+    JournalCorrupt rather than skip one. A segment's records count up to the next segment's
+    first seq (see "A later segment supersedes" above)."""
     segments = list_segments(Path(journal_dir))
     records: list[JournalRecord] = []
     expect = after_seq + 1
     torn: tuple[Path, int] | None = None
     for i, (first, path) in enumerate(segments):
         is_last = i == len(segments) - 1
-        if not is_last and segments[i + 1][0] - 1 <= after_seq:
+        superseded_from = None if is_last else segments[i + 1][0]
+        if superseded_from is not None and superseded_from - 1 <= after_seq:
             continue  # all its records are in the snapshot: not needed, not read
+        if through_seq is not None and first > through_seq:
+            break
         if first > expect:
             if expect == after_seq + 1:
                 raise JournalCorrupt(
@@ -136,9 +151,10 @@ def read_records(journal_dir: str | os.PathLike[str], after_seq: int) -> ReplayR
                     f"{after_seq}: seqs {expect}..{first - 1} are missing"
                 )
             raise JournalCorrupt(f"{path}: starts at seq {first}, expected {expect}: seqs missing")
-        if first < expect and expect > after_seq + 1:
-            raise JournalCorrupt(f"{path}: starts at seq {first}, overlapping seq {expect - 1}")
-        scan = scan_segment(path, first, is_last=is_last)
+        last = None if superseded_from is None else superseded_from - 1
+        if through_seq is not None:
+            last = through_seq if last is None else min(last, through_seq)
+        scan = scan_segment(path, first, is_last=is_last, through_seq=last)
         for record in scan.records:
             if record.seq >= expect:
                 records.append(record)
@@ -151,13 +167,15 @@ def read_records(journal_dir: str | os.PathLike[str], after_seq: int) -> ReplayR
 @dataclass
 class SegmentScan:
     records: list[JournalRecord]
-    good_end: int  # offset just past the last good record
+    good_end: int  # offset just past the last good record (read)
     torn: bool  # a torn record was dropped at good_end (only ever in the last segment)
 
 
-def scan_segment(path: Path, first_seq: int, *, is_last: bool) -> SegmentScan:
-    """Every record of one segment, checked. JournalCorrupt for a bad header, a seq out of
-    order, or a bad record that is not the torn tail of the last segment."""
+def scan_segment(path: Path, first_seq: int, *, is_last: bool,
+                 through_seq: int | None = None) -> SegmentScan:
+    """Every record of one segment (up to through_seq, when given: the bytes after it are
+    not read), checked. JournalCorrupt for a bad header, a seq out of order, or a bad record
+    that is not the torn tail of the last segment."""
     data = path.read_bytes()
     if len(data) < _HEADER.size or data[: len(MAGIC)] != MAGIC:
         raise JournalCorrupt(f"{path}: bad segment header at offset 0 (seq {first_seq})")
@@ -168,7 +186,7 @@ def scan_segment(path: Path, first_seq: int, *, is_last: bool) -> SegmentScan:
         )
     records: list[JournalRecord] = []
     offset, seq = _HEADER.size, first_seq
-    while offset < len(data):
+    while offset < len(data) and (through_seq is None or seq <= through_seq):
         record, end = _parse_at(data, offset)
         if record is None:
             if is_last and not _record_follows(data, offset, seq):
@@ -243,15 +261,18 @@ class SegmentNotCreated(OSError):
     """Creating a segment failed before its rename; its temp file is gone (cause: the error)."""
 
 
-def create_segment(journal_dir: Path, first_seq: int) -> tuple[int, Path]:
+def create_segment(journal_dir: Path, first_seq: int, *,
+                   replace: bool = False) -> tuple[int, Path]:
     """A new, empty segment opened for append. On return its header and name are on disk.
 
     A failure before the rename (ENOSPC, EIO on the temp file) removes the temp file and
     raises SegmentNotCreated: nothing changed. A failure later (the directory fsync) is an
     OSError: the new name may or may not be on disk, so the caller must not go on appending.
+    An existing segment of that name is a JournalError, unless `replace`: then the rename
+    swaps the new empty segment in for it in one step (the old one held only refused records).
     """
     path = journal_dir / f"{first_seq:020d}.journal"
-    if path.exists():
+    if path.exists() and not replace:
         raise JournalError(f"{path} already exists")
     tmp = path.with_name(path.name + _TEMP_SUFFIX)
     try:

@@ -30,8 +30,11 @@ class RecoveredState:
     warnings: list[str] = field(default_factory=list)
 
 
-def recover_state(app: TenantApp, store: LocalStore, tenant: str) -> RecoveredState:
-    """The tenant's state from `store`'s data dir: its snapshots, then its journal."""
+def recover_state(app: TenantApp, store: LocalStore, tenant: str,
+                  through_seq: int | None = None) -> RecoveredState:
+    """The tenant's state from `store`'s data dir: its snapshots, then its journal (up to
+    `through_seq` when given: a worker whose journal failed rebuilds its state without the
+    records it refused; a snapshot past that position is a RestoreError)."""
     try:
         # Verified and decoded in one step: hashing overlaps decoding (see LocalStore).
         loaded = store.load_newest_valid_state(tenant, get_codec)
@@ -52,8 +55,13 @@ def recover_state(app: TenantApp, store: LocalStore, tenant: str) -> RecoveredSt
         for path, reason in loaded.skipped:
             recovered.warnings.append(
                 f"snapshot {path} is damaged ({reason}); restored an older generation")
+    if through_seq is not None and recovered.journal_pos > through_seq:
+        raise RestoreError(f"snapshot generation {recovered.generation} of {tenant} covers seq "
+                           f"{recovered.journal_pos}, past the journal's last kept seq "
+                           f"{through_seq}")
     try:
-        replay = read_records(store.layout.journal_dir(tenant), after_seq=recovered.journal_pos)
+        replay = read_records(store.layout.journal_dir(tenant), after_seq=recovered.journal_pos,
+                              through_seq=through_seq)
         for record in replay.records:
             app.apply(recovered.state, record.name, record.args, record.now)
             recovered.journal_pos = record.seq

@@ -10,6 +10,9 @@ Restore = newest valid snapshot + replay of the journal after the snapshot's pos
 corrupt newest snapshot falls back a generation (loudly: a warning goes to the router); if
 snapshot files exist but none verifies, the worker refuses to start rather than serve an
 empty tenant over existing data.
+
+A journal failure while serving (a full disk) does not end the worker: writes are refused,
+reads go on, and writes come back by themselves (tenant/write_recovery.py).
 """
 
 from __future__ import annotations
@@ -49,9 +52,10 @@ from tenant.app import TenantApp
 from tenant.checkpoint import Checkpointer, CheckpointFailed
 from tenant.context import DurabilityGuard, TenantContext, activate
 from tenant.control import open_channel
-from tenant.errors import TenantError
+from tenant.errors import JournalError, TenantError
 from tenant.journal import Journal
 from tenant.recovery import recover_state
+from tenant.write_recovery import WriteRecovery
 
 log = logging.getLogger("switchboard.tenant")
 
@@ -135,12 +139,18 @@ class Worker:
             return BOOT_FAILED_EXIT
         activate(restored.context)
         self.context = restored.context
-        restored.context.on_durability_lost = self.durability_lost
         self.checkpointer = Checkpointer(
             restored.context, store, restored.journal, generation=restored.generation,
             close_in_child=(self.control_fd, self.listen_fd), notify=channel.send,
         )
-        server = self._make_server(DurabilityGuard(app.asgi, restored.context))
+        self.recovery = WriteRecovery(
+            restored.context, store, self.checkpointer, fsync_policy=self.spec.journal_fsync,
+            notify=channel.send, on_fatal=self.cannot_recover,
+        )
+        restored.context.on_durability_lost = self.recovery.journal_failed
+        restored.journal.on_failure = restored.context.durability_lost
+        server = self._make_server(DurabilityGuard(app.asgi, restored.context,
+                                                   retry_in_s=self.recovery.retry_in_s))
         sock = socket.socket(fileno=self.listen_fd)
         await server.start(sockets=[sock])
         loop = asyncio.get_running_loop()
@@ -159,8 +169,9 @@ class Worker:
         # Router gone (EOF), asked to stop, or SIGTERM: drain, checkpoint if dirty, exit.
         ticker.cancel()
         await server.drain(DRAIN_TIMEOUT_S)
+        await self.recovery.close()
         await self.final_checkpoint()
-        await restored.journal.close()
+        await self.close_journal()
         for task in (control_task, stop_task):
             task.cancel()
         return self.exit_code
@@ -180,14 +191,26 @@ class Worker:
             ws="websockets-sansio",
         )
 
-    def durability_lost(self, error: BaseException) -> None:
-        """The journal failed: answer 503 from now on (DurabilityGuard) and exit, so the next
-        start restores from durable state. No final checkpoint: the state may hold commands
-        that were never acknowledged."""
-        log.error("tenant %s: journal write failed, no longer acknowledging writes; "
-                  "exiting to restart from durable state: %s", self.spec.tenant, error)
+    def cannot_recover(self, error: BaseException) -> None:
+        """The journal failed and the durable state cannot be read back to serve it: exit, so
+        the next start restores from disk. No final checkpoint: the state may hold refused
+        commands (the checkpointer refuses it)."""
+        log.error("tenant %s: exiting to restart from durable state: %s",
+                  self.spec.tenant, error)
         self.exit_code = DURABILITY_LOST_EXIT
         self.stop_requested.set()
+
+    async def close_journal(self) -> None:
+        """The last fsync of the journal in use (none while writes are unavailable)."""
+        journal = self.context.journal
+        if not isinstance(journal, Journal):
+            return
+        try:
+            await journal.close()
+        except JournalError as exc:
+            # Nothing waits on it any more: under "always" every acknowledged write was
+            # fsynced already; under the relaxed policies this is the loss they accept.
+            log.error("tenant %s: closing the journal failed: %s", self.spec.tenant, exc)
 
     async def final_checkpoint(self) -> None:
         self.checkpointer.close()
@@ -211,7 +234,8 @@ class Worker:
                     "checkpointing": self.checkpointer.running,
                     "generation": self.checkpointer.generation,
                     "unsaved": self.checkpointer.unsaved,
-                    "checkpoint_error": self.checkpointer.last_error}
+                    "checkpoint_error": self.checkpointer.last_error,
+                    "writes_unavailable": self.context.writes_unavailable}
         if op == CHECKPOINT:
             try:
                 outcome = await self.checkpointer.checkpoint(fork=True)
