@@ -35,6 +35,7 @@ class TenantInfo:
     socket: str | None = None  # the worker's Unix socket path, None for a TCP worker
     last_exit: str | None = None  # how the last worker ended ("killed by signal 9 after 3.1s")
     rss_bytes: int | None = None  # the worker's resident memory at its last health ping
+    writes_unavailable: str | None = None  # why writes get 503 (disk full...), else None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -93,6 +93,7 @@ class TenantProcess:
         self.rss_bytes: int | None = None  # at the last health ping
         self.kill_reason: str | None = None  # why the router killed the worker, if it did
         self._pinging = False
+        self.writes_unavailable: str | None = None  # why the worker refuses writes, if it does
         self._start_task: asyncio.Task[None] | None = None
         # activity
         self.last_request_at: float | None = None  # Unix seconds
@@ -206,6 +207,7 @@ class TenantProcess:
             self.ping_misses = 0
             self.rss_bytes = None
             self.kill_reason = None
+            self.writes_unavailable = None
             self.last_error = None  # healthy again: an earlier failure is history (last_exit)
             self._transition(S.RUNNING)
             self.env.counters.starts += 1
@@ -421,6 +423,18 @@ class TenantProcess:
         elif event == wire.CHECKPOINT_FAILED:
             self.last_error = f"checkpoint failed: {message.get('error')}"
             log.error("tenant %s: %s", self.name, self.last_error)
+        elif event == wire.WRITES_UNAVAILABLE:
+            # The journal failed (disk full...): reads go on, writes get 503, the worker retries.
+            self.writes_unavailable = str(message.get("error"))
+            self.last_error = self.writes_unavailable
+            self.env.counters.writes_unavailable += 1
+            log.error("tenant %s: %s", self.name, self.writes_unavailable)
+        elif event == wire.WRITES_RESTORED:
+            log.info("tenant %s accepts writes again after %.1fs", self.name,
+                     float(message.get("unavailable_s") or 0))
+            if self.last_error == self.writes_unavailable:
+                self.last_error = None
+            self.writes_unavailable = None
 
     # ---- health ----
 
@@ -483,6 +497,7 @@ class TenantProcess:
             retry_at=None if retry_in is None else time.time() + retry_in,
             moved_to=record.moved_to, host=record.owner, epoch=record.epoch,
             last_exit=self.last_exit, rss_bytes=self.rss_bytes,
+            writes_unavailable=self.writes_unavailable,
         )
 
 
