@@ -63,7 +63,6 @@ class ProcessEnv:
     counters: Counters
     checkpoint_slots: asyncio.Semaphore
     make_room: Callable[[TenantProcess], Awaitable[None]]
-    on_stopped: list[Callable[[TenantProcess], None]] = field(default_factory=list)
     closing: bool = False
     background: set[asyncio.Task[Any]] = field(default_factory=set)
 
@@ -318,7 +317,6 @@ class TenantProcess:
         self.restarts += 1
         self.env.counters.crashes += 1
         self._transition(S.STOPPED)
-        self._notify_stopped()
         how = f"killed as {self.kill_reason}" if self.kill_reason else "exited unexpectedly"
         reason = f"worker {how}{handle.status_text()} after {uptime:.1f}s"
         self.kill_reason = None
@@ -336,10 +334,6 @@ class TenantProcess:
             return
         self.boot_failures = 0
         log.error("tenant %s: %s; it restarts on the next request", self.name, reason)
-
-    def _notify_stopped(self) -> None:
-        for callback in self.env.on_stopped:
-            callback(self)
 
     # ---- stop and checkpoint ----
 
@@ -375,7 +369,6 @@ class TenantProcess:
             self.worker = None
             self.last_exit = f"stopped ({why})"
             self._transition(S.STOPPED)
-            self._notify_stopped()
             log.info("tenant %s stopped (%s)", self.name, why)
         return True
 

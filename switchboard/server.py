@@ -84,10 +84,7 @@ class Router:
         second.cancel()
         for task in (reconcile, janitor):
             task.cancel()
-        proxy.pool.close_all()
-        for conn in list(proxy.connections):
-            if conn.transport is not None:
-                conn.transport.close()
+        proxy.close()
         admin.should_exit = True
         with contextlib.suppress(Exception):
             await asyncio.wait_for(admin.shutdown(), 5)

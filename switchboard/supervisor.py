@@ -53,11 +53,6 @@ class Supervisor:
             self.adopt(record)
 
     @property
-    def on_stopped(self) -> list[Callable[[TenantProcess], None]]:
-        """Called with each tenant whose worker has stopped (the proxy drops its connections)."""
-        return self.env.on_stopped
-
-    @property
     def closing(self) -> bool:
         return self.env.closing
 
