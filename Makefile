@@ -26,7 +26,7 @@ run: install
 	$(BIN)/python -m ops.demo --data-dir $(DATA)
 
 test: install system-deps
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=20
 
 test-fast: install system-deps
 	$(BIN)/pytest -q -m 'not slow'

@@ -151,12 +151,12 @@ class DataLayout:
         trash itself is left to the next sweep.
         """
         source = self.tenant_dir(name)
-        self.sweep_trash()
         trash = self.tenants_dir / f"{TRASH_PREFIX}{name}-{os.urandom(6).hex()}"
         try:
             os.rename(source, trash)
         except FileNotFoundError:
-            return
+            return  # nothing to delete (the common case at create): no scan of tenants/
+        self.sweep_trash()
         fsync_dir(self.tenants_dir)
         # The name is gone for good now; the bytes go next. A trash folder that comes back
         # after a crash is swept, so this needs no fsync of its own.
@@ -164,7 +164,7 @@ class DataLayout:
 
     def sweep_trash(self) -> list[Path]:
         """Remove the trash folders that deletes left behind (a crash mid-delete); returns
-        what it removed. Call at startup; delete_tenant calls it too.
+        what it removed. Call at startup; a delete that removed a folder calls it too.
 
         Safe next to a running delete: removing a folder already half removed is not an
         error, and a trash folder that cannot be removed now is tried again next time.

@@ -73,11 +73,19 @@ class ProcessEnv:
 
 
 class TenantProcess:
+    # Thousands are mapped and few run: slots, and nothing allocated until it is needed.
+    __slots__ = ("_lock", "_pinging", "_start_task", "boot_failures", "bytes_in", "bytes_out",
+                 "crash_times", "env", "generation", "in_flight", "kill_reason",
+                 "last_active", "last_checkpoint_at", "last_error", "last_exit",
+                 "last_request_at", "ping_misses", "record", "removed", "requests", "restarts",
+                 "retry_at", "rss_bytes", "started_at", "state", "waiting", "warnings",
+                 "worker", "writes_unavailable")
+
     def __init__(self, record: TenantRecord, env: ProcessEnv) -> None:
         self.record = record
         self.env = env
         self.state = S.MOVED if record.moved_to else S.STOPPED
-        self.lock = asyncio.Lock()
+        self._lock: asyncio.Lock | None = None
         self.worker: WorkerHandle | None = None
         self.removed = False  # set by `rm`: no start from now on
         # crash and backoff
@@ -86,8 +94,8 @@ class TenantProcess:
         self.retry_at: float | None = None  # monotonic time of the next start while backing off
         self.last_error: str | None = None
         self.last_exit: str | None = None  # how the last worker ended, and when
-        self.crash_times: collections.deque[float] = collections.deque()  # monotonic
-        self.warnings: list[str] = []
+        self.crash_times: collections.deque[float] | None = None  # monotonic, once crashed
+        self.warnings: list[str] | None = None
         self.ping_misses = 0
         self.rss_bytes: int | None = None  # at the last health ping
         self.kill_reason: str | None = None  # why the router killed the worker, if it did
@@ -109,6 +117,18 @@ class TenantProcess:
     @property
     def name(self) -> str:
         return self.record.name
+
+    @property
+    def lock(self) -> asyncio.Lock:
+        """The lifecycle lock: every change of state is made holding it."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
+
+    @property
+    def busy(self) -> bool:
+        """An operation on the worker (start, stop, checkpoint) is under way."""
+        return self._lock is not None and self._lock.locked()
 
     @property
     def port(self) -> int:
@@ -243,8 +263,8 @@ class TenantProcess:
             await _kill_and_reap(handle)
             raise
         self.generation = ready.get("generation")
-        self.warnings = list(ready.get("warnings") or [])
-        for warning in self.warnings:
+        self.warnings = list(ready.get("warnings") or []) or None
+        for warning in self.warnings or ():
             log.warning("tenant %s: %s", self.name, warning)
         return handle
 
@@ -322,6 +342,8 @@ class TenantProcess:
         self.kill_reason = None
         self.last_exit = reason
         now = time.monotonic()
+        if self.crash_times is None:
+            self.crash_times = collections.deque()
         self.crash_times.append(now)
         while self.crash_times and now - self.crash_times[0] > config.crash_loop_window_s:
             self.crash_times.popleft()
@@ -486,7 +508,7 @@ class TenantProcess:
             in_flight=self.in_flight, requests=self.requests, bytes_in=self.bytes_in,
             bytes_out=self.bytes_out, created_at=record.created_at, started_at=self.started_at,
             last_checkpoint_at=self.last_checkpoint_at, generation=self.generation,
-            last_error=self.last_error or ("; ".join(self.warnings) or None),
+            last_error=self.last_error or ("; ".join(self.warnings or ()) or None),
             retry_at=None if retry_in is None else time.time() + retry_in,
             moved_to=record.moved_to, host=record.owner, epoch=record.epoch,
             last_exit=self.last_exit, rss_bytes=self.rss_bytes,
