@@ -79,6 +79,14 @@ def snapshot_files(data_dir: Path, tenant: str) -> list[Path]:
     return DataLayout(data_dir).snapshot_files(tenant)
 
 
+def count_and_pid(client: httpx.Client, tenant: str) -> tuple[int, int]:
+    """A counter-style tenant's count and its worker's pid (GET /count)."""
+    response = client.get(f"/t/{tenant}/count")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    return body["count"], body["pid"]
+
+
 def get_ok(client: httpx.Client, path: str, timeout: float = 30) -> httpx.Response:
     """GET, retrying while a worker restarts (502 from a port nobody holds yet, 503, no
     connection); the first other answer is returned, whatever its status."""

@@ -20,7 +20,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import COUNTER, Router, alive, group_pids, snapshot_files, wait_until
+from tests.conftest import (
+    COUNTER,
+    Router,
+    alive,
+    count_and_pid,
+    group_pids,
+    snapshot_files,
+    wait_until,
+)
 
 MakeRouter = Callable[..., Router]
 FAST_FAILURES = {"SWITCHBOARD_BACKOFF_BASE_S": "0.05", "SWITCHBOARD_MAX_BOOT_FAILURES": "3"}
@@ -43,13 +51,6 @@ def add(client: httpx.Client, tenant: str, amount: int = 1) -> int:
     assert response.status_code == 201, response.text
     count: int = response.json()["count"]
     return count
-
-
-def count_and_pid(client: httpx.Client, tenant: str) -> tuple[int, int]:
-    response = client.get(f"/t/{tenant}/count")
-    assert response.status_code == 200, response.text
-    body = response.json()
-    return body["count"], body["pid"]
 
 
 # ---- Done when 2: single flight ---------------------------------------------------------------

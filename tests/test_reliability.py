@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import COUNTER, Router, alive, group_pids, wait_until
+from tests.conftest import COUNTER, Router, alive, count_and_pid, group_pids, wait_until
 
 MakeRouter = Callable[..., Router]
 
@@ -30,13 +30,6 @@ def tenant_workers(router: Router, tenant: str) -> list[int]:
         if title.startswith(f"switchboard: tenant {tenant} "):
             found.append(pid)
     return found
-
-
-def count_and_pid(client: httpx.Client, tenant: str) -> tuple[int, int]:
-    response = client.get(f"/t/{tenant}/count")
-    assert response.status_code == 200, response.text
-    body = response.json()
-    return body["count"], body["pid"]
 
 
 def test_rm_under_traffic_stops_the_worker_and_a_recreated_tenant_starts_empty(
