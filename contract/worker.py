@@ -29,12 +29,19 @@ Worker -> router, unsolicited events:
                                                        boot failure); it retries on its own
   {"event": "writes_restored", "unavailable_s": float} a new journal could be written: writes are
                                                        accepted again, after that many seconds
+  {"event": "busy", "work": [str]}                    the app's declared work in progress
+                                                       (`async with current().busy("import")`)
+                                                       changed; [] when none is left. While it is
+                                                       not empty the router neither idles the
+                                                       worker out nor evicts it (bounded by the
+                                                       router's max_busy_s)
 Router -> worker requests, each answered by {"id": same, "ok": true, ...} or
 {"id": same, "ok": false, "error": str}:
   {"id": n, "op": "ping"}        -> {"journal_pos", "dirty", "checkpointing", "generation",
                                      "unsaved", "checkpoint_error",
                                      "writes_unavailable": str|null (the reason while writes
-                                     are refused, as in the event; null when they are accepted)}
+                                     are refused, as in the event; null when they are accepted),
+                                     "busy": [str] (as in the busy event)}
   {"id": n, "op": "checkpoint"}  -> {"changed", "generation", "journal_pos"} (forked child writes)
   {"id": n, "op": "stop"}        -> answered at once; then the worker drains, checkpoints if
                                     dirty (in-process) and exits
@@ -64,6 +71,7 @@ CHECKPOINTED = "checkpointed"
 CHECKPOINT_FAILED = "checkpoint_failed"
 WRITES_UNAVAILABLE = "writes_unavailable"
 WRITES_RESTORED = "writes_restored"
+BUSY = "busy"
 # requests, router -> worker
 PING = "ping"
 CHECKPOINT = "checkpoint"
@@ -89,6 +97,10 @@ class WorkerSpec:
     log_level: str = "info"
     epoch: int = 1  # the tenant's fencing token (DESIGN.md "Between hosts")
     host_id: str | None = None  # this host's id in cluster mode, else None
+    # Limits the worker sets on itself before it restores (0: none). An allocation past the
+    # address-space limit raises MemoryError in the worker instead of waking the OOM killer.
+    max_address_space_bytes: int = 0
+    max_open_files: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
