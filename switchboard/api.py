@@ -4,7 +4,7 @@ driven in-process by tests with any object that implements it."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,6 +36,7 @@ class TenantInfo:
     last_exit: str | None = None  # how the last worker ended ("killed by signal 9 after 3.1s")
     rss_bytes: int | None = None  # the worker's resident memory at its last health ping
     writes_unavailable: str | None = None  # why writes get 503 (disk full...), else None
+    busy: list[str] = field(default_factory=list)  # the app's declared work in progress
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

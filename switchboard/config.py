@@ -69,6 +69,10 @@ class Config:
     port_range: tuple[int, int] = (20000, 29999)
     max_concurrent_checkpoints: int = 2  # forked checkpoints copy up to the heap each
     max_worker_rss_bytes: int = 0  # 0: no limit; past it a worker is recycled between requests
+    max_worker_address_space_bytes: int = 0  # RLIMIT_AS the worker sets on itself; 0: none
+    max_worker_open_files: int = 0  # RLIMIT_NOFILE the worker sets on itself; 0: as inherited
+    max_busy_s: float = 3600.0  # declared busy work keeps a worker resident this long at most
+    request_timeout_s: float = 300.0  # a worker that sends no answer this long: 504
 
     # Durability (passed to workers).
     journal_fsync: str = "always"  # always | everysec | never

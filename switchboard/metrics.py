@@ -25,6 +25,7 @@ class Counters:
     checkpoint_failures: int = 0
     unresponsive_kills: int = 0
     rss_recycles: int = 0
+    oom_kills: int = 0  # workers the kernel's OOM killer took
     writes_unavailable: int = 0  # journal failures that made a worker refuse writes
 
 

@@ -27,9 +27,11 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from contract import worker as wire
+from switchboard import procfs
 from switchboard.api import CheckpointResult, TenantInfo
 from switchboard.config import Config
 from switchboard.directory import Directory, TenantRecord
@@ -74,12 +76,12 @@ class ProcessEnv:
 
 class TenantProcess:
     # Thousands are mapped and few run: slots, and nothing allocated until it is needed.
-    __slots__ = ("_lock", "_pinging", "_start_task", "boot_failures", "bytes_in", "bytes_out",
-                 "crash_times", "env", "generation", "in_flight", "kill_reason",
-                 "last_active", "last_checkpoint_at", "last_error", "last_exit",
-                 "last_request_at", "ping_misses", "record", "removed", "requests", "restarts",
-                 "retry_at", "rss_bytes", "started_at", "state", "waiting", "warnings",
-                 "worker", "writes_unavailable")
+    __slots__ = ("_lock", "_oom_watch", "_pinging", "_start_task", "boot_failures", "busy_since",
+                 "busy_work", "bytes_in", "bytes_out", "crash_times", "env", "generation",
+                 "in_flight", "kill_reason", "last_active", "last_checkpoint_at", "last_error",
+                 "last_exit", "last_request_at", "ping_misses", "record", "removed", "requests",
+                 "restarts", "retry_at", "rss_bytes", "started_at", "state", "waiting",
+                 "warnings", "worker", "writes_unavailable")
 
     def __init__(self, record: TenantRecord, env: ProcessEnv) -> None:
         self.record = record
@@ -100,7 +102,10 @@ class TenantProcess:
         self.rss_bytes: int | None = None  # at the last health ping
         self.kill_reason: str | None = None  # why the router killed the worker, if it did
         self._pinging = False
+        self._oom_watch: tuple[Path, int] | None = None  # the worker's cgroup OOM count at start
         self.writes_unavailable: str | None = None  # why the worker refuses writes, if it does
+        self.busy_work: list[str] | None = None  # the app's declared work in progress
+        self.busy_since: float | None = None  # monotonic, while busy_work is not empty
         self._start_task: asyncio.Task[None] | None = None
         # activity
         self.last_request_at: float | None = None  # Unix seconds
@@ -126,7 +131,7 @@ class TenantProcess:
         return self._lock
 
     @property
-    def busy(self) -> bool:
+    def operating(self) -> bool:
         """An operation on the worker (start, stop, checkpoint) is under way."""
         return self._lock is not None and self._lock.locked()
 
@@ -142,7 +147,13 @@ class TenantProcess:
 
     @property
     def idle(self) -> bool:
-        return self.state is S.RUNNING and self.in_flight == 0 and self.waiting == 0
+        """Nothing is using the worker: no request in flight or waiting (an open WebSocket is a
+        request in flight), and no work the app declared busy, unless that has run past
+        max_busy_s (a `busy()` that never ends must not pin the worker for ever)."""
+        if self.state is not S.RUNNING or self.in_flight or self.waiting:
+            return False
+        return self.busy_since is None or (
+            time.monotonic() - self.busy_since > self.env.config.max_busy_s)
 
     # ---- the one place state changes ----
 
@@ -220,6 +231,7 @@ class TenantProcess:
                 self._transition(S.STOPPED)
                 raise
             self.worker = handle
+            self._oom_watch = _oom_watch(handle.pid)
             self.started_at = time.time()
             self.last_active = time.monotonic()
             self.retry_at = None
@@ -227,6 +239,8 @@ class TenantProcess:
             self.rss_bytes = None
             self.kill_reason = None
             self.writes_unavailable = None
+            self.busy_work = None
+            self.busy_since = None
             self.last_error = None  # healthy again: an earlier failure is history (last_exit)
             self._transition(S.RUNNING)
             self.env.counters.starts += 1
@@ -243,6 +257,8 @@ class TenantProcess:
             journal_fsync=config.journal_fsync, keep_generations=config.keep_generations,
             log_format="json" if config.log_format != "text" else "text",
             log_level=config.log_level, epoch=self.record.epoch, host_id=self.record.owner,
+            max_address_space_bytes=config.max_worker_address_space_bytes,
+            max_open_files=config.max_worker_open_files,
         )
 
     async def _spawn_ready(self) -> WorkerHandle:
@@ -337,6 +353,10 @@ class TenantProcess:
         self.restarts += 1
         self.env.counters.crashes += 1
         self._transition(S.STOPPED)
+        if self.kill_reason is None and handle.exit_status == -signal.SIGKILL and _oom_killed(
+                self._oom_watch):
+            self.kill_reason = "out of memory by the kernel's OOM killer"
+            self.env.counters.oom_kills += 1
         how = f"killed as {self.kill_reason}" if self.kill_reason else "exited unexpectedly"
         reason = f"worker {how}{handle.status_text()} after {uptime:.1f}s"
         self.kill_reason = None
@@ -444,6 +464,14 @@ class TenantProcess:
             self.last_error = self.writes_unavailable
             self.env.counters.writes_unavailable += 1
             log.error("tenant %s: %s", self.name, self.writes_unavailable)
+        elif event == wire.BUSY:
+            work = [str(name) for name in message.get("work") or ()]
+            self.busy_work = work or None
+            if not work:
+                self.busy_since = None
+                self.last_active = time.monotonic()  # idle time counts from the work's end
+            elif self.busy_since is None:
+                self.busy_since = time.monotonic()
         elif event == wire.WRITES_RESTORED:
             log.info("tenant %s accepts writes again after %.1fs", self.name,
                      float(message.get("unavailable_s") or 0))
@@ -483,7 +511,7 @@ class TenantProcess:
         finally:
             self._pinging = False
         if handle.pid is not None:
-            self.rss_bytes = _rss_bytes(handle.pid)
+            self.rss_bytes = procfs.rss_bytes(handle.pid)
 
     @property
     def over_memory_limit(self) -> bool:
@@ -512,7 +540,7 @@ class TenantProcess:
             retry_at=None if retry_in is None else time.time() + retry_in,
             moved_to=record.moved_to, host=record.owner, epoch=record.epoch,
             last_exit=self.last_exit, rss_bytes=self.rss_bytes,
-            writes_unavailable=self.writes_unavailable,
+            writes_unavailable=self.writes_unavailable, busy=self.busy_work or [],
         )
 
 
@@ -525,16 +553,17 @@ async def _quietly(future: asyncio.Future[Any], timeout: float) -> bool:
         return False
 
 
-def _rss_bytes(pid: int) -> int | None:
-    """Resident set size of `pid` (VmRSS), None when it cannot be read (gone, not Linux)."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+def _oom_watch(pid: int | None) -> tuple[Path, int] | None:
+    counter_file = procfs.oom_counter_file(pid) if pid is not None else None
+    count = procfs.oom_kills(counter_file)
+    return None if counter_file is None or count is None else (counter_file, count)
+
+
+def _oom_killed(watch: tuple[Path, int] | None) -> bool:
+    if watch is None:
+        return False
+    count = procfs.oom_kills(watch[0])
+    return count is not None and count > watch[1]
 
 
 async def _kill_and_reap(handle: WorkerHandle) -> None:

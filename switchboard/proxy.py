@@ -31,6 +31,7 @@ The router's own answers: 400 (bad tenant name, malformed request), 404 (no tena
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Callable
@@ -47,7 +48,7 @@ from switchboard.routing import (
     route_host,
     route_path,
 )
-from switchboard.upstream import HOP_BY_HOP, UpstreamPool, header_value
+from switchboard.upstream import HOP_BY_HOP, UpstreamConnection, UpstreamPool, header_value
 
 DROPPED_FROM_CLIENT = HOP_BY_HOP | {b"x-forwarded-prefix", b"content-length"}
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
@@ -83,6 +84,12 @@ class Admission(Protocol[TenantT]):
     async def recover(self, tenant: TenantT, worker: Any) -> bool:
         """`worker` failed a request in flight: wait for the next one (False: it is alive)."""
         ...
+
+
+def _cut_off_unanswered(conn: UpstreamConnection) -> None:
+    if not conn.answered and not conn.closed:
+        conn.timed_out = True
+        conn.abort()
 
 
 def health_response(pid: int) -> bytes:
@@ -205,9 +212,16 @@ class Proxy:
             out = [head]
             if body is not None:
                 body.attach(conn, out)
-            reusable = await conn.exchange(client, out, head_only=req.method == b"HEAD",
-                                           close_client=close_client,
-                                           http10=req.version == "1.0")
+            exchange = conn.exchange(client, out, head_only=req.method == b"HEAD",
+                                     close_client=close_client, http10=req.version == "1.0")
+            # No answer within request_timeout_s: cut the worker off and answer 504 (an answer
+            # that has started may stream for as long as it likes).
+            timer = asyncio.get_running_loop().call_later(
+                self.config.request_timeout_s, _cut_off_unanswered, conn)
+            try:
+                reusable = await exchange
+            finally:
+                timer.cancel()
             if body is not None:
                 if conn.answered and not body.complete and not body.cut_short:
                     await body.wait_complete(BODY_GRACE_S)
@@ -217,6 +231,10 @@ class Proxy:
                     if not conn.answered:
                         client.fail(413, f"request body over {self.config.max_body_bytes} bytes")
                     return False
+            if conn.timed_out:
+                client.fail(504, f"tenant {route.tenant} sent no answer within "
+                                 f"{self.config.request_timeout_s:g}s")
+                return False
             if not conn.answered:
                 # Closed without a byte of answer. Only an idempotent request without a body is
                 # sent again: on a stale keep-alive connection, or to the next worker when this

@@ -146,7 +146,7 @@ class Supervisor:
         deadline = time.monotonic() + self.config.start_timeout_s
         while self.resident_count() >= self.config.max_resident:
             idle = [t for t in self.tenants.values()
-                    if t.idle and t is not starting and not t.busy]
+                    if t.idle and t is not starting and not t.operating]
             if idle:
                 victim = min(idle, key=lambda t: t.last_active)
                 log.info("evicting %s to make room for %s", victim.name, starting.name)
@@ -173,7 +173,7 @@ class Supervisor:
     def reconcile(self, now: float, *, ping: bool = False) -> None:
         idle_timeout = self.config.idle_timeout_s
         for tenant in self.tenants.values():
-            if tenant.busy:
+            if tenant.operating:
                 continue
             if tenant.idle and now - tenant.last_active >= idle_timeout:
                 self.env.run_in_background(self._stop_idle(tenant))

@@ -54,6 +54,7 @@ class UpstreamConnection(Endpoint):
         self.answered = False
         self.got_bytes = False
         self.upgraded = False
+        self.timed_out = False  # cut off by the proxy: no answer within request_timeout_s
         self.client_must_close = False
         self.bytes_out = 0
         self._parser = httptools.HttpResponseParser(self)

@@ -4,6 +4,7 @@ in time, so a worker the router fails to replace still ends by itself."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -55,6 +56,12 @@ async def deadlock(request: Request) -> JSONResponse:
     return JSONResponse({"deadlocked": True})
 
 
+async def sleep(request: Request) -> JSONResponse:
+    """Answer after `s` seconds without blocking the event loop (a slow handler)."""
+    await asyncio.sleep(min(float(request.query_params.get("s", 5)), MAX_FAULT_S))
+    return JSONResponse({"slept": True})
+
+
 async def grow(request: Request) -> JSONResponse:
     """Keep `mb` more megabytes alive (touched, so they are resident)."""
     mb = int(request.query_params.get("mb", 100))
@@ -65,5 +72,5 @@ async def grow(request: Request) -> JSONResponse:
 app.asgi = Starlette(routes=[
     Route("/count", get_count), Route("/add", post_add, methods=["POST"]),
     Route("/spin", spin, methods=["POST"]), Route("/deadlock", deadlock, methods=["POST"]),
-    Route("/grow", grow, methods=["POST"]),
+    Route("/grow", grow, methods=["POST"]), Route("/sleep", sleep),
 ])
