@@ -27,7 +27,6 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from contract import worker as wire
@@ -102,7 +101,7 @@ class TenantProcess:
         self.rss_bytes: int | None = None  # at the last health ping
         self.kill_reason: str | None = None  # why the router killed the worker, if it did
         self._pinging = False
-        self._oom_watch: tuple[Path, int] | None = None  # the worker's cgroup OOM count at start
+        self._oom_watch: procfs.OomWatch | None = None  # its cgroup's OOM count at start
         self.writes_unavailable: str | None = None  # why the worker refuses writes, if it does
         self.busy_work: list[str] | None = None  # the app's declared work in progress
         self.busy_since: float | None = None  # monotonic, while busy_work is not empty
@@ -231,7 +230,7 @@ class TenantProcess:
                 self._transition(S.STOPPED)
                 raise
             self.worker = handle
-            self._oom_watch = _oom_watch(handle.pid)
+            self._oom_watch = procfs.OomWatch.of(handle.pid)
             self.started_at = time.time()
             self.last_active = time.monotonic()
             self.retry_at = None
@@ -273,10 +272,10 @@ class TenantProcess:
         try:
             ready = await asyncio.wait_for(asyncio.shield(handle.ready), timeout)
         except TimeoutError:
-            await _kill_and_reap(handle)
+            await handle.kill_and_reap()
             raise BootFailure(f"worker did not become ready within {timeout:g}s") from None
         except BootFailure:
-            await _kill_and_reap(handle)
+            await handle.kill_and_reap()
             raise
         self.generation = ready.get("generation")
         self.warnings = list(ready.get("warnings") or []) or None
@@ -353,8 +352,8 @@ class TenantProcess:
         self.restarts += 1
         self.env.counters.crashes += 1
         self._transition(S.STOPPED)
-        if self.kill_reason is None and handle.exit_status == -signal.SIGKILL and _oom_killed(
-                self._oom_watch):
+        if (self.kill_reason is None and handle.exit_status == -signal.SIGKILL
+                and self._oom_watch is not None and self._oom_watch.fired()):
             self.kill_reason = "out of memory by the kernel's OOM killer"
             self.env.counters.oom_kills += 1
         how = f"killed as {self.kill_reason}" if self.kill_reason else "exited unexpectedly"
@@ -400,12 +399,12 @@ class TenantProcess:
         try:
             with contextlib.suppress(WorkerError, TimeoutError):
                 await handle.request(wire.STOP, config.ping_timeout_s)
-            if not await _quietly(handle.exited, config.stop_timeout_s):
+            if not await handle.wait_exited(config.stop_timeout_s):
                 log.warning("tenant %s did not stop within %gs; SIGTERM then SIGKILL",
                             self.name, config.stop_timeout_s)
                 handle.kill(signal.SIGTERM)
-                if not await _quietly(handle.exited, 2):
-                    await _kill_and_reap(handle)
+                if not await handle.wait_exited(2):
+                    await handle.kill_and_reap()
         finally:
             handle.close()
             self.worker = None
@@ -503,7 +502,7 @@ class TenantProcess:
                 log.error("tenant %s is unresponsive; killing it", self.name)
                 self.ping_misses = 0
                 handle.kill(signal.SIGTERM)  # a wedged event loop cannot act on it: a deadline
-                if not await _quietly(handle.exited, timeout):
+                if not await handle.wait_exited(timeout):
                     handle.kill(signal.SIGKILL)
             return
         except WorkerError:
@@ -542,30 +541,3 @@ class TenantProcess:
             last_exit=self.last_exit, rss_bytes=self.rss_bytes,
             writes_unavailable=self.writes_unavailable, busy=self.busy_work or [],
         )
-
-
-async def _quietly(future: asyncio.Future[Any], timeout: float) -> bool:
-    """Wait for `future` up to `timeout`; False on timeout (the future is not cancelled)."""
-    try:
-        await asyncio.wait_for(asyncio.shield(future), timeout)
-        return True
-    except TimeoutError:
-        return False
-
-
-def _oom_watch(pid: int | None) -> tuple[Path, int] | None:
-    counter_file = procfs.oom_counter_file(pid) if pid is not None else None
-    count = procfs.oom_kills(counter_file)
-    return None if counter_file is None or count is None else (counter_file, count)
-
-
-def _oom_killed(watch: tuple[Path, int] | None) -> bool:
-    if watch is None:
-        return False
-    count = procfs.oom_kills(watch[0])
-    return count is not None and count > watch[1]
-
-
-async def _kill_and_reap(handle: WorkerHandle) -> None:
-    handle.kill(signal.SIGKILL)
-    await _quietly(handle.exited, 5)

@@ -61,3 +61,24 @@ def oom_kills(counter_file: Path | None) -> int | None:
     except (OSError, ValueError):
         pass
     return None
+
+
+class OomWatch:
+    """The OOM-kill count of a worker's memory cgroup when it started, to compare at its end."""
+
+    __slots__ = ("count_at_start", "counter_file")
+
+    def __init__(self, counter_file: Path, count_at_start: int) -> None:
+        self.counter_file = counter_file
+        self.count_at_start = count_at_start
+
+    @classmethod
+    def of(cls, pid: int | None) -> OomWatch | None:
+        counter_file = oom_counter_file(pid) if pid is not None else None
+        count = oom_kills(counter_file)
+        return None if counter_file is None or count is None else cls(counter_file, count)
+
+    def fired(self) -> bool:
+        """The cgroup has counted an OOM kill since the start."""
+        count = oom_kills(self.counter_file)
+        return count is not None and count > self.count_at_start

@@ -170,6 +170,19 @@ class WorkerHandle:
         finally:
             self._pending.pop(op_id, None)
 
+    async def wait_exited(self, timeout: float) -> bool:
+        """Wait up to `timeout` for the process to be gone; False if it still runs."""
+        try:
+            await asyncio.wait_for(asyncio.shield(self.exited), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    async def kill_and_reap(self, timeout: float = REAP_TIMEOUT_S) -> None:
+        """SIGKILL, then wait (bounded) until the process is reaped."""
+        self.kill(signal.SIGKILL)
+        await self.wait_exited(timeout)
+
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Signal the worker; a process that is already gone is not an error."""
         if not self.exited.done():

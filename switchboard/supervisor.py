@@ -104,11 +104,9 @@ class Supervisor:
         gone, then until the next one serves (started here if needed, as for a new request).
         False when the worker is still alive: the caller answers 502 and the health ping
         deals with the worker. Raises TenantUnavailable like `acquire`."""
-        if worker is not None and tenant.worker is worker:
-            try:
-                await asyncio.wait_for(asyncio.shield(worker.exited), self.config.ping_timeout_s)
-            except TimeoutError:
-                return False
+        if worker is not None and tenant.worker is worker and not await worker.wait_exited(
+                self.config.ping_timeout_s):
+            return False
         if not tenant.serving:
             await self.wait_until_serving(tenant)
         return True
