@@ -101,6 +101,10 @@ class WorkerSpec:
     # address-space limit raises MemoryError in the worker instead of waking the OOM killer.
     max_address_space_bytes: int = 0
     max_open_files: int = 0
+    # The key of snapshot and journal MACs (DESIGN.md "Decisions": keys and files), and whether
+    # an unsigned pickle snapshot may be restored (it can run code: only on an operator's word).
+    snapshot_key_file: str | None = None
+    allow_unsigned: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

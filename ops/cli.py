@@ -120,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="swap a tenant out after this long without requests (default 120)")
     serve.add_argument("--max-resident", metavar="N", type=_positive_int,
                        help="at most this many workers at once (default 32)")
+    serve.add_argument("--snapshot-key-file", metavar="FILE",
+                       help="the key of snapshot and journal MACs (default <data-dir>/"
+                            "snapshot.key; hosts that migrate to each other share it)")
+    serve.add_argument("--allow-unsigned", action="store_true", default=None,
+                       help="also restore unsigned pickle snapshots (they can run code)")
     serve.set_defaults(handler=cmd_serve)
 
     for name, help_text, handler, positional in [
@@ -296,6 +301,8 @@ def serve_config(args: argparse.Namespace) -> Config:
             "app": args.app,
             "idle_timeout_s": args.idle_timeout,
             "max_resident": args.max_resident,
+            "snapshot_key_file": args.snapshot_key_file,
+            "allow_unsigned": args.allow_unsigned,
         },
     )
 

@@ -86,9 +86,18 @@ class Config:
 
     extra: Mapping[str, Any] = field(default_factory=dict)
 
+    # Keys the MAC of snapshots and journals (not admin calls): hosts that migrate between
+    # each other or form a cluster share it. Default <data-dir>/snapshot.key.
+    snapshot_key_file: Path | None = None
+    allow_unsigned: bool = False  # restore unsigned pickle snapshots (they can run code)
+
     @property
     def key_file(self) -> Path:
         return self.data_dir / "admin.key"
+
+    @property
+    def snapshot_key_path(self) -> Path:
+        return self.snapshot_key_file or self.data_dir / "snapshot.key"
 
 
 _ALIASES = {
@@ -105,7 +114,7 @@ def _coerce(name: str, raw: Any) -> Any:
     try:
         if isinstance(default, HostPort):
             return raw if isinstance(raw, HostPort) else HostPort.parse(str(raw))
-        if isinstance(default, Path):
+        if isinstance(default, Path) or name.endswith("_file"):
             return Path(os.path.expanduser(str(raw)))
         if isinstance(default, bool):
             if isinstance(raw, bool):

@@ -258,6 +258,8 @@ class TenantProcess:
             log_level=config.log_level, epoch=self.record.epoch, host_id=self.record.owner,
             max_address_space_bytes=config.max_worker_address_space_bytes,
             max_open_files=config.max_worker_open_files,
+            snapshot_key_file=str(config.snapshot_key_path.resolve()),
+            allow_unsigned=config.allow_unsigned,
         )
 
     async def _spawn_ready(self) -> WorkerHandle:

@@ -43,6 +43,7 @@ class Router:
         config = self.config
         config.data_dir.mkdir(parents=True, exist_ok=True)
         key = ensure_key(config.key_file)
+        ensure_key(config.snapshot_key_path)  # the workers' MAC key; they read it themselves
         layout = DataLayout(config.data_dir)
         directory = SqliteDirectory(config.data_dir / "tenants.sqlite")
         spawner = Spawner(use_zygote=config.use_zygote, zygote_wait_s=config.zygote_wait_s)
