@@ -12,6 +12,8 @@
                     <generation:012d>.snap.tmp   a save in progress, or left by a crash
                 journal/             command journal segments (tenant/journal_format.py)
                     <first_seq:020d>.journal     one segment; .journal.tmp while created
+                worker.lock          0600; flock(2)ed by the tenant's live worker, which wrote
+                                     its pid in it (tenant/lock.py); holds no tenant data
             .trash-<name>-<hex>/     a tenant being deleted (delete_tenant); one left by a
                                      crash is removed by sweep_trash or the next delete
         transfers/                   0700; export files waiting to be streamed in or out
@@ -38,10 +40,11 @@ from contract.names import is_valid_name
 from snapshots.durable import fsync_dir, make_dirs
 from snapshots.errors import InvalidTenantName
 
-__all__ = ["SNAPSHOT_SUFFIX", "TEMP_SUFFIX", "TRASH_PREFIX", "DataLayout",
+__all__ = ["LOCK_FILE", "SNAPSHOT_SUFFIX", "TEMP_SUFFIX", "TRASH_PREFIX", "DataLayout",
            "validate_tenant_name"]
 
 SNAPSHOT_SUFFIX = ".snap"
+LOCK_FILE = "worker.lock"
 TEMP_SUFFIX = ".tmp"  # appended to a file's final name while it is being written
 TRASH_PREFIX = ".trash-"
 MAX_GENERATION = 10**12 - 1  # twelve digits in the file name
@@ -82,6 +85,10 @@ class DataLayout:
     def journal_dir(self, name: str) -> Path:
         return self.tenant_dir(name) / "journal"
 
+    def lock_path(self, name: str) -> Path:
+        """The file the tenant's live worker holds locked (tenant/lock.py)."""
+        return self.tenant_dir(name) / LOCK_FILE
+
     def snapshot_path(self, name: str, generation: int) -> Path:
         if isinstance(generation, bool) or not isinstance(generation, int) or not (
             1 <= generation <= MAX_GENERATION
@@ -117,13 +124,17 @@ class DataLayout:
 
     def has_files(self, name: str) -> bool:
         """Whether anything of the tenant is on disk: any file under its folder (a snapshot,
-        a journal segment, a temp file left by a crash). Empty folders do not count. Raises
-        OSError when part of the folder cannot be read, rather than answer False."""
+        a journal segment, a temp file left by a crash). Empty folders do not count, nor does
+        the worker's lock file (it holds no data). Raises OSError when part of the folder
+        cannot be read, rather than answer False."""
         def fail(exc: OSError) -> None:
             raise exc
 
+        top = self.tenant_dir(name)
         try:
-            for _folder, _subfolders, files in os.walk(self.tenant_dir(name), onerror=fail):
+            for folder, _subfolders, files in os.walk(top, onerror=fail):
+                if folder == str(top):
+                    files = [f for f in files if f != LOCK_FILE]
                 if files:
                     return True
         except FileNotFoundError:

@@ -22,6 +22,12 @@ never have refused a command the snapshot holds. A checkpoint is refused while w
 unavailable after a journal failure (the context is not durable): the state may then hold
 refused commands, and the journal keeps every acknowledged write anyway
 (tenant/write_recovery.py). The final checkpoint at stop follows the same rules.
+
+The forked child dies with the worker (PR_SET_PDEATHSIG SIGKILL): a crashed worker's snapshot
+in progress is dropped (its temp file is never a generation; the journal has every write).
+It keeps the tenant's lock (tenant/lock.py) while it lives, as a writer of the tenant's folder:
+it closes the worker's sockets (`close_in_child`), never the lock's descriptor, so no new
+worker for the tenant can start while it may still rename a snapshot into place.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import contextlib
 import gc
 import json
 import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +47,7 @@ from snapshots.codec import get_codec
 from snapshots.store import SnapshotStore
 from tenant.context import TenantContext
 from tenant.errors import JournalError, JournalWriteError, TenantError
+from tenant.limits import set_death_signal
 
 RETRY_FIRST_S = 2.0
 RETRY_MAX_S = 60.0
@@ -198,10 +206,12 @@ class Checkpointer:
         """Fork the child that writes the snapshot at `position`: (its pid, the pipe it
         reports on). It runs on a copy-on-write view of the state as of this call."""
         read_fd, write_fd = os.pipe()
+        worker = os.getpid()
         pid = os.fork()
         if pid == 0:  # the child: no event loop, no logging, no locks; pack, write, _exit
             status = 1
             try:
+                set_death_signal(worker, signal.SIGKILL)  # see the module docstring
                 os.close(read_fd)
                 for fd in self.close_in_child:
                     os.close(fd)  # so the router sees EOF at once if the worker dies

@@ -18,6 +18,13 @@ moment (`durability_lost`):
   from then on reads are served as before, from exactly what a restart would restore;
 - `resume_writes` hands in a new journal once one could be started: writes are accepted again.
 `on_durability_lost` is called once per failure (the runtime starts that recovery).
+
+Work in progress. An app declares work that must not be cut short by an idle stop or an
+eviction (an import running in a background task) with `async with current().busy("import")`.
+Uses are counted per name, so nested and concurrent ones with the same or different names
+nest correctly. `on_busy_changed` gets the sorted names in progress (`[]` when none is left)
+each time that set changes: a name's first entry, its last exit. The runtime forwards it to
+the router as the `busy` event (contract/worker.py).
 """
 
 from __future__ import annotations
@@ -28,7 +35,8 @@ import json
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -37,6 +45,7 @@ from tenant.app import TenantApp
 from tenant.errors import CommandRejected, DurabilityLost, JournalError, JournalWriteError
 
 STATE_READY_TIMEOUT_S = 30.0  # a request waits this long for a rebuild, then gets 503
+MAX_WORK_NAME_CHARS = 200  # a `busy` name travels in every busy event and ping reply
 
 
 class JournalLike(Protocol):
@@ -92,6 +101,9 @@ class TenantContext:
         # Set from a journal failure until a new journal is in place (`resume_writes`).
         self.durability_error: BaseException | None = None
         self.on_durability_lost: Callable[[BaseException], None] | None = None
+        # Work declared with `busy`, counted per name; the callback gets the sorted names.
+        self._work: Counter[str] = Counter()
+        self.on_busy_changed: Callable[[list[str]], None] | None = None
         # Cleared from a journal failure until `replace_state` put the durable state back.
         self._state_clean = asyncio.Event()
         self._state_clean.set()
@@ -220,6 +232,41 @@ class TenantContext:
         if self.durability_error is None:
             raise ValueError("the journal has not failed")
         self.journal = None
+
+    @property
+    def work_in_progress(self) -> list[str]:
+        """The names of the work declared with `busy` that is still going on, sorted, each
+        once; [] when the worker is idle as far as the app knows."""
+        return sorted(self._work)
+
+    @contextlib.asynccontextmanager
+    async def busy(self, work: str) -> AsyncIterator[None]:
+        """Declare `work` in progress while the block runs: the router then neither stops
+        the worker as idle nor evicts it (up to its max_busy_s).
+
+            async with current().busy("import"):
+                await run_import(rows)
+
+        Counted per name: the name stays in progress until its last use ends, also when the
+        block raises or is cancelled. Raises ValueError for an empty or over-long name.
+        """
+        if not isinstance(work, str) or not work or len(work) > MAX_WORK_NAME_CHARS:
+            raise ValueError(f"a work name is a non-empty str of at most "
+                             f"{MAX_WORK_NAME_CHARS} characters, not {work!r:.80}")
+        self._work[work] += 1
+        if self._work[work] == 1:
+            self._busy_changed()
+        try:
+            yield
+        finally:
+            self._work[work] -= 1
+            if self._work[work] == 0:
+                del self._work[work]
+                self._busy_changed()
+
+    def _busy_changed(self) -> None:
+        if self.on_busy_changed is not None:
+            self.on_busy_changed(self.work_in_progress)
 
     @contextlib.contextmanager
     def holding_writes(self) -> Iterator[None]:

@@ -10,6 +10,8 @@ TenantError
     JournalCorrupt    a bad journal record that is not the torn tail, or a gap in the seqs:
                       restore stops rather than skip acknowledged commands
     JournalWriteError a write or fsync of the journal failed; that journal is broken for good
+  TenantLocked        another live process holds the tenant's worker lock (tenant/lock.py):
+                      the worker refuses to start
   DurabilityLost      raised by `TenantContext.execute` for a command the journal could not make
                       durable, and for every command while writes are unavailable after such a
                       failure: not acknowledged, answered 503 (DurabilityGuard); reads go on
@@ -44,6 +46,15 @@ class UpgradeError(TenantError):
 
 class RestoreError(TenantError):
     pass
+
+
+class TenantLocked(TenantError):
+    """The tenant's lock is held: another worker serves it (or what is left of one is still
+    writing). `holder` is the pid the holder wrote into the lock file, None if unknown."""
+
+    def __init__(self, message: str, holder: int | None) -> None:
+        super().__init__(message)
+        self.holder = holder
 
 
 class JournalError(TenantError):

@@ -6,6 +6,10 @@ a `WorkerSpec` (JSON), the listening socket for the tenant's port (already bound
 so connections queue in the kernel while the worker restores) and its end of the control
 channel (tenant/control.py).
 
+Before anything else the worker lowers its own resource limits (tenant/limits.py) and takes
+its tenant's lock (tenant/lock.py): a second worker for a tenant that has a live one refuses to
+start, whatever started it.
+
 Restore = newest valid snapshot + replay of the journal after the snapshot's position. A
 corrupt newest snapshot falls back a generation (loudly: a warning goes to the router); if
 snapshot files exist but none verifies, the worker refuses to start rather than serve an
@@ -19,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import gc
 import importlib
 import logging
@@ -37,6 +40,7 @@ from contract.serving import Server
 from contract.worker import (
     BOOT_FAILED,
     BOOT_FAILED_EXIT,
+    BUSY,
     CHECKPOINT,
     CHECKPOINT_FAILED,
     CHECKPOINTED,
@@ -52,14 +56,15 @@ from tenant.app import TenantApp
 from tenant.checkpoint import Checkpointer, CheckpointFailed
 from tenant.context import DurabilityGuard, TenantContext, activate
 from tenant.control import open_channel
-from tenant.errors import JournalError, TenantError
+from tenant.errors import JournalError, TenantError, TenantLocked
 from tenant.journal import Journal
+from tenant.limits import apply_resource_limits, set_death_signal
+from tenant.lock import TenantLock
 from tenant.recovery import recover_state
 from tenant.write_recovery import WriteRecovery
 
 log = logging.getLogger("switchboard.tenant")
 
-PR_SET_PDEATHSIG = 1
 DRAIN_TIMEOUT_S = 5.0  # a stopping worker gives responses in flight this long to finish
 
 
@@ -70,17 +75,6 @@ def load_app(spec: str) -> TenantApp:
     if not isinstance(app, TenantApp):
         raise TypeError(f"{spec} is a {type(app).__name__}, not a tenant.TenantApp")
     return app
-
-
-def set_death_signal(expected_parent: int, sig: int = signal.SIGTERM) -> None:
-    """Ask the kernel to signal us when our parent dies (Linux); exit if it already has."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, sig)
-    except (OSError, AttributeError):
-        pass  # not Linux: the control channel's end of file still stops us
-    if os.getppid() != expected_parent:
-        os._exit(0)
 
 
 @dataclass
@@ -117,17 +111,38 @@ class Worker:
 
     async def run(self) -> int:
         channel = await open_channel(self.control_fd)
+        self.channel = channel
+        try:
+            store = LocalStore.in_data_dir(self.spec.data_dir, self.spec.keep_generations)
+            lock = TenantLock.acquire(store.layout, self.spec.tenant)
+        except TenantLocked as exc:
+            return await self.boot_failed(str(exc), exc)
+        except Exception as exc:
+            return await self.boot_failed(_describe(exc), exc)
+        try:
+            return await self.serve(store)
+        finally:
+            # Only now is every write of ours done: the final checkpoint (in-process) and the
+            # journal's last fsync. A checkpoint child still running keeps the lock held.
+            lock.release()
+
+    async def boot_failed(self, detail: str, exc: BaseException | None = None) -> int:
+        log.error("tenant %s failed to boot: %s", self.spec.tenant, detail,
+                  exc_info=exc is not None and not isinstance(exc, TenantError))
+        self.channel.send({"event": BOOT_FAILED, "error": detail})
+        with contextlib.suppress(ConnectionError):
+            await self.channel.writer.drain()
+        return BOOT_FAILED_EXIT
+
+    async def serve(self, store: LocalStore) -> int:
+        """Restore, serve until asked to stop (or the router is gone), then save and return
+        the exit status. Runs with the tenant's lock held."""
+        channel = self.channel
         try:
             app = load_app(self.spec.app)
-            store = LocalStore.in_data_dir(self.spec.data_dir, self.spec.keep_generations)
             restored = restore(app, self.spec, store)
         except Exception as exc:
-            detail = "".join(traceback.format_exception_only(exc)).strip()
-            log.error("tenant %s failed to boot: %s", self.spec.tenant, detail,
-                      exc_info=not isinstance(exc, TenantError))
-            channel.send({"event": BOOT_FAILED, "error": detail})
-            await channel.writer.drain()
-            return BOOT_FAILED_EXIT
+            return await self.boot_failed(_describe(exc), exc)
         for warning in restored.warnings:
             log.warning("tenant %s: %s", self.spec.tenant, warning)
         # The restored state lives as long as the worker: keep the cyclic collector from
@@ -135,8 +150,7 @@ class Worker:
         # Reference counting still frees what commands delete.
         gc.freeze()
         if app.asgi is None:
-            channel.send({"event": BOOT_FAILED, "error": f"{self.spec.app} has no asgi app"})
-            return BOOT_FAILED_EXIT
+            return await self.boot_failed(f"{self.spec.app} has no asgi app")
         activate(restored.context)
         self.context = restored.context
         self.checkpointer = Checkpointer(
@@ -148,6 +162,7 @@ class Worker:
             notify=channel.send, on_fatal=self.cannot_recover,
         )
         restored.context.on_durability_lost = self.recovery.journal_failed
+        restored.context.on_busy_changed = self.busy_changed
         restored.journal.on_failure = restored.context.durability_lost
         server = self._make_server(DurabilityGuard(app.asgi, restored.context,
                                                    retry_in_s=self.recovery.retry_in_s))
@@ -161,7 +176,6 @@ class Worker:
             "journal_pos": restored.context.journal_pos, "generation": restored.generation,
             "warnings": restored.warnings, "protocol": PROTOCOL_VERSION,
         })
-        self.channel = channel
         control_task = asyncio.ensure_future(channel.serve(self.handle_control))
         ticker = asyncio.ensure_future(server.run())
         stop_task = asyncio.ensure_future(self.stop_requested.wait())
@@ -190,6 +204,11 @@ class Worker:
             http="httptools",
             ws="websockets-sansio",
         )
+
+    def busy_changed(self, work: list[str]) -> None:
+        """The app's declared work in progress changed (TenantContext.busy): tell the router,
+        which keeps a busy worker resident."""
+        self.channel.send({"event": BUSY, "work": work})
 
     def cannot_recover(self, error: BaseException) -> None:
         """The journal failed and the durable state cannot be read back to serve it: exit, so
@@ -235,7 +254,8 @@ class Worker:
                     "generation": self.checkpointer.generation,
                     "unsaved": self.checkpointer.unsaved,
                     "checkpoint_error": self.checkpointer.last_error,
-                    "writes_unavailable": self.context.writes_unavailable}
+                    "writes_unavailable": self.context.writes_unavailable,
+                    "busy": self.context.work_in_progress}
         if op == CHECKPOINT:
             try:
                 outcome = await self.checkpointer.checkpoint(fork=True)
@@ -251,6 +271,10 @@ class Worker:
             self.stop_requested.set()
             return {}
         raise ValueError(f"unknown control op {op!r}")
+
+
+def _describe(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(exc)).strip()
 
 
 def configure_logging(spec: WorkerSpec) -> None:
@@ -278,6 +302,7 @@ def worker_main(spec: WorkerSpec, listen_fd: int, control_fd: int, *, parent: in
     if parent is not None:
         set_death_signal(parent)
     configure_logging(spec)
+    apply_resource_limits(spec)  # before the restore: it is what allocates most
     if spec.code_path:
         sys.path.insert(0, spec.code_path)
     started = time.monotonic()

@@ -430,7 +430,7 @@ def main(argv: list[str]) -> int:
     app_spec = argv[1]
     if len(argv) > 2 and argv[2]:
         sys.path.insert(0, argv[2])
-    from tenant.runtime import set_death_signal
+    from tenant.limits import set_death_signal
 
     set_death_signal(os.getppid(), sig=signal.SIGKILL)  # it holds nothing worth saving
     sock = socket.socket(fileno=fd)
