@@ -26,6 +26,7 @@ from bench.cases.coldstart import cold_start
 from bench.cases.journal import journal
 from bench.cases.memory import idle_worker, mapped, resident
 from bench.cases.proxy import proxy
+from bench.cases.soak import soak
 from bench.report import Figure, document, save, table
 
 CASES: dict[str, Case] = {
@@ -36,6 +37,7 @@ CASES: dict[str, Case] = {
     "mapped": mapped,
     "journal": journal,
     "bigstate": bigstate,
+    "soak": soak,
 }
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
