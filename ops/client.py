@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,14 @@ import httpx
 
 from contract.names import is_valid_name
 from ops.errors import AdminError
+from snapshots.durable import fsync_dir, write_all
 from switchboard.errors import BadTenantName
 from switchboard.signing import sign_request
 
 __all__ = ["AdminAuth", "AdminClient", "AdminError", "check_tenant_name"]
+
+# A new file only: never an existing one, never through a symlink.
+_CREATE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class AdminAuth(httpx.Auth):
@@ -115,20 +120,28 @@ class AdminClient:
     def export(self, name: str, destination: Path) -> int:
         """Stream the tenant's export file into `destination`; return its size in bytes.
 
-        Written to `<destination>.part`, fsynced, then renamed: a failed or interrupted
-        download never leaves a truncated file under the final name.
+        The download goes to a new file next to `destination` with a random name
+        (`.<name>.<random>.part`), created with O_CREAT|O_EXCL|O_NOFOLLOW and mode 0600: no
+        file or symlink planted at a predictable name is ever opened, so an export run as
+        root cannot be steered into overwriting another file. Then fsync, rename over
+        `destination` (a symlink there is replaced, not followed), fsync the folder: when
+        this returns the file and its name are on stable storage. A failed or interrupted
+        download leaves nothing under the final name and removes its temp file.
         """
-        partial = destination.with_name(destination.name + ".part")
+        partial = destination.with_name(f".{destination.name}.{secrets.token_hex(8)}.part")
         response = self._request("GET", _tenant_path(name) + "/export", stream=True)
         size = 0
         try:
-            with open(partial, "wb") as f:
+            fd = os.open(partial, _CREATE_NEW, 0o600)
+            try:
                 for chunk in response.iter_bytes():
-                    f.write(chunk)
+                    write_all(fd, chunk)
                     size += len(chunk)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(partial, destination)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(partial, destination)
+            fsync_dir(destination.parent)
         except httpx.HTTPError as exc:
             raise AdminError(f"the export of {name} broke off: {exc}") from exc
         finally:

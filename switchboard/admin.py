@@ -1,10 +1,26 @@
 """The admin API: a JSON HTTP API on its own listener, every request HMAC-signed.
 
 `build_admin_app(service, verifier)` returns an ASGI app. Requests pass through
-`SignatureMiddleware` first, whatever their path: it reads the whole body (at most
-`max_body_bytes`, else 413), checks the signature with `switchboard.signing.Verifier` (401 with
-`{"error": "<which check failed>: <detail>"}` otherwise), then hands the buffered body to the
-routes below. The routes speak only to the `switchboard.api.TenantService` protocol.
+`SignatureMiddleware` first, whatever their path, in this order (switchboard/signing.py):
+
+1. The signing headers, before a byte of the body is read: present and well formed, the
+   timestamp within 300 s, the nonce not accepted within that window. Else 401
+   `{"error": "<which check failed>: <detail>"}` and the connection is closed with the body
+   unread (a client that sent `Expect: 100-continue` never sends it).
+2. The body, read under its route's cap while it is hashed: `max_body_bytes` (64 KiB) in
+   memory for every route but import; `max_import_bytes` (1 GiB) streamed to a new 0600 file
+   in the staging folder (`<data-dir>/transfers/`) for `POST /v1/tenants/{name}/import`, at
+   most MAX_STAGED_UPLOADS at once (503 beyond). A body over its cap, by Content-Length or
+   as it arrives: 413, and nothing of it is kept.
+3. The signature over the digest just computed (401 "bad signature", the body discarded),
+   then the nonce recorded, durably when the verifier's store has a file (507 if that
+   fails). Only then does the route run, with the body in memory or, for import, the staged
+   file's path in the scope (STAGED_BODY); the file is deleted when the route returns.
+
+A forged request can thus cost at most one route cap of reading: 64 KiB of memory, or an
+import cap of disk for MAX_STAGED_UPLOADS uploads at a time, all discarded (the signature
+covers the body, so no cheaper check can refuse it). The routes speak only to the
+`switchboard.api.TenantService` protocol.
 
     GET    /v1/health                   200 {"ok": true}
     GET    /v1/tenants                  200 {"tenants": [TenantInfo, ...]}
@@ -16,22 +32,31 @@ routes below. The routes speak only to the `switchboard.api.TenantService` proto
     DELETE /v1/tenants/{name}           204
     GET    /v1/tenants/{name}/export    200 the export file (application/octet-stream, streamed;
                                         snapshots/exportfile.py), X-Switchboard-Journal-Pos
-    POST   /v1/tenants/{name}/import    201 TenantInfo; body = an export file; 409 if it exists
+    POST   /v1/tenants/{name}/import    201 TenantInfo; body = an export file (up to
+                                        max_import_bytes); 409 if it exists
     GET    /metrics                     200 Prometheus text
 
-Errors are `{"error": message}`: 400 bad name or body, 404 unknown tenant or path, 405 wrong
-method, 409 exists or busy, 413 body too large, 422 export or import failed, 503 unavailable
-(with Retry-After in whole seconds when the tenant may recover), 502 when a worker broke the
-control protocol.
+Errors are `{"error": message}`: 400 bad name or body, 401 not signed as above, 404 unknown
+tenant or path, 405 wrong method, 409 exists or busy, 413 body too large, 422 export or import
+failed, 503 unavailable (with Retry-After in whole seconds when the tenant may recover, or when
+too many imports are being uploaded), 502 when a worker broke the control protocol, 507 when
+the router cannot write (the nonce store, a staged upload).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hashlib
 import json
 import math
 import os
+import re
+import secrets
+import tempfile
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -43,6 +68,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contract.names import is_valid_name
+from snapshots.durable import write_all
 from switchboard.api import TenantService
 from switchboard.errors import (
     BadTenantName,
@@ -55,9 +81,12 @@ from switchboard.errors import (
     UnknownTenant,
     WorkerError,
 )
-from switchboard.signing import SCHEME, AuthError, Verifier
+from switchboard.signing import SCHEME, AuthError, SignedHeaders, Verifier
 
-DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_BODY_BYTES = 64 * 1024  # every route but import: a JSON object naming a tenant
+DEFAULT_MAX_IMPORT_BYTES = 1 << 30  # switchboard.config.Config.max_import_bytes
+MAX_STAGED_UPLOADS = 2  # imports being uploaded at once: bounds the disk a forger can fill
+STAGED_BODY = "switchboard.staged_body"  # scope key: the StagedBody of an import
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -86,17 +115,89 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 # --- signature check, in front of everything -------------------------------------------------
 
 
+_STAGED_ROUTE = re.compile(r"/v1/tenants/[^/]+/import")
+_CREATE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+
+
+@dataclass(frozen=True)
+class StagedBody:
+    """A request body streamed to a file (import), handed to the route in the scope."""
+
+    path: Path
+    size: int
+
+
+class _Refused(Exception):
+    """The middleware answers `status` with `message` and closes the connection."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+
+
+class _Disconnected(Exception):
+    """The client went away before its body was complete: there is nobody to answer."""
+
+
+class _Body:
+    """A request body being read under a cap and hashed, kept in memory or in a new file."""
+
+    def __init__(self, cap: int, staging_dir: Path | None) -> None:
+        self.cap = cap
+        self.size = 0
+        self.sha256 = hashlib.sha256()
+        self.memory = bytearray()
+        self.path: Path | None = None
+        self._fd: int | None = None
+        if staging_dir is not None:
+            self.path = staging_dir / f"upload-{secrets.token_hex(8)}.part"
+            self._fd = os.open(self.path, _CREATE_NEW, 0o600)
+
+    def add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.cap:
+            raise _Refused(413, f"request body larger than {self.cap} bytes")
+        self.sha256.update(chunk)
+        if self._fd is None:
+            self.memory += chunk
+            return
+        write_all(self._fd, chunk)
+
+    def finish(self) -> None:
+        """No more data: close the file (the route reads it by name). No fsync: the file
+        only carries the body to the import, whose snapshot is what is made durable."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def discard(self) -> None:
+        self.finish()
+        self.memory = bytearray()
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+
+
 class SignatureMiddleware:
-    """Pure ASGI middleware: buffer the body, verify the signature, replay the body inward.
+    """Pure ASGI middleware: check the signing headers, read the body under its route's cap
+    while hashing it, verify the signature, then hand the body inward (module docstring)."""
 
-    The body must be read before the app runs because the signature covers its digest; the
-    size cap keeps an unauthenticated client from making the server buffer without limit.
-    """
-
-    def __init__(self, app: ASGIApp, verifier: Verifier, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        verifier: Verifier,
+        max_body_bytes: int,
+        *,
+        max_import_bytes: int = DEFAULT_MAX_IMPORT_BYTES,
+        staging_dir: Callable[[], Path] | None = None,
+    ) -> None:
         self.app = app
         self.verifier = verifier
         self.max_body_bytes = max_body_bytes
+        self.max_import_bytes = max_import_bytes
+        self.staging_dir = staging_dir or (lambda: Path(tempfile.gettempdir()))
+        self.staged_uploads = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -110,51 +211,99 @@ class SignatureMiddleware:
         headers: dict[str, str] = {}
         for raw_name, raw_value in scope["headers"]:
             headers[raw_name.decode("latin-1").lower()] = raw_value.decode("latin-1")
+        method: str = scope["method"]
+        path_qs = _path_qs(scope)
 
-        declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
-            await self._too_large(scope, receive, send)
-            return
-        chunks: list[bytes] = []
-        size = 0
-        more_body = True
-        while more_body:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return  # the client went away; there is nobody to answer
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                await self._too_large(scope, receive, send)
-                return
-            chunks.append(chunk)
-            more_body = message.get("more_body", False)
-        body = b"".join(chunks)
-
+        staged = method == "POST" and _STAGED_ROUTE.fullmatch(scope["path"]) is not None
+        cap = self.max_import_bytes if staged else self.max_body_bytes
+        body: _Body | None = None
+        holds_upload_slot = False
         try:
-            self.verifier.verify(scope["method"], _path_qs(scope), headers, body)
-        except AuthError as exc:
-            response = _error(401, str(exc), {"WWW-Authenticate": SCHEME})
+            try:
+                signed = self.verifier.check_headers(headers)
+            except AuthError as exc:
+                raise _Refused(401, str(exc), {"WWW-Authenticate": SCHEME}) from None
+            declared = headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > cap:
+                raise _Refused(413, f"request body larger than {cap} bytes")
+            if staged:
+                if self.staged_uploads >= MAX_STAGED_UPLOADS:
+                    raise _Refused(503, f"{MAX_STAGED_UPLOADS} imports are being uploaded; "
+                                   "retry later", {"Retry-After": "5"})
+                self.staged_uploads += 1
+                holds_upload_slot = True
+            body = await self._read_body(receive, cap, staged)
+            await self._authenticate(signed, method, path_qs, body)
+        except _Refused as refused:
+            if body is not None:
+                body.discard()
+            # Connection: close, so the server stops reading whatever body is still coming.
+            response = _error(refused.status, str(refused),
+                              {**refused.headers, "Connection": "close"})
             await response(scope, receive, send)
             return
+        except _Disconnected:
+            return  # _read_body discarded what had come
+        except BaseException:  # cancelled while checking: nothing of the body stays
+            if body is not None:
+                body.discard()
+            raise
+        finally:
+            if holds_upload_slot:  # a forger's upload is gone by now; a signed one is checked
+                self.staged_uploads -= 1
 
+        if body.path is not None:
+            scope = {**scope, STAGED_BODY: StagedBody(body.path, body.size)}
+        inner_body = bytes(body.memory)
+        body.memory = bytearray()
         replayed = False
 
         async def replay_receive() -> Message:
             nonlocal replayed
             if not replayed:
                 replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
+                return {"type": "http.request", "body": inner_body, "more_body": False}
             return await receive()  # after the body, only a disconnect can follow
 
-        await self.app(scope, replay_receive, send)
+        try:
+            await self.app(scope, replay_receive, send)
+        finally:
+            body.discard()
 
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = _error(
-            413, f"request body larger than {self.max_body_bytes} bytes",
-            {"Connection": "close"},
-        )
-        await response(scope, receive, send)
+    async def _read_body(self, receive: Receive, cap: int, staged: bool) -> _Body:
+        """The whole body, hashed, in memory or (staged) in a new file; on any failure nothing
+        of it is kept."""
+        try:
+            body = _Body(cap, self.staging_dir() if staged else None)
+        except OSError as exc:
+            raise _Refused(507, f"cannot stage the upload: {exc.strerror or exc}") from exc
+        try:
+            more_body = True
+            while more_body:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise _Disconnected
+                body.add(message.get("body", b""))
+                more_body = message.get("more_body", False)
+            body.finish()
+        except OSError as exc:
+            body.discard()
+            raise _Refused(507, f"cannot stage the upload: {exc.strerror or exc}") from exc
+        except BaseException:
+            body.discard()
+            raise
+        return body
+
+    async def _authenticate(self, signed: SignedHeaders, method: str, path_qs: bytes,
+                            body: _Body) -> None:
+        try:
+            self.verifier.check_signature(signed, method, path_qs, body.sha256.hexdigest())
+            # Durable before the route acts; the fsync runs off the event loop.
+            await asyncio.to_thread(self.verifier.accept, signed)
+        except AuthError as exc:
+            raise _Refused(401, str(exc), {"WWW-Authenticate": SCHEME}) from None
+        except StorageFailed as exc:
+            raise _Refused(507, str(exc)) from None
 
 
 def _path_qs(scope: Scope) -> bytes:
@@ -221,10 +370,10 @@ class _Endpoints:
         )
 
     async def import_tenant(self, request: Request) -> Response:
-        body = await request.body()
-        if not body:
+        staged = request.scope.get(STAGED_BODY)
+        if not isinstance(staged, StagedBody) or staged.size == 0:
             return _error(400, "the body must be an export file (switchboard export)")
-        info = await self.service.import_tenant(_name(request), body)
+        info = await self.service.import_tenant(_name(request), staged.path)
         return JSONResponse(info.to_json(), status_code=201)
 
 
@@ -289,8 +438,14 @@ def build_admin_app(
     verifier: Verifier,
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_import_bytes: int = DEFAULT_MAX_IMPORT_BYTES,
+    staging_dir: Callable[[], Path] | None = None,
 ) -> ASGIApp:
-    """The admin API as an ASGI app, signature checking included (see the module docstring)."""
+    """The admin API as an ASGI app, signature checking included (see the module docstring).
+
+    `staging_dir` returns the folder import bodies are streamed into (the router passes
+    DataLayout.ensure_transfers_dir); by default the system's temporary folder.
+    """
     endpoints = _Endpoints(service)
     tenant = "/v1/tenants/{name}"
     routes = [
@@ -313,4 +468,5 @@ def build_admin_app(
         Exception: _internal_error,
     }
     app = Starlette(routes=routes, exception_handlers=handlers)
-    return SignatureMiddleware(app, verifier, max_body_bytes)
+    return SignatureMiddleware(app, verifier, max_body_bytes,
+                               max_import_bytes=max_import_bytes, staging_dir=staging_dir)

@@ -86,8 +86,10 @@ class TenantService(Protocol):
         Raises UnknownTenant, TransferFailed."""
         ...
 
-    async def import_tenant(self, name: str, data: bytes) -> TenantInfo:
-        """Create tenant `name` from an export file's bytes; its first start restores them.
+    async def import_tenant(self, name: str, source: Path) -> TenantInfo:
+        """Create tenant `name` from the export file at `source` (the admin API staged the
+        upload there and deletes it once this returns); its first start restores the data.
+        The file is read by the import subprocess, never into the router's memory.
         Raises BadTenantName, TenantExists, TransferFailed (nothing is created then)."""
         ...
 

@@ -65,6 +65,7 @@ class Config:
 
     # Limits.
     max_body_bytes: int = 10 * 1024 * 1024
+    max_import_bytes: int = 1 << 30  # an admin import's upload, streamed to transfers/
     max_waiting_requests: int = 1024  # per tenant, while it starts
     port_range: tuple[int, int] = (20000, 29999)
     max_concurrent_checkpoints: int = 2  # forked checkpoints copy up to the heap each
@@ -94,6 +95,11 @@ class Config:
     @property
     def key_file(self) -> Path:
         return self.data_dir / "admin.key"
+
+    @property
+    def nonce_file(self) -> Path:
+        """Admin nonces accepted within the replay window (switchboard/nonces.py)."""
+        return self.data_dir / "nonces"
 
     @property
     def snapshot_key_path(self) -> Path:

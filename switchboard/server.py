@@ -38,12 +38,14 @@ class Router:
         import setproctitle
 
         from switchboard.admin import build_admin_app
+        from switchboard.nonces import SeenNonces
         from switchboard.signing import Verifier, ensure_key
 
         config = self.config
         config.data_dir.mkdir(parents=True, exist_ok=True)
         key = ensure_key(config.key_file)
         ensure_key(config.snapshot_key_path)  # the workers' MAC key; they read it themselves
+        nonces = SeenNonces.open(config.nonce_file)  # replays stay refused across restarts
         layout = DataLayout(config.data_dir)
         directory = SqliteDirectory(config.data_dir / "tenants.sqlite")
         spawner = Spawner(use_zygote=config.use_zygote, zygote_wait_s=config.zygote_wait_s)
@@ -54,7 +56,9 @@ class Router:
         try:
             front = await loop.create_server(proxy.protocol, config.listen.host, config.listen.port,
                                              backlog=2048, reuse_address=True)
-            admin = await self.start_admin(build_admin_app(service, Verifier(key)))
+            admin = await self.start_admin(build_admin_app(
+                service, Verifier(key, nonces=nonces), max_import_bytes=config.max_import_bytes,
+                staging_dir=layout.ensure_transfers_dir))
         except OSError as exc:
             log.error("cannot listen: %s", exc)
             directory.close()

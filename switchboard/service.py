@@ -5,6 +5,7 @@ the work on its worker, `switchboard.transfer` the work on export files."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from contract.names import is_valid_name
 from snapshots.layout import DataLayout
@@ -82,7 +83,7 @@ class TenantOperations:
                                             app=tenant.record.app or self.supervisor.config.app,
                                             code_path=tenant.record.code_path)
 
-    async def import_tenant(self, name: str, data: bytes) -> TenantInfo:
+    async def import_tenant(self, name: str, source: Path) -> TenantInfo:
         if not is_valid_name(name):
             raise BadTenantName(name)
         port = self.supervisor.ports.allocate()
@@ -97,7 +98,7 @@ class TenantOperations:
         async with tenant.lock:
             try:
                 tenant.generation = await transfer.import_tenant(
-                    self.layout, name, data, app=record.app or self.supervisor.config.app,
+                    self.layout, name, source, app=record.app or self.supervisor.config.app,
                     code_path=record.code_path)
             except BaseException:
                 tenant.removed = True

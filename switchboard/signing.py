@@ -24,6 +24,13 @@ A request is refused when a header is missing or malformed, when its timestamp i
 `window_s` (300 s) away from the server's clock in either direction, when its nonce was already
 accepted within the window, or when the signature does not match.
 
+Verification comes in three steps, so a server can refuse a request before reading its body
+(switchboard/admin.py does): `Verifier.check_headers` (everything the headers alone decide:
+presence, format, the timestamp's window, a nonce not seen), `check_signature` (the HMAC, given
+the SHA-256 of the body as it was read), then `accept` (remember the nonce; durable across
+restarts when the verifier's `SeenNonces` has a file, switchboard/nonces.py). `verify` does all
+three over a body already in memory.
+
 Key file: 32 random bytes written as 64 hex characters and a newline, mode 0600, created once
 and never rewritten or loosened.
 """
@@ -31,18 +38,18 @@ and never rewritten or loosened.
 from __future__ import annotations
 
 import hashlib
-import heapq
 import hmac
 import os
 import re
 import secrets
-import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from snapshots.durable import create_exclusive, make_dirs
 from switchboard.errors import ConfigError, SwitchboardError
+from switchboard.nonces import DEFAULT_MAX_NONCES, NonceBelowFloor, NonceSeen, SeenNonces
 
 SCHEME = "Switchboard-HMAC-SHA256"
 TIMESTAMP_HEADER = "X-Switchboard-Timestamp"
@@ -52,7 +59,6 @@ AUTHORIZATION_HEADER = "Authorization"
 DEFAULT_WINDOW_S = 300.0
 MIN_NONCE_CHARS = 16
 MAX_NONCE_CHARS = 128  # bounds the memory one remembered nonce can take
-DEFAULT_MAX_NONCES = 100_000
 
 _TIMESTAMP_RE = re.compile(r"[0-9]{1,15}")
 _NONCE_RE = re.compile(r"[\x21-\x7e]+")  # visible ASCII: no spaces, no control characters
@@ -137,13 +143,19 @@ def string_to_sign(
     method: str | bytes, path_qs: str | bytes, timestamp: str, nonce: str, body: bytes
 ) -> bytes:
     """The exact bytes the HMAC covers (see the module docstring)."""
+    return _string_to_sign(method, path_qs, timestamp, nonce, hashlib.sha256(body).hexdigest())
+
+
+def _string_to_sign(
+    method: str | bytes, path_qs: str | bytes, timestamp: str, nonce: str, body_sha256: str
+) -> bytes:
     return b"\n".join(
         [
             _as_bytes(method).upper(),
             _as_bytes(path_qs),
             timestamp.encode("ascii"),
             nonce.encode("ascii"),
-            hashlib.sha256(body).hexdigest().encode("ascii"),
+            body_sha256.lower().encode("ascii"),
         ]
     )
 
@@ -152,7 +164,10 @@ def compute_signature(
     key: bytes, method: str | bytes, path_qs: str | bytes, timestamp: str, nonce: str,
     body: bytes,
 ) -> str:
-    message = string_to_sign(method, path_qs, timestamp, nonce, body)
+    return _hmac_hex(key, string_to_sign(method, path_qs, timestamp, nonce, body))
+
+
+def _hmac_hex(key: bytes, message: bytes) -> str:
     return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
@@ -180,14 +195,26 @@ def sign_request(
 # --- verification ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class SignedHeaders:
+    """The signing headers of one request that passed `Verifier.check_headers`."""
+
+    timestamp: str  # verbatim, as signed
+    nonce: str
+    signature: str  # 64 lowercase hex digits
+    expires_at: float  # when the timestamp leaves the window (and the nonce may be forgotten)
+
+
 class Verifier:
     """Checks signed requests and remembers accepted nonces for the replay window.
 
-    Memory is bounded: a nonce is forgotten once its timestamp has left the window (it could
-    not pass the staleness check again anyway), and at most `max_nonces` are kept. When the
-    cap forces out a nonce that is still inside the window, the verifier raises a floor and
-    refuses every request whose timestamp is not newer than the evicted one's, so eviction can
-    refuse a legitimate old request but can never let a replay through.
+    The nonces live in a `SeenNonces` (switchboard/nonces.py): in memory by default, in
+    `<data-dir>/nonces` for the router, so a restart does not reopen replays. Memory is
+    bounded: a nonce is forgotten once its timestamp has left the window (it could not pass
+    the staleness check again anyway), and at most `max_nonces` are kept; when the cap forces
+    out a nonce still inside the window, every request whose timestamp is not newer than the
+    forgotten one's is refused, so the cap can refuse a legitimate old request but can never
+    let a replay through.
     """
 
     def __init__(
@@ -197,27 +224,31 @@ class Verifier:
         clock: Callable[[], float] = time.time,
         *,
         max_nonces: int = DEFAULT_MAX_NONCES,
+        nonces: SeenNonces | None = None,
     ) -> None:
         if not key:
             raise ValueError("the admin key must not be empty")
-        if max_nonces < 1:
-            raise ValueError("max_nonces must be at least 1")
         self._key = key
         self.window_s = window_s
         self._clock = clock
-        self._max_nonces = max_nonces
-        self._seen: dict[str, float] = {}  # nonce -> the moment its timestamp leaves the window
-        self._expiries: list[tuple[float, str]] = []  # min-heap over the same entries
-        self._floor = float("-inf")  # newest expiry evicted before its time
-        self._lock = threading.Lock()
+        self._nonces = nonces if nonces is not None else SeenNonces(max_nonces=max_nonces)
 
     def __len__(self) -> int:
-        return len(self._seen)
+        return len(self._nonces)
 
     def verify(
         self, method: str | bytes, path_qs: str | bytes, headers: Mapping[str, str], body: bytes
     ) -> None:
-        """Return if the request is authentic and fresh, else raise AuthError."""
+        """Return if the request is authentic and fresh (and remember its nonce), else raise
+        AuthError. All three steps over a body already in memory."""
+        signed = self.check_headers(headers)
+        self.check_signature(signed, method, path_qs, hashlib.sha256(body).hexdigest())
+        self.accept(signed)
+
+    def check_headers(self, headers: Mapping[str, str]) -> SignedHeaders:
+        """Everything the headers alone decide, before any of the body is read: the three
+        headers present and well formed, the timestamp inside the window, the nonce not
+        accepted within it. AuthError otherwise."""
         lowered = {k.lower(): v for k, v in headers.items()}
         timestamp = lowered.get(TIMESTAMP_HEADER.lower())
         nonce = lowered.get(NONCE_HEADER.lower())
@@ -261,35 +292,44 @@ class Verifier:
                 "stale timestamp",
                 f"{abs(skew):.0f} s {direction} the server clock (window {self.window_s:.0f} s)",
             )
+        signed = SignedHeaders(timestamp, nonce, given.lower(), sent_at + self.window_s)
+        if self._nonces.is_seen(nonce, now):
+            raise self._replayed()
+        if signed.expires_at <= self._nonces.floor:
+            raise self._below_floor()
+        return signed
 
-        expected = compute_signature(self._key, method, path_qs, timestamp, nonce, body)
-        # Compare as bytes of equal length in constant time; the hex was validated above.
-        if not hmac.compare_digest(expected.encode("ascii"), given.lower().encode("ascii")):
+    def check_signature(
+        self, signed: SignedHeaders, method: str | bytes, path_qs: str | bytes, body_sha256: str
+    ) -> None:
+        """The HMAC over the request with the body's SHA-256 (hex) as it was read: AuthError
+        "bad signature" when it does not match. Remembers nothing."""
+        message = _string_to_sign(method, path_qs, signed.timestamp, signed.nonce, body_sha256)
+        expected = _hmac_hex(self._key, message)
+        # Compare as bytes of equal length in constant time; the hex was validated.
+        if not hmac.compare_digest(expected.encode("ascii"), signed.signature.encode("ascii")):
             raise AuthError("bad signature", "the request was not signed with this server's key")
 
-        # Only authentic requests reach the cache, so unauthenticated traffic cannot fill it.
-        self._remember(nonce, sent_at + self.window_s, now)
+    def accept(self, signed: SignedHeaders) -> None:
+        """Remember the nonce of a request whose signature checked out; call it last, just
+        before acting. AuthError if a concurrent request took the nonce first; StorageFailed
+        when it cannot be recorded durably (then do not act). May block on an fsync: the
+        router runs it in a thread."""
+        # Only authentic requests get here, so unauthenticated traffic cannot fill the store.
+        try:
+            self._nonces.add(signed.nonce, signed.expires_at, self._clock())
+        except NonceSeen:
+            raise self._replayed() from None
+        except NonceBelowFloor:
+            raise self._below_floor() from None
 
-    def _remember(self, nonce: str, expires_at: float, now: float) -> None:
-        with self._lock:
-            self._prune(now)
-            if nonce in self._seen:
-                raise AuthError("replayed nonce", "this request was already accepted")
-            if expires_at <= self._floor:
-                raise AuthError(
-                    "stale timestamp",
-                    "too many recent requests to rule out a replay; sign with the current time",
-                )
-            while len(self._seen) >= self._max_nonces:
-                evicted_at, evicted = heapq.heappop(self._expiries)
-                if self._seen.get(evicted) == evicted_at:
-                    del self._seen[evicted]
-                    self._floor = max(self._floor, evicted_at)
-            self._seen[nonce] = expires_at
-            heapq.heappush(self._expiries, (expires_at, nonce))
+    def _replayed(self) -> AuthError:
+        return AuthError("replayed nonce",
+                         f"nonce seen within the last {self.window_s:.0f} s; sign the request anew")
 
-    def _prune(self, now: float) -> None:
-        while self._expiries and self._expiries[0][0] < now:
-            expired_at, nonce = heapq.heappop(self._expiries)
-            if self._seen.get(nonce) == expired_at:
-                del self._seen[nonce]
+    @staticmethod
+    def _below_floor() -> AuthError:
+        return AuthError(
+            "stale timestamp",
+            "too many recent requests to rule out a replay; sign with the current time",
+        )

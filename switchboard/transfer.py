@@ -6,9 +6,11 @@ the router never imports tenant code and a running tenant is neither stopped nor
 
 - export: the subprocess reads the tenant's snapshot and journal read-only and writes the file
   into `<data-dir>/transfers/`; the caller streams it out and deletes it.
-- import: the caller creates the tenant and holds its lifecycle lock while the subprocess
-  writes its generation 1 snapshot, so a request for it waits and then restores the import.
-  On any failure the caller removes the tenant again: nothing half-imported stays.
+- import: the admin API has streamed the upload to a file in `<data-dir>/transfers/`
+  (switchboard/admin.py); the caller creates the tenant and holds its lifecycle lock while
+  the subprocess reads that file and writes the generation 1 snapshot, so a request for it
+  waits and then restores the import. On any failure the caller removes the tenant again:
+  nothing half-imported stays.
 """
 
 from __future__ import annotations
@@ -51,21 +53,16 @@ async def export_tenant(layout: DataLayout, name: str, *, app: str,
                         filename=f"{name}-{reply.get('journal_pos', 0)}.sbexport", header=reply)
 
 
-async def import_tenant(layout: DataLayout, name: str, data: bytes, *, app: str,
+async def import_tenant(layout: DataLayout, name: str, source: Path, *, app: str,
                         code_path: str | None) -> int | None:
-    """Write tenant `name`'s generation 1 snapshot from an export file's bytes; returns the
-    generation. The caller has created the tenant and holds its lock, and removes it again
-    if this raises."""
-    staged = _transfers_dir(layout) / f"import-{name}-{time.time_ns()}.sbexport"
-    try:
-        staged.write_bytes(data)
-        reply = await _run_export_tool(
-            "import", str(staged), "--tenant", name, "--app", app,
-            data_dir=layout.data_dir, code_path=code_path,
-        )
-    finally:
-        with contextlib.suppress(OSError):
-            staged.unlink()
+    """Write tenant `name`'s generation 1 snapshot from the export file at `source`; returns
+    the generation. The subprocess reads the file: the router never holds the import in
+    memory. The caller has created the tenant and holds its lock, removes it again if this
+    raises, and deletes `source` (the admin API staged the upload there)."""
+    reply = await _run_export_tool(
+        "import", str(source), "--tenant", name, "--app", app,
+        data_dir=layout.data_dir, code_path=code_path,
+    )
     log.info("imported tenant %s from an export of %s", name, reply.get("from_tenant"))
     generation = reply.get("generation")
     return int(generation) if generation is not None else None

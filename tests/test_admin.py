@@ -6,8 +6,13 @@ supervisor behind the same routes is covered by the integration tests.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import stat
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -15,7 +20,7 @@ import httpx
 import pytest
 
 from ops.client import AdminAuth
-from switchboard.admin import build_admin_app
+from switchboard.admin import DEFAULT_MAX_BODY_BYTES, build_admin_app
 from switchboard.api import CheckpointResult, TenantInfo
 from switchboard.errors import (
     TenantBusy,
@@ -24,7 +29,9 @@ from switchboard.errors import (
     UnknownTenant,
     WorkerError,
 )
+from switchboard.nonces import SeenNonces
 from switchboard.signing import Verifier, sign_request
+from tests.conftest import tmpfs
 
 KEY = b"test-key-0123456789"
 
@@ -37,6 +44,7 @@ class FakeService:
         self.fail: dict[str, Exception] = {}  # tenant name -> error every call raises
         self.calls: list[tuple[str, str]] = []
         self.generation = 0
+        self.imported: list[tuple[Path, bytes, int]] = []  # (path, contents, mode) as seen
 
     def _check(self, op: str, name: str) -> TenantInfo:
         self.calls.append((op, name))
@@ -86,6 +94,11 @@ class FakeService:
         self._check("remove", name)
         del self.tenants[name]
 
+    async def import_tenant(self, name: str, source: Path) -> TenantInfo:
+        self.calls.append(("import", name))
+        self.imported.append((source, source.read_bytes(), stat.S_IMODE(source.stat().st_mode)))
+        return await self.create_tenant(name)
+
     def metrics_text(self) -> str:
         return f"# TYPE switchboard_tenants gauge\nswitchboard_tenants {len(self.tenants)}\n"
 
@@ -99,8 +112,11 @@ def service() -> FakeService:
 
 
 def make_client(service: FakeService, *, auth: httpx.Auth | None = None,
-                max_body_bytes: int = 1024) -> httpx.AsyncClient:
-    app = build_admin_app(service, Verifier(KEY), max_body_bytes=max_body_bytes)
+                max_body_bytes: int = 1024, **options: Any) -> httpx.AsyncClient:
+    verifier = options.pop("verifier", None)
+    if verifier is None:
+        verifier = Verifier(KEY)
+    app = build_admin_app(service, verifier, max_body_bytes=max_body_bytes, **options)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://admin",
                              auth=auth)
 
@@ -342,15 +358,18 @@ async def test_the_query_string_is_part_of_what_is_signed(unsigned: httpx.AsyncC
 
 
 @pytest.mark.anyio
-async def test_an_oversized_body_is_413_before_anything_else(
+async def test_an_oversized_signed_body_is_413_and_an_unsigned_one_401(
     client: httpx.AsyncClient, unsigned: httpx.AsyncClient, service: FakeService
 ) -> None:
     big = json.dumps({"name": "big", "pad": "x" * 2000}).encode()
     response = await client.post("/v1/tenants", content=big)  # signed, but too large
     assert response.status_code == 413
     assert "larger than 1024 bytes" in response.json()["error"]
+    assert response.headers["connection"] == "close"
+    # The headers are checked before the body's size: unsigned is 401 whatever it carries.
     response = await unsigned.post("/v1/tenants", content=big)
-    assert response.status_code == 413
+    assert response.status_code == 401
+    assert response.json()["error"].startswith("missing signature")
     assert service.calls == []
 
 
@@ -360,9 +379,10 @@ async def test_an_oversized_streamed_body_without_length_is_413(service: FakeSer
         for _ in range(8):
             yield b"x" * 200
 
-    async with make_client(service) as c:
+    async with make_client(service, auth=AdminAuth(KEY)) as c:
         response = await c.post("/v1/tenants", content=chunks())
     assert response.status_code == 413
+    assert service.calls == []
 
 
 @pytest.mark.anyio
@@ -373,3 +393,147 @@ async def test_a_body_at_the_limit_is_accepted(service: FakeService) -> None:
     async with make_client(service, auth=AdminAuth(KEY)) as c:
         response = await c.post("/v1/tenants", content=body)
     assert response.status_code == 201
+
+
+# --- the order of the checks: headers, then the body under its cap, then the signature ---------
+
+
+async def call_raw(app: Any, method: str, path: str, headers: dict[str, str],
+                   body_chunks: list[bytes]) -> tuple[int, dict[str, str], bytes, int]:
+    """One request straight into the ASGI app: (status, headers, body, chunks of the request
+    body the app asked for)."""
+    asked = 0
+    answer: dict[str, Any] = {"body": b""}
+
+    async def receive() -> dict[str, Any]:
+        nonlocal asked
+        if asked < len(body_chunks):
+            asked += 1
+            return {"type": "http.request", "body": body_chunks[asked - 1],
+                    "more_body": asked < len(body_chunks)}
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            answer["status"] = message["status"]
+            answer["headers"] = {k.decode(): v.decode() for k, v in message["headers"]}
+        else:
+            answer["body"] += message.get("body", b"")
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": method, "scheme": "http", "path": path, "raw_path": path.encode(),
+             "query_string": b"", "root_path": "", "server": ("admin", 80),
+             "client": ("127.0.0.1", 1), "headers": [(k.lower().encode(), v.encode())
+                                                     for k, v in headers.items()]}
+    await app(scope, receive, send)
+    return answer["status"], answer["headers"], answer["body"], asked
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("headers", "check"),
+    [({}, "missing signature"),
+     (sign_request(KEY, "POST", "/v1/tenants", b"{}", timestamp=1_000_000_000),
+      "stale timestamp"),
+     (sign_request(KEY, "POST", "/v1/tenants", b"{}", nonce="short"), "malformed signature")],
+)
+async def test_failing_the_header_checks_is_401_before_any_body_is_read(
+    service: FakeService, headers: dict[str, str], check: str
+) -> None:
+    app = build_admin_app(service, Verifier(KEY))
+    status, answer, body, asked = await call_raw(
+        app, "POST", "/v1/tenants", {**headers, "Content-Length": str(3 * 65536)},
+        [b"x" * 65536] * 3)
+    assert (status, asked) == (401, 0)
+    assert json.loads(body)["error"].startswith(check)
+    assert answer["connection"] == "close"  # the server stops reading the rest
+    assert service.calls == []
+
+
+@pytest.mark.anyio
+async def test_a_reused_nonce_is_401_before_any_body_is_read(service: FakeService) -> None:
+    app = build_admin_app(service, Verifier(KEY))
+    headers = sign_request(KEY, "POST", "/v1/tenants/acme/stop", b"")
+    assert (await call_raw(app, "POST", "/v1/tenants/acme/stop", headers, [b""]))[0] == 200
+    status, _, body, asked = await call_raw(app, "POST", "/v1/tenants/acme/stop", headers,
+                                            [b"x" * 65536] * 3)
+    assert (status, asked) == (401, 0)
+    assert json.loads(body)["error"].startswith("replayed nonce: nonce seen")
+
+
+@pytest.mark.anyio
+async def test_a_wrong_key_is_found_after_the_capped_body_and_nothing_is_done(
+    service: FakeService,
+) -> None:
+    app = build_admin_app(service, Verifier(KEY))
+    body = json.dumps({"name": "evil"}).encode()
+    headers = sign_request(b"not the key", "POST", "/v1/tenants", body)
+    status, _, answer, asked = await call_raw(app, "POST", "/v1/tenants", headers, [body])
+    assert (status, asked) == (401, 1)
+    assert json.loads(answer)["error"].startswith("bad signature")
+    assert "evil" not in service.tenants
+    # Over the JSON routes' cap (64 KiB by default) it is 413 after at most that much.
+    big = [b"x" * 16384] * 8
+    status, _, answer, asked = await call_raw(app, "POST", "/v1/tenants", headers, big)
+    assert status == 413 and asked * 16384 <= DEFAULT_MAX_BODY_BYTES + 16384
+    assert service.calls == []
+
+
+@pytest.mark.anyio
+async def test_a_signed_import_reaches_the_service_as_a_private_file_then_is_deleted(
+    service: FakeService, tmp_path: Path
+) -> None:
+    export = os.urandom(300_000)
+    async with make_client(service, auth=AdminAuth(KEY), staging_dir=lambda: tmp_path,
+                           max_import_bytes=len(export)) as client:
+        response = await client.post("/v1/tenants/copy/import", content=export)
+        assert response.status_code == 201 and response.json()["name"] == "copy"
+        [(path, contents, mode)] = service.imported
+        assert (path.parent, contents, mode) == (tmp_path, export, 0o600)
+        assert list(tmp_path.iterdir()) == []  # deleted once the import returned
+        # One byte over the import cap: 413, nothing reaches the service, nothing is kept.
+        response = await client.post("/v1/tenants/other/import", content=export + b"!")
+        assert response.status_code == 413
+        assert response.json()["error"] == f"request body larger than {len(export)} bytes"
+        response = await client.post("/v1/tenants/empty/import", content=b"")
+        assert response.status_code == 400
+    assert [name for op, name in service.calls if op == "import"] == ["copy"]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.anyio
+async def test_a_nonce_that_cannot_be_made_durable_is_507_and_nothing_is_done(
+    service: FakeService, tmp_path: Path
+) -> None:
+    with tmpfs(tmp_path / "small", "64k", otherwise="test_signing's nonce file tests") as disk:
+        verifier = Verifier(KEY, nonces=SeenNonces.open(disk / "nonces"))
+        filler = disk / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        with contextlib.suppress(OSError):  # ENOSPC: the disk is full
+            while True:
+                os.write(fd, b"\0" * 4096)
+        os.close(fd)
+        async with make_client(service, verifier=verifier) as client:
+            refused = None
+            for _ in range(500):  # until the nonce file's last page is full
+                headers = sign_request(KEY, "POST", "/v1/tenants/acme/stop", b"")
+                response = await client.post("/v1/tenants/acme/stop", headers=headers)
+                if response.status_code != 200:
+                    refused = headers
+                    break
+            assert refused is not None, "the tmpfs never filled up"
+            assert response.status_code == 507
+            assert "cannot record the admin nonce" in response.json()["error"]
+            stops = len(service.calls)
+            filler.unlink()
+            # The refused request was not done, and its nonce stays refused;
+            # a new one goes through once there is room, the file rewritten whole.
+            response = await client.post("/v1/tenants/acme/stop", headers=refused)
+            assert response.status_code == 401
+            assert len(service.calls) == stops
+            headers = sign_request(KEY, "POST", "/v1/tenants/acme/stop", b"")
+            assert (await client.post("/v1/tenants/acme/stop", headers=headers)
+                    ).status_code == 200
+        reopened = SeenNonces.open(disk / "nonces")
+        assert reopened.is_seen(headers["X-Switchboard-Nonce"], now=time.time())
+        reopened.close()

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from switchboard import nonces
+from switchboard.errors import ConfigError
+from switchboard.nonces import SeenNonces
 from switchboard.signing import (
     AuthError,
     KeyFileError,
@@ -269,3 +272,104 @@ def test_load_key_errors_are_clear(tmp_path: Path) -> None:
         load_key(empty)
     with pytest.raises(KeyFileError, match="cannot read admin key"):
         load_key(tmp_path)  # a directory
+
+
+# --- verification in steps, as the admin API does it -----------------------------------------
+
+
+def test_the_headers_are_checked_alone_and_a_race_for_one_nonce_admits_one_request() -> None:
+    v = verifier()
+    body = b'{"name": "acme"}'
+    headers = signed(body=body)
+    digest = hashlib.sha256(body).hexdigest()
+    # Two copies of one request both pass the header checks while neither is accepted...
+    first, second = v.check_headers(headers), v.check_headers(headers)
+    v.check_signature(first, "POST", "/v1/tenants", digest)
+    v.check_signature(second, "POST", "/v1/tenants", digest)
+    v.accept(first)
+    # ...and only the first to be accepted goes on.
+    with pytest.raises(AuthError, match=r"^replayed nonce: nonce seen"):
+        v.accept(second)
+    with pytest.raises(AuthError, match=r"^replayed nonce"):
+        v.check_headers(headers)
+    with pytest.raises(AuthError, match=r"^bad signature"):
+        v.check_signature(v.check_headers(signed()), "POST", "/v1/tenants",
+                          hashlib.sha256(b"tampered").hexdigest())
+
+
+# --- nonces on disk (switchboard/nonces.py) --------------------------------------------------
+
+
+def durable_verifier(path: Path, clock: FakeClock, max_nonces: int = 100) -> Verifier:
+    store = SeenNonces.open(path, now=clock(), max_nonces=max_nonces)
+    return Verifier(KEY, window_s=300, clock=clock, nonces=store)
+
+
+def test_accepted_nonces_survive_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "nonces"
+    clock = FakeClock()
+    headers = signed("DELETE", "/v1/tenants/acme", b"")
+    durable_verifier(path, clock).verify("DELETE", "/v1/tenants/acme", headers, b"")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    clock.now += 299  # still inside the window
+    restarted = durable_verifier(path, clock)
+    with pytest.raises(AuthError, match=r"^replayed nonce"):
+        restarted.verify("DELETE", "/v1/tenants/acme", headers, b"")
+    clock.now += 2  # past it: the replay is stale, and the record has been dropped
+    with pytest.raises(AuthError, match=r"^stale timestamp"):
+        durable_verifier(path, clock).verify("DELETE", "/v1/tenants/acme", headers, b"")
+    assert path.read_bytes() == b"switchboard-nonces 1\n"
+
+
+def test_a_torn_last_record_is_skipped_and_later_records_still_count(tmp_path: Path) -> None:
+    path = tmp_path / "nonces"
+    clock = FakeClock()
+    v = durable_verifier(path, clock)
+    good = signed("GET", "/", b"", nonce="first-nonce-0001")
+    v.verify("GET", "/", good, b"")
+    with open(path, "ab") as f:  # a crash in the middle of the next append
+        f.write(b"N 1700000300 second-nonc")
+    v = durable_verifier(path, clock)
+    later = signed("GET", "/", b"", nonce="third-nonce-0003")
+    v.verify("GET", "/", later, b"")
+    v = durable_verifier(path, clock)
+    for headers in (good, later):
+        with pytest.raises(AuthError, match=r"^replayed nonce"):
+            v.verify("GET", "/", headers, b"")
+    v.verify("GET", "/", signed("GET", "/", b"", nonce="second-nonce-002"), b"")
+
+
+def test_the_floor_raised_by_the_cap_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "nonces"
+    clock = FakeClock()
+    v = durable_verifier(path, clock, max_nonces=2)
+    old = [signed("GET", "/", b"", timestamp=NOW - 10 + i) for i in range(4)]
+    for headers in old:
+        v.verify("GET", "/", headers, b"")
+    v = durable_verifier(path, clock, max_nonces=2)
+    assert len(v) == 2
+    for headers in old:  # the two forgotten early are refused as stale, the others as seen
+        with pytest.raises(AuthError) as excinfo:
+            v.verify("GET", "/", headers, b"")
+        assert reason_of(excinfo) in {"replayed nonce", "stale timestamp"}
+    v.verify("GET", "/", signed("GET", "/", b""), b"")
+
+
+def test_the_nonce_file_is_compacted_as_records_expire(tmp_path: Path) -> None:
+    path = tmp_path / "nonces"
+    clock = FakeClock()
+    store = SeenNonces.open(path, now=clock())
+    v = Verifier(KEY, window_s=10, clock=clock, nonces=store)
+    requests = nonces.COMPACT_MIN_RECORDS + 200
+    for i in range(requests):
+        clock.now = NOW + i  # one request a second: about 10 live at any time
+        v.verify("GET", "/", signed("GET", "/", b"", timestamp=NOW + i), b"")
+    assert 10 <= len(v) <= 12
+    assert path.read_bytes().count(b"\n") < 300  # rewritten with the live ones, then appended
+
+
+def test_a_file_that_is_not_a_nonce_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "nonces"
+    path.write_bytes(b"something else\n")
+    with pytest.raises(ConfigError, match="not a switchboard nonce file"):
+        SeenNonces.open(path)
