@@ -2,6 +2,7 @@
 
 format     the file format (byte layout, versions, limits) and its reader and writer
 codec      msgpack (default) and pickle codecs for the payload
+mac        the snapshot key, and the MACs that sign snapshots and journal segments
 store      SnapshotStore, and LocalStore: generations in a local directory, written durably
 layout     DataLayout: the paths of a data dir (tenants, snapshots, journal), listing, deletion
 durable    fsync a folder, write a file atomically, create a secret file: the durable-file rules

@@ -5,6 +5,16 @@ SnapshotError            base class; catch this to handle any snapshot problem
                          missing or of the wrong type, payload length mismatch, checksum
                          mismatch, truncated, trailing bytes. The message names the file and
                          exactly what is wrong. The store falls back to an older generation.
+  SnapshotRefused        a file this restore must not load, whatever its integrity; the store
+                         falls back to an older generation, as for a corrupt one, and says why:
+    SnapshotNotSigned    "not signed by this deployment": a signed file whose MAC does not
+                         verify under this deployment's snapshot key (or there is no key to
+                         check it with), or an unsigned file of a codec that runs code (pickle)
+                         while unsigned files are not allowed (--allow-unsigned).
+    SnapshotWrongCodec   the header names a codec other than the one the app declares ("codec
+                         pickle but the app declares msgpack"): pickle is never loaded for an
+                         app that did not opt in.
+  SnapshotKeyError       the snapshot key file is missing, unreadable or empty (snapshots.mac).
   SnapshotVersionError   the file's format version is newer than this code reads (its header
                          CRC is valid, so this is a real newer file, not a flipped byte). The
                          store does not fall back past it: the tenant needs newer code.
@@ -37,6 +47,25 @@ class SnapshotCorrupt(SnapshotError):
         super().__init__(f"{source}: corrupt snapshot: {problem}")
         self.source = source
         self.problem = problem
+
+
+class SnapshotRefused(SnapshotError):
+    def __init__(self, source: str, problem: str) -> None:
+        super().__init__(f"{source}: refused: {problem}")
+        self.source = source
+        self.problem = problem
+
+
+class SnapshotNotSigned(SnapshotRefused):
+    pass
+
+
+class SnapshotWrongCodec(SnapshotRefused):
+    pass
+
+
+class SnapshotKeyError(SnapshotError):
+    pass
 
 
 class SnapshotVersionError(SnapshotError):

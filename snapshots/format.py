@@ -1,11 +1,11 @@
-"""The snapshot file format, version 1.
+"""The snapshot file format, version 2 (reads versions 1 and 2).
 
 A snapshot file is a verified prefix followed by the payload (the tenant's state, packed by
-a codec). All integers are big-endian.
+a codec). All integers are big-endian. Both versions share this layout:
 
     offset       size  field
     0            8     magic b"SBSNAP\\r\\n" (the CR LF catches text-mode transfers)
-    8            2     format version, u16 (this code writes 1 and reads up to 1)
+    8            2     format version, u16 (this code writes 2 and reads 1 and 2)
     10           4     header length H, u32, 1 <= H <= 1 MiB
     14           H     header: one msgpack map with str keys (below)
     14+H         4     CRC32 (zlib.crc32) of bytes 0 .. 14+H: magic, version, length and
@@ -25,13 +25,48 @@ The header map (packed in this order; readers look keys up by name):
     payload_length  int    >= 0; P above
     checksum        str    "blake2b-256:" + 64 lowercase hex digits, of the payload
     created_at      float  Unix time the snapshot was made
-    index           any    None in version 1 writers. Reserved for segmented snapshots: a
-                           later writer may put a segment index here (one independently
-                           packed segment per top-level part of the state), so a worker can
-                           load only what a request touches.
+    -- version 2 adds:
+    epoch           int    >= 0; the tenant's fencing token when it was written (1 for a
+                           tenant that never changed owner; DESIGN.md "Between hosts")
+    creation_id     str    which incarnation of the tenant's name wrote it ("" if unknown)
+    index           list   the segment index, [] (below)
+    ...             any    keys of later version 2 writers (kept, see below)
+    mac             bin    32 bytes, only in a signed file, and then always the map's last
+                           entry (below)
 
-Any other key is kept in SnapshotHeader.extra and written back unchanged, so a version 1
-reader tolerates keys added by later version 1 writers.
+In version 1, `index` was any value (None from every writer) and there is no epoch,
+creation_id or mac: a version 1 file is unsigned.
+
+The MAC (version 2, signed files). mac = keyed BLAKE2b-256 under the deployment's snapshot
+key (snapshots.mac: person b"sb-snapshot-v2") of bytes 0 .. 14+H-32, that is everything in
+the file before the 32 bytes of the mac value: magic, version, header length and every header
+entry (the mac's key and bin marker included), i.e. every header field except the MAC itself.
+The payload is covered through the header's `checksum`, its BLAKE2b-256 (collision resistant,
+so a changed payload cannot keep it): the MAC is one cheap pass over a small header instead of
+a second pass over a payload of hundreds of MB. The CRC is computed last and covers the mac
+bytes too, so damage to them reads as corrupt, never as "not signed". A reader (the store,
+snapshots.inspect) checks, in this order, before any byte of the payload reaches a decoder:
+the CRC, the header's fields, the MAC (`authenticate`: the header's last 32 bytes must be
+the mac entry), then the payload's checksum: before decoding for any codec that can run code
+(pickle), and alongside decoding for msgpack, whose result is dropped unless the checksum
+matches (see "Two readers"). A signed file whose MAC does not verify is "not signed by this
+deployment" (SnapshotNotSigned), distinct from a corrupt one (SnapshotCorrupt); what a restore
+then does (fall back a generation) and which unsigned files it accepts is the store's policy
+(snapshots/store.py). A writer without a key writes version 2 without mac: unsigned.
+
+The segment index (version 2; room for segmented snapshots, DESIGN.md "Later"): a list of
+entries, one per independently packed segment of the state,
+
+    {"name": str (the top-level part of the state), "offset": int (from the start of the
+     payload), "length": int, "checksum": "blake2b-256:<hex>" (of those bytes), "codec": str}
+
+with offset + length <= payload_length. Version 2 writers leave it empty, and the payload is
+then the whole state. A writer that fills it writes a new format version, so this code stops at
+SnapshotVersionError rather than load a segmented payload as a whole state; this reader checks
+the entries' shape and otherwise ignores them.
+
+Any other key is kept in SnapshotHeader.extra and written back unchanged, so a reader
+tolerates keys added by later writers of the same version.
 
 Stable across versions: bytes 0-13, the header limit and the CRC after the header. Only the
 header keys and the payload layout may change in a later version. That lets a reader check
@@ -40,7 +75,8 @@ version: SnapshotVersionError) from a flipped version byte (bad CRC: SnapshotCor
 
 Limits: header at most 1 MiB (MAX_HEADER_LENGTH); payload up to what the disk and memory
 hold (hundreds of MB is the expected top). The header CRC guards the fields the reader acts
-on before it reads the payload; the BLAKE2b checksum guards the payload.
+on before it reads the payload; the BLAKE2b checksum guards the payload; the MAC says who
+wrote both.
 
 Two readers:
 - read_snapshot copies the payload into memory and verifies it: the bytes it returns are
@@ -53,6 +89,7 @@ Two readers:
   the store's rule that a snapshot file is never modified or truncated once it has its name
   (a save writes a temp file and renames it); an in-place edit during a restore could show
   the hash and the decoder different bytes, and a truncation would fault the reader (SIGBUS).
+Neither checks the MAC: call `authenticate` on the header first (the store does).
 """
 
 from __future__ import annotations
@@ -75,11 +112,12 @@ import msgpack
 
 from contract.names import is_valid_name
 from snapshots.codec import gc_paused
-from snapshots.errors import SnapshotCorrupt, SnapshotVersionError
+from snapshots.errors import SnapshotCorrupt, SnapshotNotSigned, SnapshotVersionError
 from snapshots.layout import validate_tenant_name
+from snapshots.mac import MAC_BYTES, WriterIdentity, macs_equal, snapshot_mac
 
 MAGIC = b"SBSNAP\r\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MAX_HEADER_LENGTH = 1024 * 1024
 CHECKSUM_PREFIX = "blake2b-256:"
 
@@ -87,6 +125,9 @@ CHECKSUM_PREFIX = "blake2b-256:"
 _FIXED = struct.Struct(">8sHI")
 _CRC = struct.Struct(">I")
 _CHECKSUM_RE = re.compile(r"blake2b-256:[0-9a-f]{64}")
+# How a signed header ends: the key "mac" (fixstr 3), a bin 8 marker of 32 bytes, the MAC.
+_MAC_ENTRY = b"\xa3mac\xc4" + bytes([MAC_BYTES])
+_NO_MAC = b"\0" * MAC_BYTES  # the placeholder a signed header is packed with to be MACed
 
 Payload = bytes | bytearray | memoryview
 # Below this a payload is hashed before it is decoded: a thread costs more than it saves.
@@ -104,7 +145,18 @@ _REQUIRED: dict[str, tuple[type, ...]] = {
     "checksum": (str,),
     "created_at": (float, int),
 }
-_KNOWN_KEYS = frozenset(_REQUIRED) | {"index"}
+_REQUIRED_V2: dict[str, tuple[type, ...]] = {
+    "epoch": (int,),
+    "creation_id": (str,),
+    "index": (list,),
+}
+_INDEX_ENTRY: dict[str, tuple[type, ...]] = {
+    "name": (str,), "offset": (int,), "length": (int,), "checksum": (str,), "codec": (str,),
+}
+_KNOWN_KEYS = {
+    1: frozenset(_REQUIRED) | {"index"},
+    2: frozenset(_REQUIRED) | frozenset(_REQUIRED_V2) | {"mac"},
+}
 
 
 @dataclass(frozen=True)
@@ -118,11 +170,22 @@ class SnapshotHeader:
     payload_length: int
     checksum: str
     created_at: float
-    index: Any = field(default=None, hash=False)
+    # Version 1: whatever the file held (None from every writer); version 2: a list ([]).
+    index: Any = field(default_factory=list, hash=False)
     format_version: int = FORMAT_VERSION
     # Offset of the payload in the file (18 + H); 0 until the header is encoded or read.
     header_bytes: int = 0
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    epoch: int = 1
+    creation_id: str = ""
+    # The MAC of a signed version 2 file; None when unsigned (every version 1 file).
+    mac: bytes | None = field(default=None, repr=False)
+    # Bytes 0 .. 14+H-32 of a signed file, what `mac` covers (kept to authenticate it).
+    signed_bytes: bytes = field(default=b"", repr=False, compare=False, hash=False)
+
+    @property
+    def signed(self) -> bool:
+        return self.mac is not None
 
 
 def payload_checksum(payload: Payload) -> str:
@@ -139,15 +202,18 @@ def make_header(
     payload: Payload,
     *,
     created_at: float | None = None,
-    index: Any = None,
+    index: list[Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    identity: WriterIdentity | None = None,
 ) -> SnapshotHeader:
-    """Build the header for payload: its length, checksum and the prefix size.
+    """Build the version 2 header for payload: its length, checksum, the prefix size, and
+    its MAC when `identity` has a key (unsigned without one).
 
     Reads the payload once to hash it; never copies it. ValueError for a field the reader
     would refuse (a negative journal_pos, a str generation, ...).
     """
     validate_tenant_name(tenant)
+    identity = identity or WriterIdentity()
     header = SnapshotHeader(
         tenant=tenant,
         generation=generation,
@@ -158,14 +224,27 @@ def make_header(
         payload_length=memoryview(payload).nbytes,
         checksum=payload_checksum(payload),
         created_at=time.time() if created_at is None else float(created_at),
-        index=index,
+        index=[] if index is None else index,
         extra=dict(extra or {}),
+        epoch=identity.epoch,
+        creation_id=identity.creation_id,
     )
+    if identity.key is not None:
+        placeholder = _encode_head(dataclasses.replace(header, mac=_NO_MAC))
+        signed_bytes = placeholder[:-MAC_BYTES]
+        header = dataclasses.replace(header, mac=snapshot_mac(identity.key, signed_bytes),
+                                     signed_bytes=signed_bytes)
     return dataclasses.replace(header, header_bytes=len(encode_prefix(header)))
 
 
 def encode_prefix(header: SnapshotHeader) -> bytes:
     """Magic, version, header length, header and CRC: everything before the payload."""
+    head = _encode_head(header)
+    return head + _CRC.pack(zlib.crc32(head))
+
+
+def _encode_head(header: SnapshotHeader) -> bytes:
+    """Magic, version, header length and header (the header's mac entry last, if signed)."""
     if header.format_version != FORMAT_VERSION:
         raise ValueError(f"this code writes format version {FORMAT_VERSION} only")
     fields: dict[str, Any] = {
@@ -178,20 +257,40 @@ def encode_prefix(header: SnapshotHeader) -> bytes:
         "payload_length": header.payload_length,
         "checksum": header.checksum,
         "created_at": float(header.created_at),
+        "epoch": header.epoch,
+        "creation_id": header.creation_id,
         "index": header.index,
     }
-    clash = _KNOWN_KEYS.intersection(header.extra)
+    clash = _KNOWN_KEYS[FORMAT_VERSION].intersection(header.extra)
     if clash:
         raise ValueError(f"extra header keys clash with format keys: {sorted(clash)}")
     fields.update(header.extra)
-    problem = _fields_problem(fields)
+    if header.mac is not None:
+        fields["mac"] = bytes(header.mac)  # last: see "The MAC" above
+    problem = _fields_problem(fields, FORMAT_VERSION)
     if problem is not None:
         raise ValueError(f"refusing to write an unreadable snapshot header: {problem}")
     packed: bytes = msgpack.packb(fields, use_bin_type=True)
     if len(packed) > MAX_HEADER_LENGTH:
         raise ValueError(f"snapshot header is {len(packed)} bytes, over the 1 MiB limit")
-    head = _FIXED.pack(MAGIC, header.format_version, len(packed)) + packed
-    return head + _CRC.pack(zlib.crc32(head))
+    return _FIXED.pack(MAGIC, header.format_version, len(packed)) + packed
+
+
+def authenticate(header: SnapshotHeader, key: bytes | None, source: str) -> bool:
+    """Whether the file is signed (True) or unsigned (False, every version 1 file); raises
+    SnapshotNotSigned for a signed file whose MAC does not verify under `key`, or when there
+    is no key to check it with. Reads nothing but the header: call it before the payload."""
+    if header.mac is None:
+        return False
+    if key is None:
+        raise SnapshotNotSigned(
+            source, "not signed by this deployment: the file is signed and this process has "
+                    "no snapshot key to check it with")
+    if not macs_equal(snapshot_mac(key, header.signed_bytes), header.mac):
+        raise SnapshotNotSigned(
+            source, "not signed by this deployment: its MAC does not verify under this "
+                    "deployment's snapshot key")
+    return True
 
 
 def write_to(fileobj: BinaryIO, header: SnapshotHeader, payload: Payload) -> None:
@@ -225,7 +324,8 @@ def encode(header: SnapshotHeader, payload: Payload) -> bytes:
 def read_header(f: BinaryIO, *, source: str) -> SnapshotHeader:
     """Read and verify the prefix from f (positioned at offset 0).
 
-    On return f is positioned at the payload. source names the file in errors.
+    On return f is positioned at the payload. source names the file in errors. The MAC is
+    not checked here (there is no key here): `authenticate` does that.
     """
     fixed = f.read(_FIXED.size)
     if len(fixed) < _FIXED.size:
@@ -260,7 +360,13 @@ def read_header(f: BinaryIO, *, source: str) -> SnapshotHeader:
         raise SnapshotVersionError(source, version, FORMAT_VERSION)
     if version < 1:
         raise SnapshotCorrupt(source, f"format version {version} does not exist")
-    return _parse_header(raw_header, version, _FIXED.size + length + _CRC.size, source)
+    header = _parse_header(raw_header, version, _FIXED.size + length + _CRC.size, source)
+    if header.mac is not None:
+        if bytes(raw_header[-len(_MAC_ENTRY) - MAC_BYTES:]) != _MAC_ENTRY + header.mac:
+            raise SnapshotCorrupt(source, "the header's mac is not its last entry")
+        signed_bytes = fixed + bytes(raw_header[:-MAC_BYTES])
+        header = dataclasses.replace(header, signed_bytes=signed_bytes)
+    return header
 
 
 def _parse_header(raw: memoryview, version: int, header_bytes: int, source: str) -> SnapshotHeader:
@@ -270,9 +376,10 @@ def _parse_header(raw: memoryview, version: int, header_bytes: int, source: str)
         raise SnapshotCorrupt(source, f"header is not a valid msgpack map: {exc}") from exc
     if not isinstance(fields, dict):
         raise SnapshotCorrupt(source, f"header is a {type(fields).__name__}, not a map")
-    problem = _fields_problem(fields)
+    problem = _fields_problem(fields, version)
     if problem is not None:
         raise SnapshotCorrupt(source, problem)
+    v2 = version >= 2
     return SnapshotHeader(
         tenant=fields["tenant"],
         generation=fields["generation"],
@@ -286,22 +393,22 @@ def _parse_header(raw: memoryview, version: int, header_bytes: int, source: str)
         index=fields.get("index"),
         format_version=version,
         header_bytes=header_bytes,
-        extra={k: v for k, v in fields.items() if k not in _KNOWN_KEYS},
+        extra={k: v for k, v in fields.items() if k not in _KNOWN_KEYS[version]},
+        epoch=fields["epoch"] if v2 else 1,
+        creation_id=fields["creation_id"] if v2 else "",
+        mac=fields.get("mac") if v2 else None,
     )
 
 
-def _fields_problem(fields: Mapping[str, Any]) -> str | None:
+def _fields_problem(fields: Mapping[str, Any], version: int) -> str | None:
     """What is wrong with a header's fields, or None.
 
     The writer applies the reader's rules too, so it never writes a header it would refuse.
     """
-    for name, types in _REQUIRED.items():
-        if name not in fields:
-            return f"header field {name!r} is missing"
-        value = fields[name]
-        if isinstance(value, bool) or not isinstance(value, types):
-            expected = " or ".join(t.__name__ for t in types)
-            return f"header field {name!r} is {type(value).__name__} {value!r}, expected {expected}"
+    required = {**_REQUIRED, **_REQUIRED_V2} if version >= 2 else _REQUIRED
+    problem = _types_problem(fields, required, "header field")
+    if problem is not None:
+        return problem
     for name in ("generation", "journal_pos", "payload_length"):
         if fields[name] < 0:
             return f"header field {name!r} is negative: {fields[name]}"
@@ -309,6 +416,44 @@ def _fields_problem(fields: Mapping[str, Any]) -> str | None:
         return f"header tenant {fields['tenant']!r} is not a valid name"
     if _CHECKSUM_RE.fullmatch(fields["checksum"]) is None:
         return f"header checksum {fields['checksum']!r} is not 'blake2b-256:<64 hex>'"
+    if version < 2:
+        return None
+    if fields["epoch"] < 0:
+        return f"header field 'epoch' is negative: {fields['epoch']}"
+    if "mac" in fields:
+        mac = fields["mac"]
+        if not isinstance(mac, bytes) or len(mac) != MAC_BYTES:
+            return f"header field 'mac' is not {MAC_BYTES} bytes"
+    for position, entry in enumerate(fields["index"]):
+        problem = _index_entry_problem(entry, fields["payload_length"])
+        if problem is not None:
+            return f"segment index entry {position}: {problem}"
+    return None
+
+
+def _index_entry_problem(entry: Any, payload_length: int) -> str | None:
+    if not isinstance(entry, dict):
+        return f"is a {type(entry).__name__}, not a map"
+    problem = _types_problem(entry, _INDEX_ENTRY, "field")
+    if problem is not None:
+        return problem
+    offset, length = entry["offset"], entry["length"]
+    if offset < 0 or length < 0 or offset + length > payload_length:
+        return f"bytes {offset}..{offset + length} are outside the {payload_length}-byte payload"
+    if _CHECKSUM_RE.fullmatch(entry["checksum"]) is None:
+        return f"checksum {entry['checksum']!r} is not 'blake2b-256:<64 hex>'"
+    return None
+
+
+def _types_problem(fields: Mapping[str, Any], required: Mapping[str, tuple[type, ...]],
+                   what: str) -> str | None:
+    for name, types in required.items():
+        if name not in fields:
+            return f"{what} {name!r} is missing"
+        value = fields[name]
+        if isinstance(value, bool) or not isinstance(value, types):
+            expected = " or ".join(t.__name__ for t in types)
+            return f"{what} {name!r} is {type(value).__name__} {value!r}, expected {expected}"
     return None
 
 

@@ -3,7 +3,7 @@
     <data-dir>/
         admin.key                    admin API key, 0600 (switchboard/signing.py)
         snapshot.key                 snapshot and journal MAC key, 0600 (DESIGN.md
-                                     "Decisions"; planned, not written yet)
+                                     "Decisions"; snapshots/mac.py)
         tenants.sqlite               the embedded tenant table (switchboard/table.py)
         tenants/                     one folder per tenant
             <name>/                  0700; everything of one tenant, and nothing else

@@ -11,6 +11,30 @@ Generations count up from 1; the newest keep_generations are kept. The tenant's 
 holds other packages' files (the journal), so this module only ever touches its snapshots/
 folder.
 
+Signing and the restore policy. A store is made with the writer's identity
+(snapshots.mac.WriterIdentity: the deployment's snapshot key, the tenant's epoch and creation
+id): every save writes format version 2, signed when there is a key. A restore
+(load_newest_valid_state, or load_newest_valid) walks the generations newest first and takes
+the first one that passes every check below; a file that fails one is skipped with its reason
+(the caller logs it loudly) and the walk goes on to the previous generation:
+
+    the file                                         restore
+    corrupt (CRC, checksum, length, fields)          skipped: "<the problem>"
+    header names another tenant                      skipped
+    signed, MAC verifies under this key              loaded
+    signed, MAC does not verify (or no key here)     skipped: "refused: not signed by this
+                                                     deployment: ..."
+    codec other than the app's declared `codec`      skipped: "refused: codec X but the app
+                                                     declares Y"
+    unsigned (v1, or v2 without mac), msgpack        loaded (msgpack runs no code); the
+                                                     result says signed=False so the caller
+                                                     rewrites it signed at its next checkpoint
+    unsigned, pickle (or any codec not in            skipped: "refused: not signed by this
+    DATA_CODECS)                                     deployment: ..." unless allow_unsigned
+    a newer format version                           SnapshotVersionError: the walk stops
+
+Files exist but none passes: NoValidSnapshot (never an empty tenant in silence).
+
 Runs in the tenant worker and in its forked checkpoint child: plain blocking calls, no event
 loop, no logging (save returns what it did, in SnapshotInfo; callers log), and no threads
 but the one load_newest_valid_state starts to hash a big payload while it decodes, and joins
@@ -43,12 +67,16 @@ from snapshots.errors import (
     NoValidSnapshot,
     SnapshotCorrupt,
     SnapshotError,
+    SnapshotNotSigned,
+    SnapshotRefused,
     SnapshotWriteError,
+    SnapshotWrongCodec,
     UnsafeCodec,
 )
 from snapshots.format import (
     Payload,
     SnapshotHeader,
+    authenticate,
     load_state,
     make_header,
     open_snapshot,
@@ -58,6 +86,7 @@ from snapshots.format import (
     write_to,
 )
 from snapshots.layout import TEMP_SUFFIX, DataLayout
+from snapshots.mac import WriterIdentity
 
 # The steps of a save where a fault hook is called, in order:
 #   after_temp_write   the temp file holds the whole snapshot, not fsynced
@@ -66,6 +95,12 @@ from snapshots.layout import TEMP_SUFFIX, DataLayout
 #   before_dir_fsync   just before the folder's fsync (same files as after_rename)
 SAVE_STEPS = ("after_temp_write", "after_fsync", "after_rename", "before_dir_fsync")
 FaultHook = Callable[[str], None]
+
+# Codecs that run no code named by their input: an unsigned file of one of these may be
+# restored. Any other (pickle) needs a file signed by this deployment, or allow_unsigned.
+DATA_CODECS = frozenset({"msgpack"})
+# How a skipped generation's reason starts when a policy refused it (not damage).
+REFUSED = "refused: "
 
 
 @dataclass(frozen=True)
@@ -88,9 +123,11 @@ class LoadedSnapshot:
     header: SnapshotHeader
     payload: bytes
     path: Path
-    # Newer generations that failed verification, as (path, reason): the caller must log
-    # them loudly, since the state it restores is older than the newest checkpoint.
+    # Newer generations that failed verification or were refused, as (path, reason; a
+    # refusal's reason starts with REFUSED): the caller must log them loudly, since the state
+    # it restores is older than the newest checkpoint.
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    signed: bool = False  # its MAC verified under this store's key
 
 
 @dataclass
@@ -100,8 +137,12 @@ class LoadedState:
     header: SnapshotHeader
     state: Any
     path: Path
-    # As in LoadedSnapshot: newer generations that failed verification, to be logged loudly.
+    # As in LoadedSnapshot: newer generations that failed verification or were refused, to
+    # be logged loudly.
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    # Its MAC verified under this store's key. False: an unsigned file the policy let
+    # through; the caller rewrites it signed at its next checkpoint.
+    signed: bool = False
 
 
 CodecFactory = Callable[[str], Codec]
@@ -135,10 +176,14 @@ class LocalStore:
     """Snapshots in a local data dir; see the module docstring for the layout.
 
     `LocalStore(DataLayout(data_dir), keep_generations)`, or `LocalStore.in_data_dir(...)`.
+    `identity` signs and stamps what save writes and is the key a restore checks MACs with
+    (none: unsigned files only); `allow_unsigned` lets a restore load an unsigned file of a
+    codec that runs code (pickle), on an operator's word (`--allow-unsigned`).
     """
 
     def __init__(
-        self, layout: DataLayout, keep_generations: int = 3, *, fault: FaultHook | None = None
+        self, layout: DataLayout, keep_generations: int = 3, *, fault: FaultHook | None = None,
+        identity: WriterIdentity | None = None, allow_unsigned: bool = False,
     ) -> None:
         if not isinstance(layout, DataLayout):
             # The old signature took a tenants folder: refuse it rather than nest tenants/.
@@ -151,12 +196,21 @@ class LocalStore:
         self.layout = layout
         self.keep_generations = keep_generations
         self.fault = fault  # tests only: see the module docstring
+        self.identity = identity or WriterIdentity()
+        self.allow_unsigned = allow_unsigned
 
     @classmethod
     def in_data_dir(
-        cls, data_dir: Path | str, keep_generations: int = 3, *, fault: FaultHook | None = None
+        cls, data_dir: Path | str, keep_generations: int = 3, *, fault: FaultHook | None = None,
+        identity: WriterIdentity | None = None, allow_unsigned: bool = False,
     ) -> Self:
-        return cls(DataLayout(data_dir), keep_generations, fault=fault)
+        return cls(DataLayout(data_dir), keep_generations, fault=fault, identity=identity,
+                   allow_unsigned=allow_unsigned)
+
+    @property
+    def key(self) -> bytes | None:
+        """The snapshot key files are signed and checked with (None: unsigned only)."""
+        return self.identity.key
 
     def snapshot_dir(self, tenant: str) -> Path:
         # Validated before any path is built (DataLayout): the name charset has no '/' or '.'.
@@ -216,7 +270,8 @@ class LocalStore:
                 raise SnapshotWriteError(f"cannot list {directory}: {exc}") from exc
             generation = existing[0][0] + 1 if existing else 1
             header = make_header(
-                tenant, generation, codec, app_version, schema_version, journal_pos, payload
+                tenant, generation, codec, app_version, schema_version, journal_pos, payload,
+                identity=self.identity,
             )
             path = self.path_for(tenant, generation)
             _write_durably(path, dir_fd, header, payload, self.fault or _no_fault)
@@ -260,8 +315,10 @@ class LocalStore:
                 notes.append(f"fsync of {directory} after pruning failed: {exc}")
         return tuple(pruned)
 
-    def load_newest_valid(self, tenant: str) -> LoadedSnapshot | None:
-        """The newest generation that verifies, with the newer ones that did not.
+    def load_newest_valid(self, tenant: str, *, codec: str | None = None
+                          ) -> LoadedSnapshot | None:
+        """The newest generation that verifies and the policy admits (the module docstring:
+        `codec` is the app's declared codec, None for any), with the newer ones that did not.
 
         None when the tenant has no snapshot files at all (a new tenant). NoValidSnapshot
         when there are files but none verifies: never an empty tenant in silence. A file
@@ -274,12 +331,28 @@ class LocalStore:
             header, payload = read_snapshot(path)
             if header.tenant != tenant:
                 return None, f"header names tenant {header.tenant!r}"
-            return LoadedSnapshot(header=header, payload=payload, path=path), None
+            signed = self.admit(header, str(path), codec)
+            return LoadedSnapshot(header=header, payload=payload, path=path, signed=signed), None
 
         return self._newest_valid(tenant, load)
 
+    def admit(self, header: SnapshotHeader, source: str, codec: str | None) -> bool:
+        """Whether a restore may load this file, from its header alone: True if it is signed
+        by this store's key, False if unsigned and admitted; SnapshotRefused otherwise (see
+        the module docstring's table). `codec`: the app's declared codec, None for any."""
+        signed = authenticate(header, self.key, source)
+        if codec is not None and header.codec != codec:
+            raise SnapshotWrongCodec(
+                source, f"codec {header.codec} but the app declares {codec}")
+        if not signed and header.codec not in DATA_CODECS and not self.allow_unsigned:
+            raise SnapshotNotSigned(
+                source, f"not signed by this deployment: an unsigned {header.codec} snapshot "
+                        "would run code from the file when loaded (--allow-unsigned trusts "
+                        "unsigned files)")
+        return signed
+
     def load_newest_valid_state(
-        self, tenant: str, codec_factory: CodecFactory = get_codec
+        self, tenant: str, codec_factory: CodecFactory = get_codec, *, codec: str | None = None
     ) -> LoadedState | None:
         """load_newest_valid, decoded: the state of the newest generation that verifies.
 
@@ -289,7 +362,9 @@ class LocalStore:
         snapshots.format.load_state). A state is returned only once its payload's checksum
         matched; one decoded from a payload that then fails it is dropped, and the older
         generation is tried, as if the file had failed before decoding. A pickle payload is
-        decoded only after it verified. codec_factory(header.codec) picks the codec (pass
+        decoded only after it verified. Before any of that, the header must pass the policy
+        (`admit`: its MAC, `codec` the app's declared codec, unsigned files), or the file is
+        skipped as refused. codec_factory(header.codec) picks the codec (pass
         `functools.partial(get_codec, allow_pickle=False)` to refuse pickle); its error, or
         the codec's CodecError on a payload that verified, propagates: that file is sound,
         this code cannot read it, and falling back past it would hide that.
@@ -300,17 +375,18 @@ class LocalStore:
                     header = snapshot.header
                     if header.tenant != tenant:
                         return None, f"header names tenant {header.tenant!r}"
+                    signed = self.admit(header, snapshot.source, codec)
                     try:
-                        codec = codec_factory(header.codec)
+                        decoder = codec_factory(header.codec)
                     except SnapshotError:
                         # A corrupt file is skipped as before; a sound one with a codec this
                         # code cannot (or may not) use is the caller's problem.
                         verify_payload(header, snapshot.payload, snapshot.source)
                         raise
-                    state = load_state(snapshot, codec)
+                    state = load_state(snapshot, decoder)
             except (CodecError, UnsafeCodec) as exc:
                 raise type(exc)(f"{path}: {exc}") from exc
-            return LoadedState(header=header, state=state, path=path), None
+            return LoadedState(header=header, state=state, path=path, signed=signed), None
 
         return self._newest_valid(tenant, load)
 
@@ -319,8 +395,8 @@ class LocalStore:
     ) -> _Loaded | None:
         """Walk generations newest first; `load` gives a result or the reason to skip a file.
 
-        A corrupt or unreadable file is skipped with its reason; anything else `load` raises
-        (a newer format version, a codec this code cannot use) stops the walk.
+        A corrupt, unreadable or refused file is skipped with its reason; anything else `load`
+        raises (a newer format version, a codec this code cannot use) stops the walk.
         """
         directory = self.snapshot_dir(tenant)
         try:
@@ -335,6 +411,9 @@ class LocalStore:
                 result, reason = load(path)
             except SnapshotCorrupt as exc:
                 skipped.append((str(path), exc.problem))
+                continue
+            except SnapshotRefused as exc:
+                skipped.append((str(path), REFUSED + exc.problem))
                 continue
             except OSError as exc:
                 skipped.append((str(path), f"cannot read: {exc}"))

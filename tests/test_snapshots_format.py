@@ -81,9 +81,10 @@ def test_round_trip(tmp_path: Path) -> None:
     assert header.tenant == "acme" and header.generation == 7 and header.codec == "msgpack"
     assert header.app_version == "1.4.2" and header.schema_version == 3
     assert header.journal_pos == 1200 and header.created_at == 1_700_000_000.5
-    assert header.payload_length == len(PAYLOAD) and header.index is None
+    assert header.payload_length == len(PAYLOAD) and header.index == []
     assert header.checksum.startswith("blake2b-256:") and len(header.checksum) == 12 + 64
-    assert header.format_version == FORMAT_VERSION == 1
+    assert header.format_version == FORMAT_VERSION == 2
+    assert (header.epoch, header.creation_id, header.signed) == (1, "", False)
     assert path.stat().st_size == header.header_bytes + len(PAYLOAD)
 
 
@@ -92,7 +93,7 @@ def test_byte_layout(tmp_path: Path) -> None:
     header = write_snapshot(path, b"xyz")
     data = path.read_bytes()
     assert data[:8] == b"SBSNAP\r\n"
-    assert data[8:10] == b"\x00\x01"
+    assert data[8:10] == b"\x00\x02"
     (length,) = struct.unpack(">I", data[10:14])
     fields = msgpack.unpackb(data[14 : 14 + length])
     assert list(fields) == [
@@ -105,6 +106,8 @@ def test_byte_layout(tmp_path: Path) -> None:
         "payload_length",
         "checksum",
         "created_at",
+        "epoch",
+        "creation_id",
         "index",
     ]
     (crc,) = struct.unpack(">I", data[14 + length : 18 + length])
@@ -148,7 +151,8 @@ def test_write_to_rejects_a_payload_that_does_not_match_its_header(tmp_path: Pat
 
 def test_index_and_unknown_keys_are_kept(tmp_path: Path) -> None:
     path = tmp_path / "a.snap"
-    index = [["records", 0, 100, "blake2b-256:" + "0" * 64]]
+    index = [{"name": "records", "offset": 0, "length": 100,
+              "checksum": "blake2b-256:" + "0" * 64, "codec": "msgpack"}]
     write_snapshot(path, index=index, extra={"written_by": "future-1.9", "segments": 1})
     header, _ = read_snapshot(path)
     assert header.index == index
@@ -255,10 +259,10 @@ def test_trailing_bytes_are_corrupt(tmp_path: Path) -> None:
 
 def test_a_newer_format_version_is_a_version_error(tmp_path: Path) -> None:
     path = tmp_path / "future.snap"
-    path.write_bytes(raw_file(2, {"anything": "a version 2 header may hold"}, b"payload"))
-    with pytest.raises(SnapshotVersionError, match="version 2 is newer") as caught:
+    path.write_bytes(raw_file(3, {"anything": "a version 3 header may hold"}, b"payload"))
+    with pytest.raises(SnapshotVersionError, match="version 3 is newer") as caught:
         read_snapshot(path)
-    assert caught.value.found == 2 and caught.value.supported == 1
+    assert caught.value.found == 3 and caught.value.supported == 2
 
 
 def test_version_zero_is_corrupt(tmp_path: Path) -> None:

@@ -45,10 +45,10 @@ def test_describe_a_msgpack_snapshot(tmp_path: Path) -> None:
     assert info["header_bytes"] + len(payload) == info["file_size"]
     assert info["tenant"] == "acme" and info["generation"] == 4 and info["codec"] == "msgpack"
     assert info["app_version"] == "2.1" and info["schema_version"] == 5
-    assert info["journal_pos"] == 777 and info["format_version"] == 1
+    assert info["journal_pos"] == 777 and info["format_version"] == 2
     assert info["created_at_utc"] == "2023-11-14T22:13:20+00:00"
     assert info["checksum"].startswith("blake2b-256:")
-    assert info["index"] is None and info["extra"] == {"note": "01"}
+    assert info["index"] == [] and info["extra"] == {"note": "01"}
     assert info["valid"] is True and info["problem"] is None
     assert info["summary"] == {
         "root_type": "dict",

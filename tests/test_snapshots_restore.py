@@ -21,9 +21,12 @@ from snapshots import format as snapshot_format
 from snapshots.codec import MSGPACK_UNVERIFIED_OK, MsgpackCodec, PickleCodec, get_codec
 from snapshots.errors import CodecError, NoValidSnapshot, SnapshotCorrupt, UnsafeCodec
 from snapshots.format import PARALLEL_VERIFY_MIN_BYTES, load_state, open_snapshot
+from snapshots.mac import WriterIdentity
 from snapshots.store import LocalStore
 
 CODEC = MsgpackCodec()
+# Pickle payloads are restored only from files signed by the store's key.
+SIGNING = WriterIdentity(key=b"test-snapshot-key")
 
 
 def big_state(tag: str, records: int = 60_000) -> dict[str, Any]:
@@ -166,7 +169,7 @@ class Marker:
 
 @pytest.mark.parametrize("padding", [16, PARALLEL_VERIFY_MIN_BYTES * 2])
 def test_pickle_is_never_loaded_before_it_verifies(tmp_path: Path, padding: int) -> None:
-    store = LocalStore.in_data_dir(tmp_path / "store")
+    store = LocalStore.in_data_dir(tmp_path / "store", identity=SIGNING)
     save(store, PickleCodec().dumps({"generation": 1}), codec="pickle")
     marker = tmp_path / "code-ran"
     # pickle.loads stops at the STOP opcode and ignores what follows: damage to the padding
@@ -190,7 +193,7 @@ def test_pickle_is_never_loaded_before_it_verifies(tmp_path: Path, padding: int)
 def test_a_refused_codec_is_raised_for_a_sound_file_and_skipped_for_a_corrupt_one(
     tmp_path: Path,
 ) -> None:
-    store = LocalStore.in_data_dir(tmp_path)
+    store = LocalStore.in_data_dir(tmp_path, identity=SIGNING)
     save(store, CODEC.dumps({"n": 1}))
     newest = save(store, PickleCodec().dumps({"n": 2}), codec="pickle")
 
