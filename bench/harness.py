@@ -126,10 +126,12 @@ class BenchRouter(RouterProcess):
     registered in `Processes` so that cleanup kills it whatever happens."""
 
     def __init__(self, procs: Processes, data_dir: Path, *, max_resident: int = 64,
-                 port_range: str = "30000-31999", idle_timeout_s: float = 3600) -> None:
+                 port_range: str = "30000-31999", idle_timeout_s: float = 3600,
+                 worker_transport: str = "unix") -> None:
         super().__init__(data_dir, app=BENCH_APP, idle_timeout_s=idle_timeout_s,
                          max_resident=max_resident,
                          env={"SWITCHBOARD_PORT_RANGE": port_range,
+                              "SWITCHBOARD_WORKER_TRANSPORT": worker_transport,
                               "SWITCHBOARD_LOG_LEVEL": "warning"})
         self.procs = procs
 

@@ -86,7 +86,7 @@ class WorkerSpec:
     """Everything a worker needs to know to serve one tenant, sent as JSON."""
 
     tenant: str
-    port: int
+    port: int  # the TCP port it was handed, 0 for a Unix-socket worker
     data_dir: str  # the router's data dir; snapshots.layout.DataLayout says where files are
     app: str  # MODULE:ATTR of a tenant.TenantApp
     root_path: str = ""
@@ -105,6 +105,7 @@ class WorkerSpec:
     # an unsigned pickle snapshot may be restored (it can run code: only on an operator's word).
     snapshot_key_file: str | None = None
     allow_unsigned: bool = False
+    socket_path: str | None = None  # the Unix socket it was handed, for its process title
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -116,7 +116,7 @@ class RouterProcess:
     def start(self, timeout_s: float = 30) -> Self:
         if self.proc is not None and self.proc.poll() is None:
             raise HarnessError(f"router {self.proc.pid} is already running")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # serve wants it private
         self.addresses = None
         self.proc = self.spawn(self.command(), self.env())
         wait_until(self.ready, timeout_s, f"switchboard serve (pid {self.proc.pid}) ready",

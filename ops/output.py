@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-TENANT_COLUMNS = ("NAME", "STATE", "PID", "PORT", "RESTARTS", "LAST REQUEST", "IN-FLIGHT")
+TENANT_COLUMNS = ("NAME", "STATE", "PID", "ADDRESS", "RESTARTS", "LAST REQUEST", "IN-FLIGHT")
 
 
 def relative_time(moment: float | None, now: float | None = None) -> str:
@@ -51,7 +51,7 @@ def tenant_table(tenants: Sequence[Mapping[str, Any]], now: float | None = None)
             str(t.get("name", "?")),
             str(t.get("state", "?")),
             _or_dash(t.get("pid")),
-            _or_dash(t.get("port")),
+            _address(t),
             _or_dash(t.get("restarts")),
             relative_time(t.get("last_request_at"), now),
             _or_dash(t.get("in_flight")),
@@ -59,6 +59,13 @@ def tenant_table(tenants: Sequence[Mapping[str, Any]], now: float | None = None)
         for t in tenants
     ]
     return table(TENANT_COLUMNS, rows)
+
+
+def _address(tenant: Mapping[str, Any]) -> str:
+    """Where its worker listens: `run/12.sock` for a Unix socket, `:20013` for a port."""
+    if tenant.get("socket"):
+        return "run/" + str(tenant["socket"]).rsplit("/", 1)[-1]
+    return f":{tenant['port']}" if tenant.get("port") else "-"
 
 
 # Fields shown by `status` even when empty; the rest only when set.

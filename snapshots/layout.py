@@ -17,6 +17,10 @@
             .trash-<name>-<hex>/     a tenant being deleted (delete_tenant); one left by a
                                      crash is removed by sweep_trash or the next delete
         transfers/                   0700; export files waiting to be streamed in or out
+        run/                         0700 (0750, group worker_group, when that is set: the one
+                                     folder a web server may be let into for direct mode)
+            <id>.sock                a Unix-socket worker's listening socket, by the tenant's
+                                     short numeric id (paths stay under the 108-byte limit)
 
 `<name>` is checked against the tenant-name rule (contract/names.py) before any path is
 built: every method that takes a name raises InvalidTenantName (a ValueError) for a bad one,
@@ -70,11 +74,16 @@ class DataLayout:
         self.data_dir = Path(data_dir)
         self.tenants_dir = self.data_dir / "tenants"
         self.transfers_dir = self.data_dir / "transfers"
+        self.run_dir = self.data_dir / "run"
 
     def __repr__(self) -> str:
         return f"DataLayout({str(self.data_dir)!r})"
 
     # -- paths (no I/O)
+
+    def socket_path(self, tenant_id: int) -> Path:
+        """Where a Unix-socket worker listens: run/<id>.sock."""
+        return self.run_dir / f"{int(tenant_id)}.sock"
 
     def tenant_dir(self, name: str) -> Path:
         return self.tenants_dir / validate_tenant_name(name)

@@ -16,7 +16,7 @@ class TenantInfo:
     name: str
     state: str  # stopped starting running checkpointing stopping failed moved
     pid: int | None
-    port: int
+    port: int | None  # a TCP worker's loopback port; None for a Unix-socket worker
     restarts: int
     last_request_at: float | None
     in_flight: int = 0

@@ -9,6 +9,7 @@ below (`idle_timeout_s`); the unit-less spellings of the Contract (`idle_timeout
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -67,13 +68,29 @@ class Config:
     max_body_bytes: int = 10 * 1024 * 1024
     max_import_bytes: int = 1 << 30  # an admin import's upload, streamed to transfers/
     max_waiting_requests: int = 1024  # per tenant, while it starts
-    port_range: tuple[int, int] = (20000, 29999)
+    port_range: tuple[int, int] = (20000, 29999)  # for worker_transport = "tcp"
+
+    # Workers listen on a Unix socket in <data-dir>/run/ that only this user can open ("unix"),
+    # or on a stable loopback port ("tcp": any local user can connect to it).
+    worker_transport: str = "unix"
+    worker_group: str = ""  # a group (the web server's) let into run/ for direct mode
     max_concurrent_checkpoints: int = 2  # forked checkpoints copy up to the heap each
     max_worker_rss_bytes: int = 0  # 0: no limit; past it a worker is recycled between requests
     max_worker_address_space_bytes: int = 0  # RLIMIT_AS the worker sets on itself; 0: none
     max_worker_open_files: int = 0  # RLIMIT_NOFILE the worker sets on itself; 0: as inherited
     max_busy_s: float = 3600.0  # declared busy work keeps a worker resident this long at most
     request_timeout_s: float = 300.0  # a worker that sends no answer this long: 504
+
+    # The front edge (switchboard.edge): request heads, client timeouts, connections, trust.
+    max_request_line_bytes: int = 8 * 1024  # over it: 414
+    max_header_bytes: int = 16 * 1024  # one header line; over it: 431
+    max_headers_total_bytes: int = 64 * 1024  # all header lines; over it: 431
+    max_header_count: int = 100  # over it: 431
+    header_timeout_s: float = 30.0  # the whole request head, else 408
+    body_timeout_s: float = 60.0  # a request body silent this long while read: 408
+    keepalive_timeout_s: float = 75.0  # an idle client connection between requests is closed
+    max_client_connections: int = 10_000  # and what RLIMIT_NOFILE allows; beyond: 503
+    trusted_proxies: tuple[str, ...] = ()  # IPs/CIDRs whose X-Forwarded-* etc. are believed
 
     # Durability (passed to workers).
     journal_fsync: str = "always"  # always | everysec | never
@@ -129,6 +146,12 @@ def _coerce(name: str, raw: Any) -> Any:
             if text not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
                 raise ValueError(raw)
             return text in {"1", "true", "yes", "on"}
+        if name == "trusted_proxies":
+            items = raw if isinstance(raw, list | tuple) else str(raw).split(",")
+            entries = tuple(str(item).strip() for item in items if str(item).strip())
+            for entry in entries:
+                ipaddress.ip_network(entry, strict=False)  # ValueError: not an IP or CIDR
+            return entries
         if isinstance(default, tuple):
             parts = raw if isinstance(raw, list | tuple) else str(raw).replace("-", ",").split(",")
             low, high = (int(p) for p in parts)
@@ -197,6 +220,16 @@ def load(
     if config.journal_fsync not in {"always", "everysec", "never"}:
         raise ConfigError(
             f"journal_fsync must be always, everysec or never, not {config.journal_fsync!r}")
+    if config.worker_transport not in {"unix", "tcp"}:
+        raise ConfigError(
+            f"worker_transport must be 'unix' or 'tcp', not {config.worker_transport!r}")
     if config.max_resident < 1:
         raise ConfigError("max_resident must be at least 1")
+    for name in ("max_request_line_bytes", "max_header_bytes", "max_headers_total_bytes",
+                 "max_header_count", "max_client_connections"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{name} must be at least 1")
+    for name in ("header_timeout_s", "body_timeout_s", "keepalive_timeout_s"):
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"{name} must be more than 0")
     return config

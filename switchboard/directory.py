@@ -36,11 +36,12 @@ class EpochConflict(SwitchboardError):
 
 @dataclass(frozen=True, slots=True)
 class TenantRecord:
+    id: int  # short and stable on this directory: it names the worker's socket file
     name: str
     creation_id: str  # a fresh id per create/import: a re-created name is a new tenant
     epoch: int  # fencing token, +1 on every change of owner
     created_at: float  # Unix seconds
-    port: int  # the tenant's stable loopback port
+    port: int | None = None  # a TCP worker's stable loopback port, given at its first start
     app: str | None = None  # pinned app (MODULE:ATTR), else the router's default
     code_path: str | None = None  # pinned code directory, put first on sys.path
     owner: str | None = None  # the owning host's id in cluster mode, else None
@@ -56,7 +57,7 @@ class Directory(Protocol):
     a name that exists, UnknownTenant for a name that does not, EpochConflict from
     set_placement."""
 
-    async def create(self, name: str, *, port: int, app: str | None = None,
+    async def create(self, name: str, *, app: str | None = None,
                      code_path: str | None = None) -> TenantRecord: ...
 
     async def get(self, name: str) -> TenantRecord: ...

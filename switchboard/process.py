@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from contract import worker as wire
-from switchboard import procfs
+from snapshots.layout import DataLayout
+from switchboard import listen, procfs
 from switchboard.api import CheckpointResult, TenantInfo
 from switchboard.config import Config
 from switchboard.directory import Directory, TenantRecord
@@ -61,6 +62,8 @@ class ProcessEnv:
     spawner: Spawner
     directory: Directory
     ports: PortPool
+    layout: DataLayout
+    worker_gid: int | None  # worker_group's gid: it may open run/ and the sockets in it
     counters: Counters
     checkpoint_slots: asyncio.Semaphore
     make_room: Callable[[TenantProcess], Awaitable[None]]
@@ -135,7 +138,11 @@ class TenantProcess:
         return self._lock is not None and self._lock.locked()
 
     @property
-    def port(self) -> int:
+    def address(self) -> str | int | None:
+        """Where the worker listens: its socket path, or its loopback port (None until a TCP
+        tenant's first start)."""
+        if self.env.config.worker_transport == "unix":
+            return str(self.env.layout.socket_path(self.record.id))
         return self.record.port
 
     @property
@@ -243,14 +250,16 @@ class TenantProcess:
             self.last_error = None  # healthy again: an earlier failure is history (last_exit)
             self._transition(S.RUNNING)
             self.env.counters.starts += 1
-            log.info("tenant %s started on :%d (pid %s) in %.1f ms", self.name, self.port,
+            log.info("tenant %s started on %s (pid %s) in %.1f ms", self.name, self.address,
                      handle.pid, (time.monotonic() - started) * 1000)
             handle.exited.add_done_callback(lambda _: self._exit_seen(handle))
 
     def _spec(self) -> wire.WorkerSpec:
         config = self.env.config
         return wire.WorkerSpec(
-            tenant=self.name, port=self.port, data_dir=str(config.data_dir.resolve()),
+            tenant=self.name, port=self.record.port or 0,
+            socket_path=str(self.address) if isinstance(self.address, str) else None,
+            data_dir=str(config.data_dir.resolve()),
             app=self.record.app or config.app, code_path=self.record.code_path,
             root_path=f"/t/{self.name}" if config.routing == "path" else "",
             journal_fsync=config.journal_fsync, keep_generations=config.keep_generations,
@@ -286,26 +295,33 @@ class TenantProcess:
         return handle
 
     async def _bind(self) -> socket.socket:
-        """Bind the tenant's port; if something else holds it, move the tenant to a free one."""
-        for _ in range(5):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        """Bind the worker's socket (switchboard/listen.py). A TCP tenant gets its port at its
+        first start; if something else holds it, the tenant moves to a free one."""
+        if self.env.config.worker_transport == "unix":
+            path = self.env.layout.socket_path(self.record.id)
             try:
-                sock.bind(("127.0.0.1", self.port))
-                sock.listen(1024)
-                return sock
+                return listen.bind_unix(path, self.env.worker_gid)
             except OSError as exc:
-                sock.close()
-                if exc.errno != errno.EADDRINUSE:
-                    raise BootFailure(f"cannot bind port {self.port}: {exc.strerror}") from exc
-            old = self.port
+                raise BootFailure(f"cannot listen on {path}: {exc.strerror}") from exc
+        for _ in range(5):
+            if self.record.port is not None:
+                try:
+                    return listen.bind_tcp(self.record.port)
+                except OSError as exc:
+                    if exc.errno != errno.EADDRINUSE:
+                        raise BootFailure(
+                            f"cannot bind port {self.record.port}: {exc.strerror}") from exc
+            old = self.record.port
             try:
                 new = self.env.ports.allocate(avoid=old)
             except SwitchboardError as exc:
                 raise BootFailure(str(exc)) from exc
-            log.warning("port %d of tenant %s is taken; moving it to %d", old, self.name, new)
+            if old is not None:
+                log.warning("port %d of tenant %s is taken; moving it to %d", old, self.name,
+                            new)
             self.record = await self.env.directory.update(self.name, port=new)
-            self.env.ports.release(old)
+            if old is not None:
+                self.env.ports.release(old)
         raise BootFailure(f"no bindable port found for {self.name}")
 
     def _boot_failed(self, reason: str) -> None:
@@ -533,7 +549,9 @@ class TenantProcess:
         return TenantInfo(
             name=self.name, state=self.state.value,
             pid=worker.pid if worker is not None and self.state in LIVE else None,
-            port=record.port, restarts=self.restarts, last_request_at=self.last_request_at,
+            port=self.address if isinstance(self.address, int) else None,
+            socket=self.address if isinstance(self.address, str) else None,
+            restarts=self.restarts, last_request_at=self.last_request_at,
             in_flight=self.in_flight, requests=self.requests, bytes_in=self.bytes_in,
             bytes_out=self.bytes_out, created_at=record.created_at, started_at=self.started_at,
             last_checkpoint_at=self.last_checkpoint_at, generation=self.generation,

@@ -61,7 +61,7 @@ class Tenant(Protocol):
     @property
     def name(self) -> str: ...
     @property
-    def port(self) -> int: ...
+    def address(self) -> str | int | None: ...
     @property
     def worker(self) -> Any: ...  # the worker serving now; compared by identity only
 
@@ -197,14 +197,14 @@ class Proxy:
         for attempt in range(3):
             last_try = attempt == 2
             try:
-                conn, reused = await self.pool.get(tenant.port, worker)
+                conn, reused = await self.pool.get(tenant.address, worker)
             except OSError:
                 # Nothing was sent, so any request may go to the next worker: the one we were
                 # given died (kill -9, crash) and the supervisor starts another.
                 if not last_try and await self.supervisor.recover(tenant, worker):
                     worker = tenant.worker
                     continue
-                client.fail(502, f"tenant {route.tenant} is not answering on its port")
+                client.fail(502, f"tenant {route.tenant} is not answering on its socket")
                 return False
             if self.cannot_send(client, req):  # while we connected: the worker hears nothing
                 self.pool.put(conn)

@@ -17,8 +17,9 @@ from typing import Any
 
 from contract import serving
 from snapshots.layout import DataLayout
-from switchboard import logs, runfile
+from switchboard import listen, logs, private, runfile
 from switchboard.config import Config
+from switchboard.errors import ConfigError
 from switchboard.proxy import Proxy
 from switchboard.service import TenantOperations
 from switchboard.spawner import Spawner
@@ -42,14 +43,24 @@ class Router:
         from switchboard.signing import Verifier, ensure_key
 
         config = self.config
-        config.data_dir.mkdir(parents=True, exist_ok=True)
-        key = ensure_key(config.key_file)
-        ensure_key(config.snapshot_key_path)  # the workers' MAC key; they read it themselves
-        nonces = SeenNonces.open(config.nonce_file)  # replays stay refused across restarts
-        layout = DataLayout(config.data_dir)
+        try:
+            private.secure_data_dir(config.data_dir)
+            for key_file in (config.key_file, config.snapshot_key_path):
+                private.check_key_file(key_file)
+            key = ensure_key(config.key_file)
+            ensure_key(config.snapshot_key_path)  # the workers' MAC key; they read it themselves
+            nonces = SeenNonces.open(config.nonce_file)  # replays stay refused across restarts
+            layout = DataLayout(config.data_dir)
+            worker_gid = listen.worker_group_id(config.worker_group)
+            if config.worker_transport == "unix":
+                listen.prepare_run_dir(layout.run_dir, worker_gid)
+        except (ConfigError, OSError) as exc:
+            log.error("cannot start: %s", exc)
+            return 1
         directory = SqliteDirectory(config.data_dir / "tenants.sqlite")
         spawner = Spawner(use_zygote=config.use_zygote, zygote_wait_s=config.zygote_wait_s)
-        supervisor = Supervisor(config, directory, spawner, await directory.list())
+        supervisor = Supervisor(config, directory, spawner, await directory.list(), layout,
+                                worker_gid)
         service = TenantOperations(supervisor, directory, layout)
         proxy = Proxy(config, supervisor)
         loop = asyncio.get_running_loop()
@@ -132,6 +143,7 @@ def publish_addresses(data_dir: Path, front: asyncio.Server,
 
 
 def run(config: Config) -> int:
+    private.restrict_umask()  # before any file, socket or worker exists: all of them private
     logs.configure(config.log_format, config.log_level)
     try:
         import uvloop

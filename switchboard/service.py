@@ -35,12 +35,7 @@ class TenantOperations:
     async def create_tenant(self, name: str) -> TenantInfo:
         if not is_valid_name(name):
             raise BadTenantName(name)
-        port = self.supervisor.ports.allocate()
-        try:
-            record = await self.directory.create(name, port=port)
-        except BaseException:
-            self.supervisor.ports.release(port)
-            raise
+        record = await self.directory.create(name)
         try:
             # Files of an earlier tenant of this name (a crash between rm's steps) are not
             # this one's: a new tenant starts empty.
@@ -48,7 +43,6 @@ class TenantOperations:
             self.layout.create_tenant(name)
         except OSError as exc:
             await self.directory.remove(name)
-            self.supervisor.ports.release(port)
             raise StorageFailed(f"cannot create tenant {name!r}: {exc.strerror or exc}") from exc
         return self.supervisor.adopt(record).info()
 
@@ -86,12 +80,7 @@ class TenantOperations:
     async def import_tenant(self, name: str, source: Path) -> TenantInfo:
         if not is_valid_name(name):
             raise BadTenantName(name)
-        port = self.supervisor.ports.allocate()
-        try:
-            record = await self.directory.create(name, port=port)  # TenantExists: nothing written
-        except BaseException:
-            self.supervisor.ports.release(port)
-            raise
+        record = await self.directory.create(name)  # TenantExists: nothing written
         self.layout.delete_tenant(name)
         tenant = self.supervisor.adopt(record)
         # Held from the create on: no start can slip in before the imported snapshot exists.

@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 
+from snapshots.layout import DataLayout
 from switchboard.config import Config
 from switchboard.directory import Directory, TenantRecord
 from switchboard.errors import TenantUnavailable, UnknownTenant
@@ -37,13 +38,15 @@ ROOM_POLL_S = 0.02
 
 class Supervisor:
     def __init__(self, config: Config, directory: Directory, spawner: Spawner,
-                 records: list[TenantRecord]) -> None:
+                 records: list[TenantRecord], layout: DataLayout,
+                 worker_gid: int | None = None) -> None:
         self.config = config
         self.spawner = spawner
         self.counters = Counters()
-        self.ports = PortPool(config.port_range, (r.port for r in records))
+        self.ports = PortPool(config.port_range, (r.port for r in records if r.port))
         self.env = ProcessEnv(
             config=config, spawner=spawner, directory=directory, ports=self.ports,
+            layout=layout, worker_gid=worker_gid,
             counters=self.counters,
             checkpoint_slots=asyncio.Semaphore(config.max_concurrent_checkpoints),
             make_room=self.make_room,
@@ -66,7 +69,8 @@ class Supervisor:
     def forget(self, process: TenantProcess) -> None:
         if self.tenants.get(process.name) is process:
             del self.tenants[process.name]
-        self.ports.release(process.port)
+        if process.record.port is not None:
+            self.ports.release(process.record.port)
 
     def get(self, name: str) -> TenantProcess:
         try:

@@ -7,8 +7,10 @@ when it returns, so a tenant's port, epoch and creation id survive a crash of th
 Calls are synchronous underneath (each is one short statement on a local file); they are
 `async` because the interface is, for the PostgreSQL directory that shares it.
 
-Schema: the table grew `creation_id`, `epoch` and `owner` after the first release; opening an
-older file adds them (existing tenants get a fresh creation id and epoch 1).
+Schema: after the first release the table grew an `id` (short, stable: it names the worker's
+socket), `creation_id`, `epoch` and `owner`, and `port` became optional (a Unix-socket worker
+has none; a TCP one gets its port at its first start). Opening a first-release file rebuilds
+it in one transaction (existing tenants keep their port, get a fresh creation id and epoch 1).
 """
 
 from __future__ import annotations
@@ -24,19 +26,21 @@ from switchboard.errors import StorageFailed, TenantExists, UnknownTenant
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenants (
-    name TEXT PRIMARY KEY,
-    port INTEGER NOT NULL UNIQUE,
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    creation_id TEXT NOT NULL,
+    epoch INTEGER NOT NULL DEFAULT 1,
     created_at REAL NOT NULL,
+    port INTEGER UNIQUE,
     app TEXT,
     code_path TEXT,
-    moved_to TEXT,
-    creation_id TEXT,
-    epoch INTEGER NOT NULL DEFAULT 1,
-    owner TEXT
+    owner TEXT,
+    moved_to TEXT
 )
 """
-_ADDED_COLUMNS = {"creation_id": "TEXT", "epoch": "INTEGER NOT NULL DEFAULT 1", "owner": "TEXT"}
-_COLUMNS = "name, creation_id, epoch, created_at, port, app, code_path, owner, moved_to"
+_COLUMNS = "id, name, creation_id, epoch, created_at, port, app, code_path, owner, moved_to"
+# The first release's table: no id (rowid), port NOT NULL, no creation_id/epoch/owner.
+_FIRST_RELEASE_COLUMNS = "rowid, name, created_at, port, app, code_path, moved_to"
 
 
 @contextlib.contextmanager
@@ -59,14 +63,26 @@ class SqliteDirectory:
         self._upgrade_schema()
 
     def _upgrade_schema(self) -> None:
+        """Rebuild a first-release table in the current shape, in one transaction: existing
+        tenants keep their rowid as id and their port, and get a fresh creation id, epoch 1."""
         present = {row[1] for row in self.db.execute("PRAGMA table_info(tenants)")}
-        for column, kind in _ADDED_COLUMNS.items():
-            if column not in present:
-                self.db.execute(f"ALTER TABLE tenants ADD COLUMN {column} {kind}")
-        for (name,) in self.db.execute(
-                "SELECT name FROM tenants WHERE creation_id IS NULL").fetchall():
-            self.db.execute("UPDATE tenants SET creation_id = ? WHERE name = ?",
-                            (new_creation_id(), name))
+        if "id" in present:
+            return
+        rows = self.db.execute(f"SELECT {_FIRST_RELEASE_COLUMNS} FROM tenants").fetchall()
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("ALTER TABLE tenants RENAME TO tenants_first_release")
+            self.db.execute(SCHEMA)
+            self.db.executemany(
+                "INSERT INTO tenants (id, name, creation_id, epoch, created_at, port, app, "
+                "code_path, moved_to) VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?)",
+                [(rowid, name, new_creation_id(), created_at, port, app, code_path, moved_to)
+                 for rowid, name, created_at, port, app, code_path, moved_to in rows])
+            self.db.execute("DROP TABLE tenants_first_release")
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         self.db.close()
@@ -78,21 +94,20 @@ class SqliteDirectory:
             raise UnknownTenant(name)
         return TenantRecord(*row)
 
-    async def create(self, name: str, *, port: int, app: str | None = None,
+    async def create(self, name: str, *, app: str | None = None,
                      code_path: str | None = None) -> TenantRecord:
-        record = TenantRecord(name=name, creation_id=new_creation_id(), epoch=1,
-                              created_at=time.time(), port=port, app=app, code_path=code_path)
+        creation_id, created_at = new_creation_id(), time.time()
         try:
             with _writing(f"create tenant {name!r}"):
-                self.db.execute(
-                    f"INSERT INTO tenants ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (record.name, record.creation_id, record.epoch, record.created_at,
-                     record.port, record.app, record.code_path, record.owner, record.moved_to))
+                cursor = self.db.execute(
+                    "INSERT INTO tenants (name, creation_id, epoch, created_at, app, code_path) "
+                    "VALUES (?, ?, 1, ?, ?, ?)", (name, creation_id, created_at, app, code_path))
         except sqlite3.IntegrityError:
             if self.db.execute("SELECT 1 FROM tenants WHERE name = ?", (name,)).fetchone():
                 raise TenantExists(name) from None
             raise
-        return record
+        return TenantRecord(id=int(cursor.lastrowid or 0), name=name, creation_id=creation_id,
+                            epoch=1, created_at=created_at, app=app, code_path=code_path)
 
     async def get(self, name: str) -> TenantRecord:
         return self._row(name)

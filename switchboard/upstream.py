@@ -2,7 +2,7 @@
 
 The client side (switchboard.proxy) uses this interface and nothing else:
 
-- `UpstreamPool.get(port, worker)` -> `(conn, reused)`: an idle connection to that worker, or
+- `UpstreamPool.get(address, worker)` -> `(conn, reused)`: an idle connection to that worker, or
   a new one (raises OSError when nobody listens); `put(conn)` after a reusable exchange;
   `close_idle_older_than(s)`, `close_all()`.
 - `conn.exchange(client, request, ...)` -> a future: sends the request and relays the
@@ -20,7 +20,7 @@ The client side (switchboard.proxy) uses this interface and nothing else:
 
 Neither side touches the other's fields: the connection sees its client only as a
 `flow.Endpoint` (write, writelines, the link), and backpressure both ways is `flow`'s. A pooled
-connection remembers the worker it reached, so one to an earlier worker on the same port (the
+connection remembers the worker it reached, so one to an earlier worker on the same address (the
 tenant stopped or crashed and came back) is closed instead of reused. Hop-by-hop headers
 (RFC 9110 7.6.1) never pass.
 """
@@ -41,13 +41,15 @@ HOP_BY_HOP = frozenset({
 })
 IDLE_UPSTREAM_S = 60.0
 
+Address = str | int  # a worker's Unix socket path, or its loopback TCP port
+
 
 class UpstreamConnection(Endpoint):
     """A keep-alive connection to one tenant worker, relaying one exchange at a time."""
 
-    def __init__(self, port: int, worker: Any) -> None:
+    def __init__(self, address: Address, worker: Any) -> None:
         super().__init__()
-        self.port = port
+        self.address = address
         self.worker = worker  # the worker process at the other end, compared by identity
         self.idle_since = 0.0
         # The current exchange's outcome (see the module docstring).
@@ -240,15 +242,16 @@ def keep_alive(headers: list[tuple[bytes, bytes]]) -> bool:
 
 
 class UpstreamPool:
-    """Idle keep-alive connections to workers, by port."""
+    """Idle keep-alive connections to workers, by address (a Unix socket path, or a loopback
+    port)."""
 
     def __init__(self) -> None:
-        self._idle: dict[int, list[UpstreamConnection]] = {}
+        self._idle: dict[Address, list[UpstreamConnection]] = {}
 
-    async def get(self, port: int, worker: Any) -> tuple[UpstreamConnection, bool]:
-        """A connection to `worker` on `port`, and whether it was reused (a reused one may be
-        stale). Idle connections to an earlier worker on the same port are closed here."""
-        conns = self._idle.get(port)
+    async def get(self, address: Address, worker: Any) -> tuple[UpstreamConnection, bool]:
+        """A connection to `worker` at `address`, and whether it was reused (a reused one may
+        be stale). Idle connections to an earlier worker at the same address are closed here."""
+        conns = self._idle.get(address)
         while conns:
             conn = conns.pop()
             if conn.worker is not worker:
@@ -257,34 +260,38 @@ class UpstreamPool:
                     not conn.transport.is_closing()):
                 return conn, True
         loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(lambda: UpstreamConnection(port, worker),
-                                               "127.0.0.1", port)
+        if isinstance(address, str):
+            _, conn = await loop.create_unix_connection(
+                lambda: UpstreamConnection(address, worker), address)
+        else:
+            _, conn = await loop.create_connection(
+                lambda: UpstreamConnection(address, worker), "127.0.0.1", address)
         return conn, False
 
     def put(self, conn: UpstreamConnection) -> None:
         conn.unlink()
         conn.idle_since = time.monotonic()
-        self._idle.setdefault(conn.port, []).append(conn)
+        self._idle.setdefault(conn.address, []).append(conn)
 
     def idle_count(self) -> int:
         return sum(len(conns) for conns in self._idle.values())
 
-    def close_port(self, port: int) -> None:
-        for conn in self._idle.pop(port, []):
+    def close_address(self, address: Address) -> None:
+        for conn in self._idle.pop(address, []):
             conn.close()
 
     def close_idle_older_than(self, seconds: float) -> None:
         cutoff = time.monotonic() - seconds
-        for port, conns in list(self._idle.items()):
+        for address, conns in list(self._idle.items()):
             keep = [c for c in conns if c.idle_since >= cutoff and not c.closed]
             for conn in conns:
                 if conn not in keep:
                     conn.close()
             if keep:
-                self._idle[port] = keep
+                self._idle[address] = keep
             else:
-                del self._idle[port]
+                del self._idle[address]
 
     def close_all(self) -> None:
-        for port in list(self._idle):
-            self.close_port(port)
+        for address in list(self._idle):
+            self.close_address(address)

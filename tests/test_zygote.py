@@ -80,8 +80,9 @@ def test_a_forked_worker_serves_restores_is_named_and_dies_with_the_router(
         count, pid = count_and_pid(client, "acme")
         assert count == 7
         assert parent_pid(pid) == zygote  # forked by the zygote, not a fresh interpreter
-        port = json.loads(router.cli("status", "acme", "--json").stdout)["port"]
-        assert cmdline(pid) == f"switchboard: tenant acme :{port}"
+        status = json.loads(router.cli("status", "acme", "--json").stdout)
+        socket_name = os.path.basename(status["socket"])  # a Unix-socket worker, in run/
+        assert cmdline(pid) == f"switchboard: tenant acme run/{socket_name}"
 
         router.cli("stop", "acme")
         wait_until(lambda: not alive(pid), 10)

@@ -1,17 +1,19 @@
 """Proxy throughput, CPU and latency: router vs direct-to-worker vs nginx proxy_pass.
 
-One running tenant; the same tiny GET three ways: straight at the worker's port (direct),
-through the router's `/t/<tenant>/` path, and through nginx proxy_pass with an upstream
-keepalive pool (the front server users would run anyway). wrk -t1 -c32 for each, in rounds
-that alternate the order, medians kept. CPU per request is the proxy process's utime+stime
-over the run divided by the requests wrk counted (router process; nginx's worker and master).
-Then the same at -c1, for the latency a lone request pays.
+The same tiny GET four ways: through the router's `/t/<tenant>/` path to a worker on a Unix
+socket (the default transport), through a second router whose worker listens on a TCP port
+(`worker_transport = "tcp"`), straight at that TCP worker (direct: wrk speaks TCP only), and
+through nginx proxy_pass to the TCP worker with an upstream keepalive pool (the front server
+users would run anyway). wrk -t1 -c32 for each, in rounds that alternate the order, medians
+kept. CPU per request is the proxy process's utime+stime over the run divided by the requests
+wrk counted (router process; nginx's worker and master). Then the same at -c1, for the latency
+a lone request pays.
 """
 
 from __future__ import annotations
 
 from bench.cases import Context, median
-from bench.harness import BenchError, http_get
+from bench.harness import BenchError, BenchRouter, http_get
 from bench.load import NGINX, LoadResult, Nginx, run_load, warm
 from bench.report import Figure, Goal
 
@@ -19,13 +21,19 @@ from bench.report import Figure, Goal
 def proxy(ctx: Context) -> list[Figure]:
     router = ctx.main_router()
     router.create("hot")
-    info = router.start_tenant("hot")
-    worker_port = info["port"]
-    if http_get(router.port, "/t/hot/hello")[0] != 200:
-        raise BenchError("the hot tenant does not answer")
+    router.start_tenant("hot")
+    tcp_router = BenchRouter(ctx.procs, ctx.work / "tcp-router", port_range="32000-32999",
+                             worker_transport="tcp").start()
+    tcp_router.create("hot")
+    worker_port = tcp_router.start_tenant("hot")["port"]
+    for each in (router, tcp_router):
+        if http_get(each.port, "/t/hot/hello")[0] != 200:
+            raise BenchError("the hot tenant does not answer")
     targets: dict[str, tuple[int, str, list[int]]] = {
         "direct": (worker_port, "/hello", []),
         "router": (router.port, "/t/hot/hello", [router.proc.pid] if router.proc else []),
+        "router_tcp": (tcp_router.port, "/t/hot/hello",
+                       [tcp_router.proc.pid] if tcp_router.proc else []),
     }
     nginx = None
     if NGINX is not None:
@@ -52,6 +60,7 @@ def proxy(ctx: Context) -> list[Figure]:
     finally:
         if nginx is not None:
             nginx.stop()
+        tcp_router.stop()
     ctx.shared["proxy_tool"] = results["direct"][0].tool
 
     def rps(name: str) -> float:
@@ -76,6 +85,12 @@ def proxy(ctx: Context) -> list[Figure]:
         Figure.vs("proxy_added_p50_ms_c1", lone["router"].p50_ms - lone["direct"].p50_ms, "ms",
                   "direct_p50_ms_c1", lone["direct"].p50_ms, "proxy_p50_ratio_c1",
                   note="the median of the same (steadier than a p99 on a shared machine)"),
+        Figure.vs("proxy_unix_rps", rps("router"), "req/s", "proxy_tcp_rps", rps("router_tcp"),
+                  "proxy_unix_vs_tcp",
+                  note="the router to a Unix-socket worker (default) vs to a TCP one"),
+        Figure.vs("proxy_unix_cpu_us_per_req", cpu("router"), "us", "proxy_tcp_cpu_us_per_req",
+                  cpu("router_tcp"), "proxy_unix_vs_tcp_cpu",
+                  note="router CPU per request, Unix-socket worker vs TCP worker"),
     ]
     if "nginx" in results:
         figures[1:1] = [
