@@ -7,6 +7,12 @@ Runs where the app code is: the router starts it as a subprocess,
 
 (`--tenants-dir DIR/tenants` is still accepted in place of `--data-dir DIR`.)
 
+The snapshot key (snapshots.mac) is `--snapshot-key-file FILE`, else the file named by
+SWITCHBOARD_SNAPSHOT_KEY_FILE, else `<data-dir>/snapshot.key` when it exists: export trusts
+what a worker of this deployment would restore (tenant/recovery.py's policy; `--allow-unsigned`
+or SWITCHBOARD_ALLOW_UNSIGNED=1 as for `serve`), and import signs the snapshot it writes.
+The export file itself stays unsigned msgpack, importable anywhere.
+
 each printing one JSON object on stdout (the export's header; the imported tenant's snapshot)
 and exiting 0, or printing one line on stderr and exiting 1. A subprocess, not a control op of
 the worker, so that export works whether or not the tenant is running, never waits behind the
@@ -30,6 +36,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,25 +45,28 @@ from snapshots.codec import get_codec
 from snapshots.errors import SnapshotError
 from snapshots.exportfile import encode_export, read_export, write_export
 from snapshots.layout import DataLayout
+from snapshots.mac import WriterIdentity, find_key_file, load_key_if_present
 from snapshots.store import LocalStore
 from tenant.app import TenantApp
 from tenant.errors import RestoreError, TenantError, UpgradeError
 from tenant.journal_format import read_records
-from tenant.recovery import RecoveredState, recover_state
+from tenant.recovery import RecoveredState, journal_signing, recover_state
 
 # A checkpoint may prune the files being read; a read that loses that race starts over.
 _READ_ATTEMPTS = 3
 
 
-def load_state(app: TenantApp, layout: DataLayout, tenant: str) -> RecoveredState:
-    """The tenant's state as a restore would build it, without writing anything.
+def load_state(app: TenantApp, layout: DataLayout, tenant: str, *,
+               store: LocalStore | None = None) -> RecoveredState:
+    """The tenant's state as a restore would build it, without writing anything. `store`
+    carries the key and policy (default: no key, unsigned files only).
 
     RestoreError when it cannot be built (no valid snapshot over existing files, a corrupt
     journal record, a snapshot newer than the code).
     """
     for attempt in range(_READ_ATTEMPTS):
         try:
-            return recover_state(app, LocalStore(layout), tenant)
+            return recover_state(app, store or LocalStore(layout), tenant)
         except FileNotFoundError:
             if attempt == _READ_ATTEMPTS - 1:
                 raise RestoreError(
@@ -65,9 +75,10 @@ def load_state(app: TenantApp, layout: DataLayout, tenant: str) -> RecoveredStat
     raise AssertionError("unreachable")
 
 
-def export_tenant(app: TenantApp, app_spec: str, layout: DataLayout, tenant: str) -> bytes:
+def export_tenant(app: TenantApp, app_spec: str, layout: DataLayout, tenant: str, *,
+                  store: LocalStore | None = None) -> bytes:
     """The export file of the tenant's current durable state, as bytes."""
-    loaded = load_state(app, layout, tenant)
+    loaded = load_state(app, layout, tenant, store=store)
     data = app.export_data(loaded.state) if app.export_data is not None else loaded.state
     try:
         _, blob = encode_export(
@@ -92,8 +103,9 @@ class Imported:
 
 
 def import_tenant(app: TenantApp, layout: DataLayout, tenant: str, blob: bytes,
-                  *, source: str = "<export>") -> Imported:
-    """Write `blob` (an export file) as the generation 1 snapshot of the new tenant `tenant`.
+                  *, source: str = "<export>", store: LocalStore | None = None) -> Imported:
+    """Write `blob` (an export file) as the generation 1 snapshot of the new tenant `tenant`,
+    re-encoded with the app's codec, signed with `store`'s key (default: no key, unsigned).
 
     When this returns, the snapshot is durable and the tenant's first start restores it.
     """
@@ -106,10 +118,11 @@ def import_tenant(app: TenantApp, layout: DataLayout, tenant: str, blob: bytes,
         )
     state = app.import_data(data) if app.import_data is not None else data
     state = app.upgrade_state(state, header.schema_version)
-    store = LocalStore(layout)
+    store = store or LocalStore(layout)
     if store.generations(tenant):
         raise TenantError(f"tenant {tenant} already has snapshots: import only makes new tenants")
-    if read_records(layout.journal_dir(tenant), after_seq=0).last_seq:
+    if read_records(layout.journal_dir(tenant), after_seq=0,
+                    signing=journal_signing(store, tenant)).last_seq:
         raise TenantError(f"tenant {tenant} already has a journal: import only makes new tenants")
     codec = get_codec(app.codec)
     info = store.save(tenant, codec.dumps(state), codec=codec.name, app_version=app.app_version,
@@ -129,6 +142,17 @@ def _load_app(spec: str) -> TenantApp:
     return app
 
 
+def _store(layout: DataLayout, key_file: str | None, allow_unsigned: bool) -> LocalStore:
+    """The tenant's store as its worker would have it: the deployment's key (see the module
+    docstring) and policy. SnapshotKeyError when a named key file cannot be read."""
+    path, named = find_key_file(key_file, layout.data_dir)
+    key = load_key_if_present(path, required=named)
+    env_allows = os.environ.get("SWITCHBOARD_ALLOW_UNSIGNED", "").strip().lower() in {
+        "1", "true", "yes", "on"}
+    return LocalStore(layout, identity=WriterIdentity(key=key),
+                      allow_unsigned=allow_unsigned or env_allows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tenant.export")
     parser.add_argument("action", choices=["export", "import"])
@@ -140,6 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--app", required=True, metavar="MODULE:ATTR")
     parser.add_argument("--code-path", help="put this directory first on sys.path")
     parser.add_argument("-o", "--output", type=Path, help="where export writes the file")
+    parser.add_argument("--snapshot-key-file", metavar="FILE",
+                        help="the snapshot key (default: $SWITCHBOARD_SNAPSHOT_KEY_FILE, else "
+                             "DATA_DIR/snapshot.key if it exists)")
+    parser.add_argument("--allow-unsigned", action="store_true",
+                        help="trust unsigned pickle snapshots, as `serve --allow-unsigned`")
     args = parser.parse_args(argv)
     if args.code_path:
         sys.path.insert(0, args.code_path)
@@ -151,11 +180,12 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--tenants-dir must be DATA_DIR/tenants, not {args.tenants_dir}; "
                          "pass --data-dir DATA_DIR")
     try:
+        store = _store(layout, args.snapshot_key_file, args.allow_unsigned)
         app = _load_app(args.app)
         if args.action == "export":
             if args.output is None:
                 parser.error("export needs -o FILE")
-            blob = export_tenant(app, args.app, layout, args.tenant)
+            blob = export_tenant(app, args.app, layout, args.tenant, store=store)
             write_export(args.output, blob)
             header, _ = read_export(blob, source=str(args.output))
             print(json.dumps({**header.to_json(), "size": len(blob)}))
@@ -163,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.file is None:
                 parser.error("import needs FILE")
             blob = Path(args.file).read_bytes()
-            imported = import_tenant(app, layout, args.tenant, blob, source=args.file)
+            imported = import_tenant(app, layout, args.tenant, blob, source=args.file,
+                                     store=store)
             print(json.dumps(imported.__dict__))
     except (TenantError, SnapshotError, OSError, ImportError, TypeError, ValueError) as exc:
         print(" ".join(f"{type(exc).__name__}: {exc}".split()), file=sys.stderr)

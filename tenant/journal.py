@@ -36,16 +36,20 @@ from pathlib import Path
 from typing import Any
 
 from snapshots.durable import fsync_dir, make_dirs, write_all
+from snapshots.mac import RecordSigner
 from tenant.errors import JournalCorrupt, JournalError, JournalWriteError
 from tenant.journal_format import (
     MAX_PAYLOAD_BYTES,
     JournalRecord,
+    JournalSigning,
     PreparedRecord,
     ReplayResult,
     SegmentNotCreated,
+    SegmentScan,
     create_segment,
     frame_record,
     list_segments,
+    new_segment,
     prepare_record,
     read_records,
     remove_temp_segments,
@@ -54,8 +58,8 @@ from tenant.journal_format import (
 
 __all__ = [
     "FSYNC_POLICIES", "MAX_PAYLOAD_BYTES", "Journal", "JournalCorrupt", "JournalError",
-    "JournalRecord", "JournalStats", "JournalWriteError", "PreparedRecord", "ReplayResult",
-    "drop_unkept", "read_records",
+    "JournalRecord", "JournalSigning", "JournalStats", "JournalWriteError", "PreparedRecord",
+    "ReplayResult", "drop_unkept", "read_records",
 ]
 
 FSYNC_POLICIES = ("always", "everysec", "never")
@@ -78,8 +82,14 @@ class Journal:
     """The open journal of one tenant. Use from one event loop; `append` is not thread-safe."""
 
     def __init__(self, journal_dir: Path, fd: int, segment_has_records: bool, next_seq: int,
-                 fsync_policy: str, loop: asyncio.AbstractEventLoop | None) -> None:
+                 fsync_policy: str, loop: asyncio.AbstractEventLoop | None, *,
+                 signing: JournalSigning | None = None,
+                 signer: RecordSigner | None = None) -> None:
         self._dir = journal_dir
+        # Signs new segments (signing) and the records of the active one (signer); None
+        # for both writes version 1 (tenant/journal_format.py).
+        self.signing = signing
+        self._signer = signer
         self._fd = fd
         self._segment_has_records = segment_has_records
         self._next_seq = next_seq
@@ -118,8 +128,14 @@ class Journal:
     @classmethod
     def open(cls, journal_dir: str | os.PathLike[str], *, next_seq: int,
              fsync_policy: str = "always",
-             loop: asyncio.AbstractEventLoop | None = None) -> Journal:
+             loop: asyncio.AbstractEventLoop | None = None,
+             signing: JournalSigning | None = None) -> Journal:
         """Open for appending records from `next_seq` on (last replayed seq + 1).
+
+        With `signing` that has a key, records are written signed (format 2): the active
+        segment is appended to only if it is signed by that key for the same epoch and
+        creation id; otherwise a new segment starts at `next_seq` (so a journal left by an
+        unsigned worker gets its first signed segment here). Without a key, format 1.
 
         A torn tail of the newest segment is truncated. When this returns, the directory and
         the active segment's name and header are on disk, and so is the truncation of a torn
@@ -140,15 +156,18 @@ class Journal:
         make_dirs(directory)
         remove_temp_segments(directory)  # a crash during create_segment
         segments = list_segments(directory)
+        replace = False
         if segments:
             first, path = segments[-1]
-            scan = scan_segment(path, first, is_last=True)
+            scan = scan_segment(path, first, is_last=True, signing=signing)
             end_seq = first + len(scan.records) - 1
             if end_seq >= next_seq:
                 raise JournalError(f"{path} already holds records up to seq {end_seq}; "
                                    f"replay them and open with next_seq={end_seq + 1}")
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-            continuing = end_seq + 1 == next_seq
+            continuing = end_seq + 1 == next_seq and _signed_alike(scan, signing)
+            # An empty segment named next_seq that cannot be continued is swapped out.
+            replace = first == next_seq
             try:
                 if scan.torn:
                     os.ftruncate(fd, scan.good_end)
@@ -161,19 +180,25 @@ class Journal:
                 os.close(fd)
                 raise
             if continuing:
-                journal = cls(directory, fd, bool(scan.records), next_seq, fsync_policy, loop)
+                journal = cls(directory, fd, bool(scan.records), next_seq, fsync_policy, loop,
+                              signing=signing, signer=scan.signer)
                 if not scan.torn and scan.records:
                     journal._sync_existing_in_background(durable_before=first - 1)
                 return journal
             # The snapshot covers seqs the journal lost (unacknowledged, written before a machine
-            # crash): continue in a new segment so the seqs in each file stay consecutive.
+            # crash), or the segment is signed otherwise than this journal signs: continue in a
+            # new segment, so the seqs in each file stay consecutive and each file is signed
+            # one way.
             os.close(fd)
-        fd, _ = create_segment(directory, next_seq)
-        return cls(directory, fd, False, next_seq, fsync_policy, loop)
+        start = new_segment(next_seq, signing)
+        fd, _ = create_segment(directory, next_seq, replace=replace, start=start)
+        return cls(directory, fd, False, next_seq, fsync_policy, loop, signing=signing,
+                   signer=start.signer)
 
     @classmethod
     def start_after_failure(cls, journal_dir: str | os.PathLike[str], *, next_seq: int,
-                            fsync_policy: str = "always") -> Journal:
+                            fsync_policy: str = "always",
+                            signing: JournalSigning | None = None) -> Journal:
         """A journal in a new segment at `next_seq` (a failed journal's `kept_seq` + 1).
 
         Never opens a segment a failure touched: the new segment supersedes the records at
@@ -189,8 +214,10 @@ class Journal:
         for first, path in list_segments(directory):
             if first > next_seq:
                 path.unlink(missing_ok=True)
-        fd, _ = create_segment(directory, next_seq, replace=True)
-        return cls(directory, fd, False, next_seq, fsync_policy, None)
+        start = new_segment(next_seq, signing)
+        fd, _ = create_segment(directory, next_seq, replace=True, start=start)
+        return cls(directory, fd, False, next_seq, fsync_policy, None, signing=signing,
+                   signer=start.signer)
 
     @property
     def next_seq(self) -> int:
@@ -239,7 +266,7 @@ class Journal:
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
         seq = self._next_seq
-        frame = frame_record(seq, record)
+        frame = frame_record(seq, record, self._signer)
         try:
             write_all(self._fd, frame)  # now, so records reach the file in seq order
         except OSError as exc:
@@ -294,8 +321,9 @@ class Journal:
         self._check_usable()
         if not self._segment_has_records:
             return
+        start = new_segment(self._next_seq, self.signing)
         try:
-            fd, _ = create_segment(self._dir, self._next_seq)
+            fd, _ = create_segment(self._dir, self._next_seq, start=start)
         except SegmentNotCreated as exc:
             # Nothing of the new segment is left and the active one is untouched: appends go
             # on into it. The caller (a checkpoint) may go on without rotating.
@@ -304,6 +332,7 @@ class Journal:
             self._fail(exc)
             raise JournalWriteError(f"starting a new journal segment failed: {exc}") from exc
         old, self._fd, self._segment_has_records = self._fd, fd, False
+        self._signer = start.signer
         if self._syncing:
             self._retired.append(old)  # an fsync may be using it: the flusher closes it
             return
@@ -448,7 +477,17 @@ class Journal:
             self.on_failure(exc)
 
 
-def drop_unkept(journal_dir: str | os.PathLike[str], kept_seq: int) -> None:
+def _signed_alike(scan: SegmentScan, signing: JournalSigning | None) -> bool:
+    """Whether a journal that signs with `signing` may append to the scanned segment."""
+    if signing is None or signing.key is None:
+        return scan.signer is None
+    identity = signing.identity
+    return (scan.signer is not None and scan.epoch == identity.epoch
+            and scan.creation_id == identity.creation_id)
+
+
+def drop_unkept(journal_dir: str | os.PathLike[str], kept_seq: int, *,
+                signing: JournalSigning | None = None) -> None:
     """Cut the records after `kept_seq` out of a failed journal's files, in the page cache.
 
     Nothing is fsynced (a failed file is never fsynced again) and nothing needs free space:
@@ -456,14 +495,15 @@ def drop_unkept(journal_dir: str | os.PathLike[str], kept_seq: int) -> None:
     removed. So a worker killed before `Journal.start_after_failure` succeeds does not replay
     a refused command at its next start; after a machine crash the files may still hold
     them, until the new segment supersedes them. OSError or JournalCorrupt when a file cannot
-    be read or cut (the caller's bounded replay still leaves those records out).
+    be read or cut (the caller's bounded replay still leaves those records out). `signing`:
+    the journal's, so its signed segments can be read.
     """
     directory = Path(journal_dir)
     segments = list_segments(directory)
     holding = [(first, path) for first, path in segments if first <= kept_seq]
     if holding:
         first, path = holding[-1]
-        scan = scan_segment(path, first, is_last=True, through_seq=kept_seq)
+        scan = scan_segment(path, first, is_last=True, through_seq=kept_seq, signing=signing)
         if path.stat().st_size > scan.good_end:
             os.truncate(path, scan.good_end)
     for first, path in segments:

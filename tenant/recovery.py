@@ -5,6 +5,28 @@ only reads: a corrupt newest snapshot falls back a generation (reported in `warn
 torn last journal record is dropped (reported), and anything that would lose acknowledged data
 (no snapshot verifies, a corrupt record in the middle of the journal, a snapshot newer than the
 code) raises RestoreError rather than hand back an empty or partial tenant.
+
+The restore policy (DESIGN.md "Decisions": keys and files; the table is in snapshots/store.py):
+
+    snapshot                                      restore
+    signed by this deployment's key               restored
+    signed, MAC does not verify                   refused "not signed by this deployment";
+                                                  falls back a generation, with a warning
+    codec other than the app declares             refused "codec X but the app declares Y";
+                                                  falls back a generation, with a warning
+    corrupt (CRC, checksum)                       falls back a generation, with a warning
+    unsigned, msgpack (format 1, or 2 w/o mac)    restored (msgpack runs no code), with a
+                                                  warning; marked rewritten, so the next
+                                                  checkpoint (at the latest the one at stop)
+                                                  writes it signed
+    unsigned, pickle                              refused unless allow_unsigned
+    every generation refused or corrupt           RestoreError: the worker refuses to start
+
+Journal records replayed after a signed snapshot must be signed (a version 2 segment, MAC
+per record); unsigned (version 1) segments are replayed only after an unsigned snapshot (or
+none) of a msgpack app, or with allow_unsigned (tenant/journal_format.py). A record at the end
+of the journal that is not signed by this deployment is dropped, with a warning; anywhere else
+the journal cannot be replayed (RestoreError).
 """
 
 from __future__ import annotations
@@ -12,12 +34,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from contract.worker import WorkerSpec
 from snapshots.codec import get_codec
 from snapshots.errors import CodecError, SnapshotError, UnsafeCodec
-from snapshots.store import LocalStore
+from snapshots.mac import WriterIdentity, load_key
+from snapshots.store import DATA_CODECS, REFUSED, LoadedState, LocalStore
 from tenant.app import TenantApp
 from tenant.errors import JournalError, RestoreError, TenantError
-from tenant.journal_format import read_records
+from tenant.journal_format import JournalSigning, read_records
 
 
 @dataclass
@@ -30,14 +54,34 @@ class RecoveredState:
     warnings: list[str] = field(default_factory=list)
 
 
+def store_for(spec: WorkerSpec) -> LocalStore:
+    """The worker's store: signed with the key in `spec.snapshot_key_file` and stamped with
+    the tenant's epoch, restoring by the policy above (`spec.allow_unsigned`). Without a key
+    file in the spec, nothing is signed and no signed file is trusted. SnapshotKeyError when
+    the key file cannot be read: the worker must not start then (it would sign nothing and
+    refuse every signed file)."""
+    key = None if spec.snapshot_key_file is None else load_key(spec.snapshot_key_file)
+    return LocalStore.in_data_dir(spec.data_dir, spec.keep_generations,
+                                  identity=WriterIdentity(key=key, epoch=spec.epoch),
+                                  allow_unsigned=spec.allow_unsigned)
+
+
+def journal_signing(store: LocalStore, tenant: str, *, accept_unsigned: bool = True
+                    ) -> JournalSigning:
+    """How the tenant's journal is signed (by the store's key and identity), and whether a
+    reader accepts unsigned segments."""
+    return JournalSigning(tenant, store.identity, accept_unsigned)
+
+
 def recover_state(app: TenantApp, store: LocalStore, tenant: str,
                   through_seq: int | None = None) -> RecoveredState:
     """The tenant's state from `store`'s data dir: its snapshots, then its journal (up to
     `through_seq` when given: a worker whose journal failed rebuilds its state without the
-    records it refused; a snapshot past that position is a RestoreError)."""
+    records it refused; a snapshot past that position is a RestoreError). The store's key
+    and allow_unsigned, and the app's codec, decide what is trusted (the module docstring)."""
     try:
         # Verified and decoded in one step: hashing overlaps decoding (see LocalStore).
-        loaded = store.load_newest_valid_state(tenant, get_codec)
+        loaded = store.load_newest_valid_state(tenant, get_codec, codec=app.codec)
     except (CodecError, UnsafeCodec) as exc:
         raise RestoreError(f"snapshot of {tenant} does not decode: {exc}") from exc
     except SnapshotError as exc:
@@ -45,23 +89,20 @@ def recover_state(app: TenantApp, store: LocalStore, tenant: str,
     if loaded is None:
         recovered = RecoveredState(app.initial_state(), 0, None)
     else:
-        header = loaded.header
-        state = loaded.state
-        upgraded = header.schema_version != app.schema_version
-        if upgraded:
-            state = app.upgrade_state(state, header.schema_version)
-        recovered = RecoveredState(state, header.journal_pos, header.generation,
-                                   rewritten=upgraded or bool(loaded.skipped))
-        for path, reason in loaded.skipped:
-            recovered.warnings.append(
-                f"snapshot {path} is damaged ({reason}); restored an older generation")
+        recovered = _from_snapshot(app, store, loaded)
     if through_seq is not None and recovered.journal_pos > through_seq:
         raise RestoreError(f"snapshot generation {recovered.generation} of {tenant} covers seq "
                            f"{recovered.journal_pos}, past the journal's last kept seq "
                            f"{through_seq}")
+    # Once signed, always signed: nothing after a signed snapshot may come from an unsigned
+    # segment, and pickle apps take unsigned records only on the operator's word.
+    accept_unsigned = ((loaded is None or not loaded.signed)
+                       and (app.codec in DATA_CODECS or store.allow_unsigned))
     try:
         replay = read_records(store.layout.journal_dir(tenant), after_seq=recovered.journal_pos,
-                              through_seq=through_seq)
+                              through_seq=through_seq,
+                              signing=journal_signing(store, tenant,
+                                                      accept_unsigned=accept_unsigned))
         for record in replay.records:
             app.apply(recovered.state, record.name, record.args, record.now)
             recovered.journal_pos = record.seq
@@ -72,6 +113,37 @@ def recover_state(app: TenantApp, store: LocalStore, tenant: str,
         raise RestoreError(f"replaying the journal of {tenant} failed: {exc}") from exc
     if replay.torn_tail is not None:
         torn_path, offset = replay.torn_tail
+        if replay.torn_tail_forged:
+            recovered.warnings.append(
+                f"dropped a journal record at the end of {torn_path} (offset {offset}) that is "
+                "not signed by this deployment: it was not written by this deployment (planted?) "
+                "and is not replayed")
+        else:
+            recovered.warnings.append(
+                f"dropped a torn record at the end of {torn_path} (offset {offset})")
+    return recovered
+
+
+def _from_snapshot(app: TenantApp, store: LocalStore, loaded: LoadedState) -> RecoveredState:
+    header = loaded.header
+    state = loaded.state
+    upgraded = header.schema_version != app.schema_version
+    if upgraded:
+        state = app.upgrade_state(state, header.schema_version)
+    # An unsigned file this deployment could sign: the next checkpoint rewrites it signed.
+    resign = not loaded.signed and store.key is not None
+    recovered = RecoveredState(state, header.journal_pos, header.generation,
+                               rewritten=upgraded or bool(loaded.skipped) or resign)
+    for path, reason in loaded.skipped:
+        if reason.startswith(REFUSED):
+            recovered.warnings.append(
+                f"snapshot {path} {reason}; restored the older generation {header.generation}")
+        else:
+            recovered.warnings.append(
+                f"snapshot {path} is damaged ({reason}); restored an older generation "
+                f"({header.generation})")
+    if resign:
         recovered.warnings.append(
-            f"dropped a torn record at the end of {torn_path} (offset {offset})")
+            f"snapshot {loaded.path} is not signed (format {header.format_version}, codec "
+            f"{header.codec}): restored it, and the next checkpoint writes it signed")
     return recovered

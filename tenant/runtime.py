@@ -60,7 +60,7 @@ from tenant.errors import JournalError, TenantError, TenantLocked
 from tenant.journal import Journal
 from tenant.limits import apply_resource_limits, set_death_signal
 from tenant.lock import TenantLock
-from tenant.recovery import recover_state
+from tenant.recovery import journal_signing, recover_state, store_for
 from tenant.write_recovery import WriteRecovery
 
 log = logging.getLogger("switchboard.tenant")
@@ -90,7 +90,7 @@ def restore(app: TenantApp, spec: WorkerSpec, store: LocalStore) -> Restored:
     recovered = recover_state(app, store, spec.tenant)
     journal = Journal.open(
         store.layout.journal_dir(spec.tenant), next_seq=recovered.journal_pos + 1,
-        fsync_policy=spec.journal_fsync,
+        fsync_policy=spec.journal_fsync, signing=journal_signing(store, spec.tenant),
     )
     context = TenantContext(app, spec.tenant, recovered.state, journal=journal,
                             journal_pos=recovered.journal_pos)
@@ -113,7 +113,7 @@ class Worker:
         channel = await open_channel(self.control_fd)
         self.channel = channel
         try:
-            store = LocalStore.in_data_dir(self.spec.data_dir, self.spec.keep_generations)
+            store = store_for(self.spec)  # signs with spec.snapshot_key_file's key
             lock = TenantLock.acquire(store.layout, self.spec.tenant)
         except TenantLocked as exc:
             return await self.boot_failed(str(exc), exc)

@@ -52,7 +52,7 @@ from tenant.checkpoint import Checkpointer
 from tenant.context import TenantContext, failure_errno
 from tenant.errors import JournalError
 from tenant.journal import Journal, drop_unkept
-from tenant.recovery import RecoveredState, recover_state
+from tenant.recovery import RecoveredState, journal_signing, recover_state
 
 log = logging.getLogger("switchboard.tenant")
 
@@ -138,7 +138,7 @@ class WriteRecovery:
             await journal.close()
         ctx.drop_journal()
         try:
-            drop_unkept(journal_dir, kept)
+            drop_unkept(journal_dir, kept, signing=journal_signing(self.store, ctx.tenant))
         except (JournalError, OSError) as exc:
             log.warning("tenant %s: cannot cut the refused records out of the journal (%s); "
                         "the new segment will supersede them", ctx.tenant, exc)
@@ -183,8 +183,9 @@ class WriteRecovery:
             self.attempts += 1
             try:
                 self._check_headroom(journal_dir)
-                journal = Journal.start_after_failure(journal_dir, next_seq=next_seq,
-                                                      fsync_policy=self.fsync_policy)
+                journal = Journal.start_after_failure(
+                    journal_dir, next_seq=next_seq, fsync_policy=self.fsync_policy,
+                    signing=journal_signing(self.store, ctx.tenant))
             except (OSError, JournalError) as exc:
                 log.debug("tenant %s: writes not back yet: %s", ctx.tenant, exc)
                 await self._wait_for_next_try()
