@@ -116,3 +116,36 @@ def test_a_worker_taken_by_the_oom_killer_is_reported_as_such(make_router: MakeR
             count_and_pid(client, "other")
         router.kill_group()
 
+
+
+WORKLOAD = "tests.apps.workload:app"
+
+
+def test_declared_busy_work_keeps_its_tenant_resident_and_idle_counts_from_its_end(
+    make_router: MakeRouter,
+) -> None:
+    router = make_router(app=WORKLOAD, idle_timeout=1).start()
+    router.create("acme", "other")
+    with router.client() as client:
+        assert client.post("/t/acme/work/start?name=import").status_code == 200
+        pid = router.info("acme")["pid"]
+        wait_until(lambda: router.info("acme")["busy"] == ["import"], 10)
+        assert client.get("/t/other/count").status_code == 200
+        wait_until(lambda: router.state("other") == "stopped", 15)  # idles out as usual
+        assert router.state("acme") == "running" and router.info("acme")["pid"] == pid
+        finished = time.monotonic()
+        assert client.post("/t/acme/work/finish?name=import").status_code == 200
+        wait_until(lambda: router.state("acme") == "stopped", 15)
+    assert time.monotonic() - finished >= 1  # a full idle timeout after the work ended
+    assert not alive(pid)
+
+
+def test_busy_work_past_max_busy_s_no_longer_pins_the_worker(make_router: MakeRouter) -> None:
+    router = make_router(app=WORKLOAD, idle_timeout=1,
+                         env={"SWITCHBOARD_MAX_BUSY_S": "2"}).start()
+    router.create("acme")
+    with router.client() as client:
+        assert client.post("/t/acme/work/start?name=stuck").status_code == 200
+    started = time.monotonic()
+    wait_until(lambda: router.state("acme") == "stopped", 20)
+    assert time.monotonic() - started >= 1.5
