@@ -33,19 +33,17 @@ What is checked:
   parent is its tenant's worker, and it carries the same title) is not a worker.
 - RSS flat: end <= warm x 1.2 + 5 MiB, warm being the sample at `warm_fraction` of the run.
 
+The ledger of acknowledged writes is harness/ledger.py; finding, killing and checking the
+router's workers is harness/workers.py.
+
 Internal: not part of the `switchboard` command's interface.
 """
 
 from __future__ import annotations
 
-import bisect
-import itertools
-import os
 import random
-import signal
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -53,23 +51,17 @@ from dataclasses import dataclass, field
 import httpx
 
 from harness.errors import AdminCallFailed
-from harness.procs import cmdline, group_pids
+from harness.ledger import Ledger, status_label
+from harness.procs import cmdline
 from harness.router import RouterProcess
-
-__all__ = [
-    "SOAK_APP", "SOAK_MAX_RESIDENT", "SOAK_ROUTER_ENV", "Sample", "SoakResult", "SoakSettings",
-    "kill_worker", "read_count", "rss_mb", "run_soak", "stray_workers", "tenant_workers",
-]
+from harness.workers import kill_worker, rss_mb, stray_workers, tenant_workers
 
 SOAK_APP = "tests.apps.counter:app"
 SOAK_MAX_RESIDENT = 30
 SOAK_ROUTER_ENV = {"SWITCHBOARD_CRASH_LOOP_CRASHES": "1000"}  # workers are killed on purpose
-WORKER_TITLE = "switchboard: tenant "
-MIB = 1024 * 1024
 RSS_SLACK_MB = 5.0
 RSS_GROWTH_LIMIT = 1.2
 SETTLE_S = 20.0  # after the load: for stray workers to go, for a tenant to answer its count
-MAX_PROBLEMS = 40  # the first ones are kept with their details; the counters count them all
 
 Log = Callable[[str], None]
 
@@ -172,116 +164,6 @@ class SoakResult:
         return "; ".join(points)
 
 
-# --- the ledger: what each tenant must hold --------------------------------------------------
-
-
-@dataclass
-class _Tenant:
-    name: str
-    acked: int = 0  # the highest count a 201 returned since the tenant was (re)created
-    sent: int = 0  # writes sent since then: no count may exceed it
-    in_flight: int = 0
-    withdrawn: bool = False  # being removed and re-created: the load leaves it alone
-
-
-class _Ledger:
-    """Per-tenant acknowledged writes, and the counters of the run, under one lock."""
-
-    def __init__(self, names: list[str], zipf_s: float) -> None:
-        self.lock = threading.Lock()
-        self.tenants = [_Tenant(name) for name in names]
-        weights = [1 / (rank + 1) ** zipf_s for rank in range(len(names))]
-        self._cumulative = list(itertools.accumulate(weights))
-        self.statuses: Counter[str] = Counter()
-        self.latencies_s: list[float] = []
-        self.writes_acked = 0
-        self.reads = 0
-        self.hung = 0
-        self.stale_reads = 0
-        self.excess_writes = 0
-        self.problems: list[str] = []
-
-    def draw(self, rng: random.Random) -> _Tenant:
-        """A tenant by the skewed distribution (hot ones first in the list)."""
-        index = bisect.bisect_left(self._cumulative, rng.random() * self._cumulative[-1])
-        return self.tenants[min(index, len(self.tenants) - 1)]
-
-    def take(self, rng: random.Random, write: bool) -> tuple[_Tenant, int] | None:
-        """A tenant for one request, and what was acknowledged for it before it is sent."""
-        with self.lock:
-            for _ in range(20):
-                tenant = self.draw(rng)
-                if not tenant.withdrawn:
-                    tenant.in_flight += 1
-                    tenant.sent += write
-                    return tenant, tenant.acked
-        return None
-
-    def problem(self, message: str) -> None:
-        """Called with the lock held, or from one thread at a time."""
-        if len(self.problems) < MAX_PROBLEMS:
-            self.problems.append(message)
-
-    def answered(self, tenant: _Tenant, write: bool, acked_before: int,
-                 response: httpx.Response | None, outcome: str, elapsed_s: float,
-                 timeout_s: float) -> None:
-        """Record one request's outcome and give the tenant back."""
-        with self.lock:
-            tenant.in_flight -= 1
-            self.statuses[outcome] += 1
-            if outcome == "timeout" or elapsed_s > timeout_s:
-                self.hung += 1
-                self.problem(f"{'POST /add' if write else 'GET /count'} to {tenant.name}: "
-                             f"{outcome} after {elapsed_s:.1f}s")
-            if response is None:
-                return
-            self.latencies_s.append(elapsed_s)
-            if response.status_code not in (200, 201):
-                return
-            try:
-                count = int(response.json()["count"])
-            except (ValueError, KeyError, TypeError):
-                self.problem(f"{tenant.name}: unreadable answer {response.text[:200]!r}")
-                return
-            if write:
-                self.writes_acked += 1
-                tenant.acked = max(tenant.acked, count)
-            else:
-                self.reads += 1
-                if count < acked_before:
-                    self.stale_reads += 1
-                    self.problem(f"{tenant.name}: read {count} after {acked_before} "
-                                 "were acknowledged")
-            if count > tenant.sent:
-                self.excess_writes += 1
-                self.problem(f"{tenant.name}: count {count} but only {tenant.sent} writes sent")
-
-    def withdraw(self, rng: random.Random) -> _Tenant | None:
-        """A tenant for the cycler, taken out of the load (None if the draws keep hitting
-        withdrawn ones: only tenants whose re-create failed stay withdrawn)."""
-        with self.lock:
-            for _ in range(1000):
-                tenant = self.draw(rng)
-                if not tenant.withdrawn:
-                    tenant.withdrawn = True
-                    return tenant
-        return None
-
-    def drained(self, tenant: _Tenant) -> bool:
-        with self.lock:
-            return tenant.in_flight == 0
-
-    def give_back(self, tenant: _Tenant, *, recreated: bool) -> None:
-        with self.lock:
-            if recreated:
-                tenant.acked = tenant.sent = 0
-            tenant.withdrawn = False
-
-    def in_flight(self) -> int:
-        with self.lock:
-            return sum(t.in_flight for t in self.tenants)
-
-
 class _Budget:
     """The request cap, shared by the load threads."""
 
@@ -295,83 +177,6 @@ class _Budget:
             return self._left >= 0
 
 
-def _outcome(response: httpx.Response) -> str:
-    if response.status_code == 503 and "retry-after" not in response.headers:
-        return "503-no-retry-after"
-    return str(response.status_code)
-
-
-# --- processes -------------------------------------------------------------------------------
-
-
-def _ppid_pgrp(pid: int) -> tuple[int, int] | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(") ", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return int(fields[1]), int(fields[2])
-
-
-def rss_mb(pid: int) -> float:
-    """VmRSS of a process in MiB, 0 when it is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024 / MIB
-    except OSError:
-        pass
-    return 0.0
-
-
-def tenant_workers(pgid: int) -> dict[int, str]:
-    """pid -> tenant of the tenant workers in process group `pgid`, by title
-    ("switchboard: tenant NAME :PORT"); checkpoint children, which carry their worker's title,
-    are left out."""
-    titled: dict[int, str] = {}
-    for pid in group_pids(pgid):
-        title = cmdline(pid)
-        if title.startswith(WORKER_TITLE):
-            titled[pid] = title[len(WORKER_TITLE):].split(" ")[0]
-    workers = {}
-    for pid, name in titled.items():
-        stat = _ppid_pgrp(pid)
-        if stat is not None and stat[0] not in titled:
-            workers[pid] = name
-    return workers
-
-
-def kill_worker(pgid: int, pid: int) -> bool:
-    """SIGKILL `pid` if it is still a tenant worker of process group `pgid`. The pid is pinned
-    with a pidfd before it is checked, so a recycled pid is never signalled."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:  # gone already (or no pidfd support: then do not risk it)
-        return False
-    try:
-        stat = _ppid_pgrp(pid)
-        if stat is None or stat[1] != pgid or not cmdline(pid).startswith(WORKER_TITLE):
-            return False
-        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        return True
-    except ProcessLookupError:
-        return False
-    finally:
-        os.close(pidfd)
-
-
-def stray_workers(router: RouterProcess) -> dict[int, str]:
-    """Workers in the router's group whose tenant is not listed or whose pid is not the one
-    listed for it."""
-    workers = tenant_workers(router.pid)
-    if not workers:
-        return {}
-    listed = {row["name"]: row["pid"]
-              for row in router.admin_call("GET", "/v1/tenants")["tenants"]}
-    return {pid: name for pid, name in workers.items() if listed.get(name) != pid}
-
-
 # --- the parts that run at once --------------------------------------------------------------
 
 
@@ -379,7 +184,7 @@ def stray_workers(router: RouterProcess) -> dict[int, str]:
 class _Run:
     router: RouterProcess
     settings: SoakSettings
-    ledger: _Ledger
+    ledger: Ledger
     end: float  # monotonic
     stop: threading.Event = field(default_factory=threading.Event)
     kills: int = 0
@@ -412,7 +217,7 @@ def _client(run: _Run, seed: int, budget: _Budget) -> None:
                     response = client.post(f"/t/{tenant.name}/add", json={"amount": 1})
                 else:
                     response = client.get(f"/t/{tenant.name}/count")
-                outcome = _outcome(response)
+                outcome = status_label(response)
             except httpx.TimeoutException:
                 outcome = "timeout"
             except httpx.HTTPError as exc:  # no answer: the connection broke, or worse
@@ -545,7 +350,7 @@ def run_soak(router: RouterProcess, settings: SoakSettings,
     say(f"soak: {len(names)} tenants created in {create_s:.1f}s; "
         f"{settings.duration_s:g}s of load, seed {seed}")
 
-    ledger = _Ledger(names, settings.zipf_s)
+    ledger = Ledger(names, settings.zipf_s)
     started = time.monotonic()
     run = _Run(router, settings, ledger, end=started + settings.duration_s)
     budget = _Budget(settings.max_requests)
