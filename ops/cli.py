@@ -172,10 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.set_defaults(handler=cmd_snapshot_inspect)
     verify = actions.add_parser(
         "verify", parents=[common],
-        help="verify a snapshot file, a directory of them, or every generation of a tenant",
+        help="verify a snapshot file, a directory of them, or every generation of a tenant: "
+             "intact, and signed by this deployment's snapshot key",
     )
     verify.add_argument("target", metavar="PATH|TENANT")
     verify.set_defaults(handler=cmd_snapshot_verify)
+    for action in (inspect, verify):
+        action.add_argument(
+            "--snapshot-key-file", metavar="FILE",
+            help="the key snapshots are signed with (env SWITCHBOARD_SNAPSHOT_KEY_FILE, "
+                 "default DATA_DIR/snapshot.key)")
     return parser
 
 
@@ -443,8 +449,9 @@ def cmd_snapshot_inspect(args: argparse.Namespace) -> int:
     path = Path(args.path)
     if not path.is_file():
         raise CommandError(f"{path}: no such snapshot file")
+    key = _snapshot_key(args)
     try:
-        description = describe(path)
+        description = describe(path, key)
     except SnapshotError as exc:
         raise CommandError(str(exc)) from exc
     from ops.output import key_values
@@ -453,28 +460,42 @@ def cmd_snapshot_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_snapshot_verify(args: argparse.Namespace) -> int:
-    from snapshots.errors import SnapshotError
-    from snapshots.inspect import verify
+    """One line a file: `OK (signed) PATH`, `OK (unsigned) PATH`, or `BAD PATH: not signed by
+    this deployment: ...` / `BAD PATH: corrupt: ...` (snapshots.inspect.check); exit 1 unless
+    every file is OK."""
+    from snapshots.inspect import check
 
     files = _snapshot_files(args.target, _data_dir(args))
+    key = _snapshot_key(args)
     results: list[dict[str, Any]] = []
     for path in files:
-        problem: str | None = None
-        try:
-            verify(path)
-        except SnapshotError as exc:
-            problem = _without_prefix(str(exc), str(path))
-        except OSError as exc:
-            problem = exc.strerror or str(exc)
-        results.append({"path": str(path), "ok": problem is None, "error": problem})
+        verdict = check(path, key)
+        results.append({"path": str(path), "ok": verdict.ok, "status": verdict.status,
+                        "signed": verdict.signed,
+                        "error": None if verdict.ok else verdict.summary})
         if not _wants_json(args):
-            print(f"OK {path}" if problem is None else f"BAD {path}: {problem}", flush=True)
+            line = f"{verdict.summary} {path}" if verdict.ok else f"BAD {path}: {verdict.summary}"
+            print(line, flush=True)
     if _wants_json(args):
         _print_json(results)
     bad = sum(1 for r in results if not r["ok"])
     if bad:
         raise CommandError(f"{bad} of {len(results)} snapshot files failed verification")
     return 0
+
+
+def _snapshot_key(args: argparse.Namespace) -> bytes | None:
+    """The deployment's snapshot key: --snapshot-key-file, SWITCHBOARD_SNAPSHOT_KEY_FILE, or
+    DATA_DIR/snapshot.key. A file named by the flag or env must exist; without the default
+    one, signed files cannot be checked (verify says so for each)."""
+    from snapshots.errors import SnapshotKeyError
+    from snapshots.mac import find_key_file, load_key_if_present
+
+    path, named = find_key_file(getattr(args, "snapshot_key_file", None), _data_dir(args))
+    try:
+        return load_key_if_present(path, required=named)
+    except SnapshotKeyError as exc:
+        raise CommandError(str(exc)) from exc
 
 
 def _snapshot_files(target: str, data_dir: Path) -> list[Path]:
@@ -508,11 +529,6 @@ def _natural_key(path: Path) -> list[tuple[int, int | str]]:
     # gen-9 before gen-10, whether or not the store pads generation numbers.
     return [(0, int(part)) if part.isdigit() else (1, part)
             for part in re.split(r"(\d+)", path.name) if part]
-
-
-def _without_prefix(message: str, path: str) -> str:
-    # SnapshotCorrupt messages start with the file name, which the BAD line already shows.
-    return message[len(path) + 2:] if message.startswith(path + ": ") else message
 
 
 if __name__ == "__main__":

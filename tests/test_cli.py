@@ -301,23 +301,26 @@ def test_snapshot_commands_on_the_servers_snapshots(cli: Cli, tmp_path: Path) ->
     data_dir = str(cli.router.data_dir)
 
     assert cli.ok("snapshot", "verify", "acme", "--data-dir", data_dir).splitlines() == [
-        f"OK {older}", f"OK {newer}"]
+    # The server signs what it writes with <data-dir>/snapshot.key, where verify looks.
+        f"OK (signed) {older}", f"OK (signed) {newer}"]
     assert cli.json("snapshot", "verify", "acme", "--data-dir", data_dir) == [
-        {"path": str(p), "ok": True, "error": None} for p in (older, newer)]
-    assert cli.json("snapshot", "verify", str(newer)) == [
-        {"path": str(newer), "ok": True, "error": None}]
+        {"path": str(p), "ok": True, "status": "signed", "signed": True, "error": None}
+        for p in (older, newer)]
+    assert cli.json("snapshot", "verify", str(newer), "--data-dir", data_dir) == [
+        {"path": str(newer), "ok": True, "status": "signed", "signed": True, "error": None}]
 
-    lines = [" ".join(line.split()) for line in cli.ok("snapshot", "inspect", str(newer))
-             .splitlines()]
-    assert {"tenant: acme", "generation: 2", "valid: yes"} <= set(lines)
+    lines = [" ".join(line.split()) for line in cli.ok("snapshot", "inspect", str(newer),
+                                                       "--data-dir", data_dir).splitlines()]
+    assert {"tenant: acme", "generation: 2", "valid: yes", "format_version: 2", "signed: yes",
+            "signature: verified", "epoch: 1"} <= set(lines)
     described = cli.json("snapshot", "inspect", str(newer))
     assert (described["tenant"], described["generation"], described["valid"]) == ("acme", 2, True)
 
     flip_last_byte(newer)
     code, out, err = cli.run("snapshot", "verify", "acme", "--data-dir", data_dir)
     assert code == 1
-    assert out.splitlines()[0] == f"OK {older}"
-    assert out.splitlines()[1].startswith(f"BAD {newer}: ")
+    assert out.splitlines()[0] == f"OK (signed) {older}"
+    assert out.splitlines()[1].startswith(f"BAD {newer}: corrupt: payload checksum mismatch")
     assert "1 of 2" in one_error_line(err)
     code, out, err = cli.run("snapshot", "verify", "--json", "acme", "--data-dir", data_dir)
     assert code == 1 and [r["ok"] for r in json.loads(out)] == [True, False]
@@ -335,9 +338,9 @@ def test_snapshot_verify_a_directory_in_generation_order(
     folder.mkdir()
     for generation in (10, 9):
         (folder / f"gen-{generation}.snap").write_bytes(saved.read_bytes())
-    assert main(["snapshot", "verify", str(folder)]) == 0
-    assert capsys.readouterr().out.splitlines() == [
-        f"OK {folder / 'gen-9.snap'}", f"OK {folder / 'gen-10.snap'}"]
+    assert main(["snapshot", "verify", str(folder), "--data-dir", str(tmp_path / "data")]) == 0
+    assert capsys.readouterr().out.splitlines() == [  # no key: written unsigned
+        f"OK (unsigned) {folder / 'gen-9.snap'}", f"OK (unsigned) {folder / 'gen-10.snap'}"]
 
 
 def test_snapshot_errors_are_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
