@@ -57,6 +57,7 @@ class UpstreamConnection(Endpoint):
         self.got_bytes = False
         self.upgraded = False
         self.timed_out = False  # cut off by the proxy: no answer within request_timeout_s
+        self.pool: UpstreamPool | None = None  # while it waits idle in a pool
         self.client_must_close = False
         self.bytes_out = 0
         self._parser = httptools.HttpResponseParser(self)
@@ -120,6 +121,8 @@ class UpstreamConnection(Endpoint):
             self._finish(False)
         super().connection_lost(exc)  # tells a linked client
         self._cut_off()
+        if self.pool is not None:  # an idle connection whose worker went away: forget it now
+            self.pool.discard(self)
 
     def peer_lost(self) -> None:
         if self.upgraded:
@@ -254,6 +257,7 @@ class UpstreamPool:
         conns = self._idle.get(address)
         while conns:
             conn = conns.pop()
+            conn.pool = None
             if conn.worker is not worker:
                 conn.close()
             elif not conn.closed and conn.transport is not None and (
@@ -272,6 +276,17 @@ class UpstreamPool:
         conn.unlink()
         conn.idle_since = time.monotonic()
         self._idle.setdefault(conn.address, []).append(conn)
+        conn.pool = self
+
+    def discard(self, conn: UpstreamConnection) -> None:
+        """Drop an idle connection that closed (its worker stopped or died), so a pool that
+        has seen thousands of workers come and go holds only live connections."""
+        conn.pool = None
+        conns = self._idle.get(conn.address)
+        if conns is not None and conn in conns:
+            conns.remove(conn)
+            if not conns:
+                del self._idle[conn.address]
 
     def idle_count(self) -> int:
         return sum(len(conns) for conns in self._idle.values())
