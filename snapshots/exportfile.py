@@ -29,11 +29,28 @@ Header keys (a reader looks them up by name and ignores keys it does not know):
                     of snapshots.codec (datetime, date, time, timedelta, Decimal, UUID, set,
                     frozenset, tuple, big int; type codes documented there)
     data_length     D, the compressed length
-    raw_length      the msgpack length before compression (at most 4 GiB)
+    raw_length      the msgpack length before compression (limits below)
     data_sha256     hex SHA-256 of the D compressed bytes
 
-Limits: header at most 64 KiB; raw data at most 4 GiB (decompression stops there, so a
-crafted file cannot make a reader allocate without bound).
+An export file is not signed: it is meant to move between deployments, and holds plain msgpack
+data (no code runs when it is read; import re-encodes it with the app's codec and the importing
+deployment signs the snapshot it writes). So every reader treats it as hostile input.
+
+Limits, checked before the data is decompressed or decoded (ExportFileError):
+- header at most 64 KiB (MAX_HEADER_LENGTH);
+- raw data at most raw_limit(D) = min(MAX_RAW_LENGTH, max(RAW_ALLOWANCE, MAX_COMPRESSION_RATIO *
+  D)): any export may hold RAW_ALLOWANCE (32 MiB), a bigger one at most MAX_COMPRESSION_RATIO
+  (128) times its compressed size, and none more than MAX_RAW_LENGTH (2 GiB). Real tenant data
+  compresses 3-10x here (the demo app's records: 5.7x); zlib's own limit is about 1032x, which
+  is what a "zlib bomb" uses (1 MB that inflates to 1 GB). The writer refuses data over the
+  limit (CodecError: nothing could import it), so only a crafted file meets it at import;
+- decompression is incremental, capped at the header's raw_length (itself within the limit):
+  data that inflates past it is refused as soon as it does, never held whole;
+- the decoded msgpack: sets, frozensets and tuples nest at most snapshots.codec.MAX_EXT_NESTING
+  (32) deep (5,000-deep tuples used to crash the reader on its C stack); lists and maps are
+  bounded by the msgpack decoder's own stack.
+Decoding builds Python objects, which take more memory than their msgpack bytes (a few times
+for real data, more for data crafted from empty maps); the raw limit bounds that too.
 """
 
 from __future__ import annotations
@@ -58,9 +75,18 @@ FORMAT_NAME = "switchboard-export"
 VERSION = 1
 ENCODING = "msgpack+zlib"
 MAX_HEADER_LENGTH = 64 * 1024
-MAX_RAW_LENGTH = 4 * 1024**3
+MAX_RAW_LENGTH = 2 * 1024**3
+RAW_ALLOWANCE = 32 * 1024**2
+MAX_COMPRESSION_RATIO = 128
+_INFLATE_CHUNK = 1024 * 1024  # compressed bytes fed to the decompressor at a time
 _FIXED = struct.Struct(">8sI")
 _CRC = struct.Struct(">I")
+
+
+def raw_limit(data_length: int) -> int:
+    """The most raw (decompressed) bytes an export of `data_length` compressed bytes may hold
+    (see "Limits" above)."""
+    return min(MAX_RAW_LENGTH, max(RAW_ALLOWANCE, MAX_COMPRESSION_RATIO * data_length))
 
 
 @dataclass(frozen=True)
@@ -99,6 +125,11 @@ def encode_export(
     if len(raw) > MAX_RAW_LENGTH:
         raise CodecError(f"exported data is {len(raw)} bytes, over the {MAX_RAW_LENGTH} limit")
     packed = zlib.compress(raw, 6)
+    if len(raw) > raw_limit(len(packed)):
+        raise CodecError(
+            f"exported data is {len(raw)} bytes and compresses {len(raw) // len(packed)}x, "
+            f"past the {MAX_COMPRESSION_RATIO}x an import accepts above {RAW_ALLOWANCE} bytes "
+            "(snapshots/exportfile.py, Limits)")
     header = ExportHeader(
         tenant=tenant, app=app, app_version=app_version, schema_version=schema_version,
         exported_at=time.time() if exported_at is None else float(exported_at),
@@ -165,35 +196,58 @@ def read_export_header(f: BinaryIO, *, source: str) -> ExportHeader:
 def read_export(
     path_or_bytes: str | os.PathLike[str] | bytes, *, source: str | None = None
 ) -> tuple[ExportHeader, Any]:
-    """Read, verify and decode a whole export. ExportFileError on any problem."""
+    """Read, verify and decode a whole export. ExportFileError on any problem, found as early
+    as it can be: the header's limits before any data is read, the data's size before it is
+    hashed, its checksum before it is decompressed, its size while it is (see "Limits")."""
     if isinstance(path_or_bytes, bytes):
-        blob = path_or_bytes
         name = source or "<export>"
+        stream: BinaryIO = io.BytesIO(path_or_bytes)
+        header = read_export_header(stream, source=name)
+        packed = memoryview(path_or_bytes)[stream.tell():]
+        _check_data_length(header, len(packed), name)
     else:
         name = source or os.fspath(path_or_bytes)
         with open(path_or_bytes, "rb") as f:
-            blob = f.read()
-    stream = io.BytesIO(blob)
-    header = read_export_header(stream, source=name)
-    packed = blob[stream.tell():]
-    if len(packed) != header.data_length:
-        raise ExportFileError(
-            f"{name}: header says {header.data_length} data bytes, the file has {len(packed)}"
-        )
+            header = read_export_header(f, source=name)
+            _check_data_length(header, os.fstat(f.fileno()).st_size - f.tell(), name)
+            packed = memoryview(f.read())
     if hashlib.sha256(packed).hexdigest() != header.data_sha256:
         raise ExportFileError(f"{name}: data checksum mismatch (the file is damaged)")
-    decompressor = zlib.decompressobj()
-    try:
-        raw = decompressor.decompress(packed, header.raw_length + 1)
-    except zlib.error as exc:
-        raise ExportFileError(f"{name}: data does not decompress: {exc}") from exc
-    if len(raw) != header.raw_length or decompressor.unconsumed_tail:
-        raise ExportFileError(f"{name}: data is not {header.raw_length} bytes uncompressed")
+    raw = _inflate(packed, header.raw_length, name)
     try:
         data = MsgpackCodec().loads(raw)
     except CodecError as exc:
         raise ExportFileError(f"{name}: data does not decode: {exc}") from exc
     return header, data
+
+
+def _check_data_length(header: ExportHeader, present: int, name: str) -> None:
+    if present != header.data_length:
+        raise ExportFileError(
+            f"{name}: header says {header.data_length} data bytes, the file has {present}"
+        )
+
+
+def _inflate(packed: memoryview, raw_length: int, name: str) -> bytearray:
+    """Decompress `packed`, which must inflate to exactly `raw_length` bytes (within the
+    limit, checked with the header). Fed in chunks with an output cap, so data that inflates
+    past raw_length is refused once it has, holding at most raw_length + 1 bytes. (No flush():
+    its length is a first buffer size, not a cap; every byte of input has been fed by then,
+    and a stream that is not complete is refused by the eof check.)"""
+    decompressor = zlib.decompressobj()
+    raw = bytearray()
+    try:
+        for start in range(0, len(packed), _INFLATE_CHUNK):
+            raw += decompressor.decompress(packed[start:start + _INFLATE_CHUNK],
+                                           raw_length + 1 - len(raw))
+            if len(raw) > raw_length or decompressor.unconsumed_tail:
+                raise ExportFileError(f"{name}: data inflates past the {raw_length} bytes its "
+                                      "header says (refused before inflating more)")
+    except zlib.error as exc:
+        raise ExportFileError(f"{name}: data does not decompress: {exc}") from exc
+    if len(raw) != raw_length or not decompressor.eof or decompressor.unused_data:
+        raise ExportFileError(f"{name}: data is not {raw_length} bytes uncompressed")
+    return raw
 
 
 _FIELDS: dict[str, tuple[type, ...]] = {
@@ -222,4 +276,10 @@ def _header_problem(fields: dict[str, Any]) -> str | None:
             return f"export header field {name!r} is negative"
     if fields["raw_length"] > MAX_RAW_LENGTH:
         return f"raw data length {fields['raw_length']} is over the {MAX_RAW_LENGTH} limit"
+    limit = raw_limit(fields["data_length"])
+    if fields["raw_length"] > limit:
+        return (f"raw data length {fields['raw_length']} is more than an export of "
+                f"{fields['data_length']} compressed bytes may inflate to ({limit}: at most "
+                f"{MAX_COMPRESSION_RATIO}x above {RAW_ALLOWANCE} bytes); refused before "
+                "decompressing (a zlib bomb?)")
     return None
