@@ -31,6 +31,10 @@ the first one that passes every check below; a file that fails one is skipped wi
                                                      rewrites it signed at its next checkpoint
     unsigned, pickle (or any codec not in            skipped: "refused: not signed by this
     DATA_CODECS)                                     deployment: ..." unless allow_unsigned
+    unsigned, and an older generation is signed      skipped: "refused: not signed by this
+    by this key                                      deployment: ... (planted?)": a writer
+                                                     with the key never goes back to unsigned,
+                                                     so such a file was put there by hand
     a newer format version                           SnapshotVersionError: the walk stops
 
 Files exist but none passes: NoValidSnapshot (never an empty tenant in silence).
@@ -327,19 +331,22 @@ class LocalStore:
         A file whose header names another tenant is skipped, so a misplaced copy never
         serves one tenant's data to another.
         """
-        def load(path: Path) -> tuple[LoadedSnapshot | None, str | None]:
+        def load(generation: int, path: Path) -> tuple[LoadedSnapshot | None, str | None]:
             header, payload = read_snapshot(path)
             if header.tenant != tenant:
                 return None, f"header names tenant {header.tenant!r}"
-            signed = self.admit(header, str(path), codec)
+            signed = self.admit(header, str(path), codec, generation=generation)
             return LoadedSnapshot(header=header, payload=payload, path=path, signed=signed), None
 
         return self._newest_valid(tenant, load)
 
-    def admit(self, header: SnapshotHeader, source: str, codec: str | None) -> bool:
+    def admit(self, header: SnapshotHeader, source: str, codec: str | None, *,
+              generation: int | None = None) -> bool:
         """Whether a restore may load this file, from its header alone: True if it is signed
         by this store's key, False if unsigned and admitted; SnapshotRefused otherwise (see
-        the module docstring's table). `codec`: the app's declared codec, None for any."""
+        the module docstring's table). `codec`: the app's declared codec, None for any;
+        `generation`: the file's generation in this store (by its name, not its header),
+        when it is one, so an unsigned file newer than a signed one is refused."""
         signed = authenticate(header, self.key, source)
         if codec is not None and header.codec != codec:
             raise SnapshotWrongCodec(
@@ -349,7 +356,29 @@ class LocalStore:
                 source, f"not signed by this deployment: an unsigned {header.codec} snapshot "
                         "would run code from the file when loaded (--allow-unsigned trusts "
                         "unsigned files)")
+        if not signed and generation is not None and self.key is not None:
+            older = self._signed_generation_below(header.tenant, generation)
+            if older is not None:
+                raise SnapshotNotSigned(
+                    source, f"not signed by this deployment: unsigned, yet the older generation "
+                            f"{older} is signed, and this deployment never writes an unsigned "
+                            "snapshot after a signed one (planted?)")
         return signed
+
+    def _signed_generation_below(self, tenant: str, generation: int) -> int | None:
+        """The newest generation below `generation` whose header this store's key signed
+        (headers only: a MAC covers the header). None if there is none."""
+        for older, path in self._scan(tenant):
+            if older >= generation:
+                continue
+            try:
+                with open(path, "rb") as f:
+                    header = read_header(f, source=str(path))
+                if header.tenant == tenant and authenticate(header, self.key, str(path)):
+                    return older
+            except (SnapshotError, OSError):
+                continue
+        return None
 
     def load_newest_valid_state(
         self, tenant: str, codec_factory: CodecFactory = get_codec, *, codec: str | None = None
@@ -369,13 +398,13 @@ class LocalStore:
         the codec's CodecError on a payload that verified, propagates: that file is sound,
         this code cannot read it, and falling back past it would hide that.
         """
-        def load(path: Path) -> tuple[LoadedState | None, str | None]:
+        def load(generation: int, path: Path) -> tuple[LoadedState | None, str | None]:
             try:
                 with open_snapshot(path) as snapshot:
                     header = snapshot.header
                     if header.tenant != tenant:
                         return None, f"header names tenant {header.tenant!r}"
-                    signed = self.admit(header, snapshot.source, codec)
+                    signed = self.admit(header, snapshot.source, codec, generation=generation)
                     try:
                         decoder = codec_factory(header.codec)
                     except SnapshotError:
@@ -391,9 +420,10 @@ class LocalStore:
         return self._newest_valid(tenant, load)
 
     def _newest_valid(
-        self, tenant: str, load: Callable[[Path], tuple[_Loaded | None, str | None]]
+        self, tenant: str, load: Callable[[int, Path], tuple[_Loaded | None, str | None]]
     ) -> _Loaded | None:
-        """Walk generations newest first; `load` gives a result or the reason to skip a file.
+        """Walk generations newest first; `load(generation, path)` gives a result or the reason
+        to skip a file.
 
         A corrupt, unreadable or refused file is skipped with its reason; anything else `load`
         raises (a newer format version, a codec this code cannot use) stops the walk.
@@ -406,9 +436,9 @@ class LocalStore:
         if not candidates:
             return None
         skipped: list[tuple[str, str]] = []
-        for _generation, path in candidates:
+        for generation, path in candidates:
             try:
-                result, reason = load(path)
+                result, reason = load(generation, path)
             except SnapshotCorrupt as exc:
                 skipped.append((str(path), exc.problem))
                 continue

@@ -1,7 +1,9 @@
-"""Journal segments written by format version 1 must replay, exactly, in every later version.
+"""Journal segments written by format versions 1 and 2 must replay, exactly, in every later
+version.
 
-The fixture (tests/fixtures/journal/v1/, two segments holding seqs 5-8 and 9-11) was written
-once by tests/fixtures/journal/make_fixtures.py and committed. The records are spelled out here
+The fixtures (tests/fixtures/journal/v1/ and v2/, two segments each holding seqs 5-8 and 9-11;
+v2 signed for tenant "acme" with tests/fixtures/snapshots/fixture.key) were written once by
+tests/fixtures/journal/make_fixtures.py and committed. The records are spelled out here
 on purpose, not imported from that script: this test is the record of what those bytes mean.
 If it fails, the change broke old journals; fix the code, never the fixture.
 """
@@ -14,13 +16,28 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from contract.worker import WorkerSpec
 from snapshots.codec import get_codec
+from snapshots.mac import WriterIdentity, load_key
 from snapshots.store import LocalStore
-from tenant.journal import Journal, read_records
+from tenant.errors import JournalCorrupt
+from tenant.journal import Journal, JournalSigning, read_records
 from tenant.runtime import restore
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "journal" / "v1"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURE = FIXTURES / "journal" / "v1"
+FIXTURE_V2 = FIXTURES / "journal" / "v2"
+FIXTURE_KEY = load_key(FIXTURES / "snapshots" / "fixture.key")  # a test key, committed
+SIGNING = JournalSigning("acme", WriterIdentity(key=FIXTURE_KEY, epoch=7,
+                                                creation_id="fixture-creation-1"))
+SHA256_V2 = {
+    "00000000000000000005.journal":
+        "5e8d3c11a0585f1d42ee6504fa7f9a5f2a2411cc4c56279dc4438ab4d972f214",
+    "00000000000000000009.journal":
+        "c7a97670a93edc088f4d25c3abf2deae862c41f671b5c5ea336c1c0e43dd3e68",
+}
 
 SHA256 = {
     "00000000000000000005.journal":
@@ -98,3 +115,45 @@ def test_a_v1_journal_restores_the_demo_app(tmp_path: Path) -> None:
     assert people[1]["updated_at"] == 1700000002.0
     assert state["tables"]["x"]["records"][1]["fields"]["big"] == 2**62
     assert state["sessions"] == {}
+
+
+# --- format version 2: signed -----------------------------------------------------------------
+
+
+def test_the_v2_fixture_files_are_unchanged() -> None:
+    found = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in FIXTURE_V2.iterdir()}
+    assert found == SHA256_V2
+
+
+def test_v2_segments_replay_exactly_under_their_key_only() -> None:
+    replay = read_records(FIXTURE_V2, after_seq=4, signing=SIGNING)
+    assert as_tuples(replay.records) == EXPECTED
+    assert replay.last_seq == 11 and replay.torn_tail is None
+    assert as_tuples(read_records(FIXTURE_V2, after_seq=9, signing=SIGNING).records) == EXPECTED[5:]
+    other = JournalSigning("acme", WriterIdentity(key=b"another deployment"))
+    for signing in (None, other, JournalSigning("other", SIGNING.identity)):
+        with pytest.raises(JournalCorrupt):
+            read_records(FIXTURE_V2, after_seq=4, signing=signing)
+
+
+def test_a_signed_journal_never_continues_an_unsigned_segment(tmp_path: Path) -> None:
+    """A worker with a key on a v1 journal (a deployment upgraded to signing): the new records
+    go to a new signed segment; the v1 records before it still replay, the other way round is
+    refused."""
+    directory = tmp_path / "journal"
+    shutil.copytree(FIXTURE, directory)
+
+    async def append() -> int:
+        journal = Journal.open(directory, next_seq=12, signing=SIGNING)
+        seq = await journal.append("create_record", {"table": "x", "fields": {}}, now=1.0)
+        await journal.close()
+        return seq
+
+    assert asyncio.run(append()) == 12
+    assert len(list(directory.iterdir())) == 3
+    assert [r.seq for r in read_records(directory, after_seq=4, signing=SIGNING).records] == \
+        list(range(5, 13))
+    strict = JournalSigning("acme", SIGNING.identity, accept_unsigned=False)
+    with pytest.raises(JournalCorrupt, match="unsigned"):
+        read_records(directory, after_seq=4, signing=strict)  # e.g. after a signed snapshot
+    assert [r.seq for r in read_records(directory, after_seq=11, signing=strict).records] == [12]

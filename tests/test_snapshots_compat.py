@@ -1,4 +1,5 @@
-"""Files written by format version 1 must load, exactly, in every later version of the code.
+"""Files written by format versions 1 and 2 must load, exactly, in every later version of the
+code.
 
 The fixtures were written once by tests/fixtures/snapshots/make_fixtures.py and committed.
 The expected state is spelled out here on purpose, not imported from that script: this test
@@ -17,8 +18,10 @@ from typing import Any
 import pytest
 
 from snapshots.codec import get_codec
-from snapshots.format import read_snapshot
-from snapshots.inspect import describe, verify
+from snapshots.errors import SnapshotNotSigned
+from snapshots.format import authenticate, read_snapshot
+from snapshots.inspect import check, describe, verify
+from snapshots.mac import load_key
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "snapshots"
 
@@ -117,3 +120,36 @@ def test_version_1_fixture_inspects_and_verifies(codec: str) -> None:
             "mixed_set": 3,
             "(2024, 'q1')": 2,
         }
+
+
+# --- format version 2: signed -----------------------------------------------------------------
+
+FIXTURE_KEY = load_key(FIXTURES / "fixture.key")  # a test key, committed with the fixtures
+
+
+@pytest.mark.parametrize("codec", ["msgpack", "pickle"])
+def test_version_2_fixture_loads_exactly_and_is_signed(codec: str) -> None:
+    path = FIXTURES / f"v2-{codec}.snap"
+    header, payload = read_snapshot(path)
+    assert header.format_version == 2 and header.signed
+    assert header.tenant == "compat-fixture" and header.generation == 1
+    assert header.codec == codec and header.app_version == "fixture-1"
+    assert (header.schema_version, header.journal_pos) == (1, 42)
+    assert header.created_at == 1_700_000_000.25
+    assert (header.epoch, header.creation_id, header.index) == (7, "fixture-creation-1", [])
+    assert dict(header.extra) == {}
+    assert header.checksum == CHECKSUMS[codec]  # the same payload bytes as version 1
+    assert header.header_bytes + header.payload_length == path.stat().st_size
+    assert authenticate(header, FIXTURE_KEY, str(path)) is True
+    with pytest.raises(SnapshotNotSigned, match="not signed by this deployment"):
+        authenticate(header, b"another deployment's key", str(path))
+    assert_identical(get_codec(header.codec).loads(payload), EXPECTED)
+
+
+@pytest.mark.parametrize("codec", ["msgpack", "pickle"])
+def test_fixtures_verify_as_signed_or_unsigned(codec: str) -> None:
+    assert check(FIXTURES / f"v2-{codec}.snap", FIXTURE_KEY).summary == "OK (signed)"
+    assert check(FIXTURES / f"v2-{codec}.snap", b"other").status == "not_signed"
+    v1 = check(FIXTURES / f"v1-{codec}.snap", FIXTURE_KEY)
+    # Unsigned msgpack restores (it runs no code); unsigned pickle would run code.
+    assert v1.status == ("unsigned" if codec == "msgpack" else "not_signed")

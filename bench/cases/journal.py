@@ -2,8 +2,9 @@
 
 tenant.journal.Journal in this process, policy "always", on a real file in a data dir on
 the disk (not tmpfs): every acknowledged append is fsynced, and concurrent appends share an
-fsync. Baseline: the same records written one at a time with one fsync each, the way a
-journal without group commit would, in a plain loop (no event loop, no thread hop).
+fsync. Signed, as a worker's journal is (a keyed MAC per record, tenant/journal_format.py).
+Baseline: the same records written one at a time with one fsync each, the way a journal
+without group commit would, in a plain loop (no event loop, no thread hop).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import msgpack
 
 from bench.cases import Context
 from bench.report import Figure, Goal
-from tenant.journal import Journal
+from snapshots.mac import WriterIdentity
+from tenant.journal import Journal, JournalSigning
 
 WRITER_COUNTS = (1, 8, 64)
 ARGS = {"table": "orders", "fields": {"sku": "A-1234", "qty": 3, "note": "x" * 40}}
@@ -44,7 +46,8 @@ def fsync_per_write(path: str, seconds: float) -> float:
 
 
 async def group_commit(directory: str, writers: int, seconds: float) -> float:
-    journal = Journal.open(directory, next_seq=1, fsync_policy="always")
+    signing = JournalSigning("bench", WriterIdentity(key=os.urandom(32)))
+    journal = Journal.open(directory, next_seq=1, fsync_policy="always", signing=signing)
     count = 0
     until = time.perf_counter() + seconds
 
