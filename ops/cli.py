@@ -461,15 +461,16 @@ def cmd_snapshot_inspect(args: argparse.Namespace) -> int:
 
 def cmd_snapshot_verify(args: argparse.Namespace) -> int:
     """One line a file: `OK (signed) PATH`, `OK (unsigned) PATH`, or `BAD PATH: not signed by
-    this deployment: ...` / `BAD PATH: corrupt: ...` (snapshots.inspect.check); exit 1 unless
-    every file is OK."""
-    from snapshots.inspect import check
+    this deployment: ...` / `BAD PATH: corrupt: ...` (snapshots.inspect.check; a tenant's
+    generations are judged together, check_generations); exit 1 unless every file is OK."""
+    from snapshots.inspect import check, check_generations
 
-    files = _snapshot_files(args.target, _data_dir(args))
+    files: list[str | os.PathLike[str]] = list(_snapshot_files(args.target, _data_dir(args)))
     key = _snapshot_key(args)
+    tenant = not Path(args.target).exists()  # as _snapshot_files decided
+    verdicts = check_generations(files, key) if tenant else [check(f, key) for f in files]
     results: list[dict[str, Any]] = []
-    for path in files:
-        verdict = check(path, key)
+    for path, verdict in zip(files, verdicts, strict=True):
         results.append({"path": str(path), "ok": verdict.ok, "status": verdict.status,
                         "signed": verdict.signed,
                         "error": None if verdict.ok else verdict.summary})

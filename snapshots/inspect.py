@@ -17,7 +17,10 @@ pickle payload is verified by its checksum only, since unpickling runs code from
 
 in that order of precedence: a file that is both damaged and foreign is reported by the first
 check it fails (header, then MAC, then payload), so the payload of a file whose MAC fails is
-never decoded. Only signed and unsigned are OK. `verify(path)` is the integrity check alone.
+never decoded. Only signed and unsigned are OK. `check_generations` judges a tenant's files
+together, as a restore does: an unsigned file after one signed by this key is not_signed
+(planted: a writer with the key never goes back to unsigned). `verify(path)` is the integrity
+check alone.
 """
 
 from __future__ import annotations
@@ -96,6 +99,24 @@ def check(path: str | os.PathLike[str], key: bytes | None) -> Verdict:
     if not header.signed and header.codec not in DATA_CODECS:
         return Verdict(source, "not_signed", _unsigned_code(header), False)
     return Verdict(source, "signed" if header.signed else "unsigned", None, header.signed)
+
+
+def check_generations(paths: list[str | os.PathLike[str]], key: bytes | None) -> list[Verdict]:
+    """check() of each of a tenant's snapshot files, given oldest generation first, with the
+    restore's rule that an unsigned file newer than a signed one is planted."""
+    verdicts: list[Verdict] = []
+    signed_before: str | None = None
+    for path in paths:
+        verdict = check(path, key)
+        if verdict.status == "unsigned" and signed_before is not None:
+            verdict = Verdict(verdict.path, "not_signed",
+                              f"not signed by this deployment: unsigned, yet the older "
+                              f"{signed_before} is signed, and this deployment never writes an "
+                              "unsigned snapshot after a signed one (planted?)", False)
+        elif verdict.status == "signed":
+            signed_before = verdict.path
+        verdicts.append(verdict)
+    return verdicts
 
 
 def _unsigned_code(header: SnapshotHeader) -> str:

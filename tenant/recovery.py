@@ -20,6 +20,8 @@ The restore policy (DESIGN.md "Decisions": keys and files; the table is in snaps
                                                   checkpoint (at the latest the one at stop)
                                                   writes it signed
     unsigned, pickle                              refused unless allow_unsigned
+    unsigned, newer than one signed by this key   refused as planted (a writer with the key
+                                                  never goes back to unsigned)
     every generation refused or corrupt           RestoreError: the worker refuses to start
 
 Journal records replayed after a signed snapshot must be signed (a version 2 segment, MAC
