@@ -96,6 +96,7 @@ class WorkerSpec:
     log_format: str = "json"
     log_level: str = "info"
     epoch: int = 1  # the tenant's fencing token (DESIGN.md "Between hosts")
+    creation_id: str = ""  # which tenant of this name: epochs compare only within one
     host_id: str | None = None  # this host's id in cluster mode, else None
     # Limits the worker sets on itself before it restores (0: none). An allocation past the
     # address-space limit raises MemoryError in the worker instead of waking the OOM killer.

@@ -265,6 +265,7 @@ class TenantProcess:
             journal_fsync=config.journal_fsync, keep_generations=config.keep_generations,
             log_format="json" if config.log_format != "text" else "text",
             log_level=config.log_level, epoch=self.record.epoch, host_id=self.record.owner,
+            creation_id=self.record.creation_id,
             max_address_space_bytes=config.max_worker_address_space_bytes,
             max_open_files=config.max_worker_open_files,
             snapshot_key_file=str(config.snapshot_key_path.resolve()),

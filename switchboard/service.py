@@ -23,6 +23,9 @@ class TenantOperations:
         self.supervisor = supervisor
         self.directory = directory
         self.layout = layout
+        config = supervisor.config
+        self.export_tool = transfer.ExportTool(layout, config.snapshot_key_path,
+                                               config.allow_unsigned)
         for leftover in layout.sweep_trash():  # a crash in the middle of an earlier rm
             log.info("removed %s, left by an interrupted rm", leftover)
 
@@ -73,7 +76,7 @@ class TenantOperations:
 
     async def export_tenant(self, name: str) -> ExportedFile:
         tenant = self.supervisor.get(name)
-        return await transfer.export_tenant(self.layout, tenant.name,
+        return await transfer.export_tenant(self.export_tool, tenant.name,
                                             app=tenant.record.app or self.supervisor.config.app,
                                             code_path=tenant.record.code_path)
 
@@ -87,7 +90,7 @@ class TenantOperations:
         async with tenant.lock:
             try:
                 tenant.generation = await transfer.import_tenant(
-                    self.layout, name, source, app=record.app or self.supervisor.config.app,
+                    self.export_tool, name, source, app=record.app or self.supervisor.config.app,
                     code_path=record.code_path)
             except BaseException:
                 tenant.removed = True

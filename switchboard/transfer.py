@@ -22,6 +22,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +36,33 @@ TRANSFER_TIMEOUT_S = 600.0
 STALE_AFTER_S = 3600.0
 
 
-async def export_tenant(layout: DataLayout, name: str, *, app: str,
+@dataclass(frozen=True)
+class ExportTool:
+    """How this deployment runs `python -m tenant.export`: its data dir and snapshot key, so
+    the tool reads and writes exactly what this host's workers would."""
+
+    layout: DataLayout
+    snapshot_key_file: Path
+    allow_unsigned: bool = False
+
+    def argv(self, *args: str, code_path: str | None) -> list[str]:
+        argv = [sys.executable, "-m", "tenant.export", *args,
+                "--data-dir", str(self.layout.data_dir),
+                "--snapshot-key-file", str(self.snapshot_key_file)]
+        if self.allow_unsigned:
+            argv.append("--allow-unsigned")
+        if code_path:
+            argv += ["--code-path", code_path]
+        return argv
+
+
+async def export_tenant(tool: ExportTool, name: str, *, app: str,
                         code_path: str | None) -> ExportedFile:
-    out = _transfers_dir(layout) / f"{name}-{time.time_ns()}.sbexport"
+    out = _transfers_dir(tool.layout) / f"{name}-{time.time_ns()}.sbexport"
     try:
         reply = await _run_export_tool(
-            "export", "--tenant", name, "--app", app, "-o", str(out),
-            data_dir=layout.data_dir, code_path=code_path,
-        )
+            tool.argv("export", "--tenant", name, "--app", app, "-o", str(out),
+                      code_path=code_path), code_path=code_path)
     except BaseException:
         with contextlib.suppress(OSError):
             out.unlink()
@@ -53,16 +73,15 @@ async def export_tenant(layout: DataLayout, name: str, *, app: str,
                         filename=f"{name}-{reply.get('journal_pos', 0)}.sbexport", header=reply)
 
 
-async def import_tenant(layout: DataLayout, name: str, source: Path, *, app: str,
+async def import_tenant(tool: ExportTool, name: str, source: Path, *, app: str,
                         code_path: str | None) -> int | None:
     """Write tenant `name`'s generation 1 snapshot from the export file at `source`; returns
     the generation. The subprocess reads the file: the router never holds the import in
     memory. The caller has created the tenant and holds its lock, removes it again if this
     raises, and deletes `source` (the admin API staged the upload there)."""
     reply = await _run_export_tool(
-        "import", str(source), "--tenant", name, "--app", app,
-        data_dir=layout.data_dir, code_path=code_path,
-    )
+        tool.argv("import", str(source), "--tenant", name, "--app", app, code_path=code_path),
+        code_path=code_path)
     log.info("imported tenant %s from an export of %s", name, reply.get("from_tenant"))
     generation = reply.get("generation")
     return int(generation) if generation is not None else None
@@ -80,10 +99,8 @@ def _transfers_dir(layout: DataLayout) -> Path:
     return directory
 
 
-async def _run_export_tool(*args: str, data_dir: Path, code_path: str | None) -> dict[str, Any]:
-    argv = [sys.executable, "-m", "tenant.export", *args, "--data-dir", str(data_dir)]
-    if code_path:
-        argv += ["--code-path", code_path]
+async def _run_export_tool(argv: list[str], *, code_path: str | None) -> dict[str, Any]:
+    action = argv[3]
     process = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         stdin=asyncio.subprocess.DEVNULL, cwd=code_path or None, env=dict(os.environ),
@@ -93,7 +110,7 @@ async def _run_export_tool(*args: str, data_dir: Path, code_path: str | None) ->
     except TimeoutError:
         process.kill()
         await process.wait()
-        raise TransferFailed(f"{args[0]} did not finish within {TRANSFER_TIMEOUT_S:g}s") from None
+        raise TransferFailed(f"{action} did not finish within {TRANSFER_TIMEOUT_S:g}s") from None
     except BaseException:  # cancelled: the subprocess must not outlive the request
         with contextlib.suppress(ProcessLookupError):
             process.kill()
@@ -101,11 +118,11 @@ async def _run_export_tool(*args: str, data_dir: Path, code_path: str | None) ->
     if process.returncode != 0:
         lines = stderr.decode(errors="replace").strip().splitlines()
         reason = lines[-1] if lines else f"exit status {process.returncode}"
-        raise TransferFailed(f"{args[0]} failed: {reason}")
+        raise TransferFailed(f"{action} failed: {reason}")
     try:
         reply: dict[str, Any] = json.loads(stdout)
     except ValueError as exc:
         raise TransferFailed(
-            f"{args[0]} answered something that is not JSON: {stdout[:200]!r}"
+            f"{action} answered something that is not JSON: {stdout[:200]!r}"
         ) from exc
     return reply

@@ -64,7 +64,8 @@ def store_for(spec: WorkerSpec) -> LocalStore:
     refuse every signed file)."""
     key = None if spec.snapshot_key_file is None else load_key(spec.snapshot_key_file)
     return LocalStore.in_data_dir(spec.data_dir, spec.keep_generations,
-                                  identity=WriterIdentity(key=key, epoch=spec.epoch),
+                                  identity=WriterIdentity(key=key, epoch=spec.epoch,
+                                                            creation_id=spec.creation_id),
                                   allow_unsigned=spec.allow_unsigned)
 
 

@@ -198,7 +198,9 @@ class Worker:
             log_config=None,
             access_log=False,
             proxy_headers=True,
-            forwarded_allow_ips="127.0.0.1,::1",
+            # Over a Unix socket only the router (and worker_group's web server) can reach
+            # the worker: its forwarding headers are the ones to believe.
+            forwarded_allow_ips="*" if self.spec.socket_path else "127.0.0.1,::1",
             timeout_keep_alive=3600,  # the router owns keep-alive; it closes idle connections
             timeout_graceful_shutdown=5,
             http="httptools",
@@ -289,6 +291,12 @@ def configure_logging(spec: WorkerSpec) -> None:
     root.setLevel(spec.log_level.upper())
 
 
+def worker_title(spec: WorkerSpec) -> str:
+    """`switchboard: tenant acme :20013`, or `... run/12.sock` for a Unix-socket worker."""
+    where = f"run/{os.path.basename(spec.socket_path)}" if spec.socket_path else f":{spec.port}"
+    return f"switchboard: tenant {spec.tenant} {where}"
+
+
 def worker_main(spec: WorkerSpec, listen_fd: int, control_fd: int, *, parent: int | None) -> int:
     """Entry point of a worker process, after fork or in a fresh interpreter.
 
@@ -298,7 +306,7 @@ def worker_main(spec: WorkerSpec, listen_fd: int, control_fd: int, *, parent: in
     """
     import setproctitle
 
-    setproctitle.setproctitle(f"switchboard: tenant {spec.tenant} :{spec.port}")
+    setproctitle.setproctitle(worker_title(spec))
     if parent is not None:
         set_death_signal(parent)
     configure_logging(spec)

@@ -196,7 +196,7 @@ def test_tenant_commands_print_tables(cli: Cli) -> None:
     assert cli.ok("create", "a", "b") == "a\nb\n"
 
     header, row_a, row_b = cli.ok("ls").splitlines()
-    assert header.split() == ["NAME", "STATE", "PID", "PORT", "RESTARTS", "LAST", "REQUEST",
+    assert header.split() == ["NAME", "STATE", "PID", "ADDRESS", "RESTARTS", "LAST", "REQUEST",
                               "IN-FLIGHT"]
     assert row_a.split()[:3] == ["a", "stopped", "-"]
     assert row_b.split()[:3] == ["b", "stopped", "-"]
@@ -207,6 +207,7 @@ def test_tenant_commands_print_tables(cli: Cli) -> None:
     add_record(cli.router, "a", {"n": 1})
     row_a = cli.ok("ls").splitlines()[1]
     assert row_a.split()[:3] == ["a", "running", str(pid)]
+    assert row_a.split()[3].startswith("run/") and row_a.split()[3].endswith(".sock")
     assert "just now" in row_a or "s ago" in row_a  # LAST REQUEST
 
     status = [" ".join(line.split()) for line in cli.ok("status", "a").splitlines()]
@@ -300,8 +301,8 @@ def test_snapshot_commands_on_the_servers_snapshots(cli: Cli, tmp_path: Path) ->
     older, newer = snapshot_files(cli.router.data_dir, "acme")
     data_dir = str(cli.router.data_dir)
 
-    assert cli.ok("snapshot", "verify", "acme", "--data-dir", data_dir).splitlines() == [
     # The server signs what it writes with <data-dir>/snapshot.key, where verify looks.
+    assert cli.ok("snapshot", "verify", "acme", "--data-dir", data_dir).splitlines() == [
         f"OK (signed) {older}", f"OK (signed) {newer}"]
     assert cli.json("snapshot", "verify", "acme", "--data-dir", data_dir) == [
         {"path": str(p), "ok": True, "status": "signed", "signed": True, "error": None}
