@@ -7,157 +7,49 @@ is written through as it arrives. Answers are written as the worker connection p
 flow control between the two sockets is `flow.Endpoint`'s.
 
 Closing: `close_after_write()` closes once the answer is sent. When the answer came before the
-request body was all in (404, 413, 503), the connection is half-closed instead, so the client
+request was all in (404, 413, 503, a refusal), the connection is half-closed instead, so the client
 reads the answer rather than a reset, and whatever it still sends is read and dropped for
 `LINGER_S` (never parsed: its bytes are not a request). After a worker's 101, `splice()` turns
 the connection into a byte pipe to the worker connection.
+
+Bounds (switchboard.edge, `EdgeLimits`): the head is measured while httptools parses it and a
+head over a limit is refused (414/431), as are a malformed head and a second Host (400). A
+refusal is answered in order, after the requests before it on the connection, and nothing the
+client sends after it is parsed. `expire()`, called by the proxy's `Sweeper`, acts on the
+connection's timeouts: 408 for a head or a body that does not arrive in time, a quiet close for
+an idle keep-alive connection. A connection over `max_client_connections` is answered 503 and
+closed without being counted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import html
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
-from http import HTTPStatus
+from typing import NoReturn
 
 import httptools
 
+from switchboard.body import HIGH_WATER, Body
+from switchboard.edge import EdgeLimits, TrustedProxies
 from switchboard.flow import ALL_HOLDS, BODY_FULL, Endpoint
+from switchboard.pages import simple_response
 
 log = logging.getLogger("switchboard.proxy")
 
-HIGH_WATER = 256 * 1024  # request body bytes waiting for a worker before the client is paused
 LINGER_S = 5.0  # how long an early answer waits for the client to stop sending its body
-
-
-def reason_phrase(status: int) -> str:
-    if status == 413:  # RFC 9110's name; HTTPStatus says "Request Entity Too Large" before 3.13
-        return "Content Too Large"
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
-
-
-def simple_response(status: int, text: str, *, close: bool,
-                    extra: Sequence[tuple[bytes, bytes]] = ()) -> bytes:
-    """A short HTML answer from the router itself."""
-    title = f"{status} {reason_phrase(status)}"
-    body = (f"<!doctype html><title>{title}</title><h1>{title}</h1>"
-            f"<p>{html.escape(text)}</p>\n").encode()
-    head = [f"HTTP/1.1 {title}".encode(), b"content-type: text/html; charset=utf-8",
-            b"content-length: %d" % len(body)]
-    head += [name + b": " + value for name, value in extra]
-    if close:
-        head.append(b"connection: close")
-    return b"\r\n".join(head) + b"\r\n\r\n" + body
-
-
-class Body:
-    """A request body on its way from the client to a worker.
-
-    Until `attach()`, chunks wait here, and the client's reading is held once more than
-    HIGH_WATER bytes wait. Attached, each chunk is written to the worker connection as it
-    arrives, framed as the client framed it. A body cut short (over max_body_bytes, or its
-    client gone) aborts the attached worker connection, so the worker never sees it end.
-    """
-
-    __slots__ = ("_chunked", "_client", "_sink", "_waiter", "aborted", "buffered", "chunks",
-                 "complete", "size", "too_large")
-
-    def __init__(self, client: Endpoint, chunked: bool) -> None:
-        self.chunks: collections.deque[bytes] = collections.deque()
-        self.complete = False
-        self.too_large = False
-        self.aborted = False  # the client went away before the body ended
-        self.size = 0  # bytes received in all
-        self.buffered = 0  # bytes waiting for a worker connection
-        self._chunked = chunked
-        self._client = client
-        self._sink: Endpoint | None = None
-        self._waiter: asyncio.Future[None] | None = None
-
-    @property
-    def cut_short(self) -> bool:
-        """The body will never arrive whole: the request must not reach the worker complete."""
-        return self.too_large or self.aborted
-
-    def feed(self, data: bytes) -> None:
-        self.size += len(data)
-        sink = self._sink
-        if sink is not None:
-            sink.write(b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data)
-            return
-        self.chunks.append(data)
-        self.buffered += len(data)
-        if self.buffered > HIGH_WATER:
-            self._client.hold_reading(BODY_FULL)
-
-    def finish(self) -> None:
-        self.complete = True
-        if self._sink is not None and self._chunked:
-            self._sink.write(b"0\r\n\r\n")
-        self._wake()
-
-    def refuse(self) -> None:
-        """Over max_body_bytes: what waits is never sent, the rest is dropped."""
-        self.too_large = True
-        self._cut()
-
-    def abort(self) -> None:
-        self.aborted = True
-        self._cut()
-
-    def attach(self, sink: Endpoint, out: list[bytes]) -> None:
-        """From now on write to `sink`; what waits is appended to `out`, which the caller
-        sends (after the request head) before anything else reaches `sink`."""
-        if self._chunked:
-            out.extend(b"%x\r\n%s\r\n" % (len(chunk), chunk) for chunk in self.chunks)
-            if self.complete:
-                out.append(b"0\r\n\r\n")
-        else:
-            out.extend(self.chunks)
-        self.chunks.clear()
-        self.buffered = 0
-        self._sink = sink
-        self._client.release_reading(BODY_FULL)
-
-    def detach(self) -> None:
-        self._sink = None
-
-    async def wait_complete(self, timeout_s: float) -> None:
-        """Until the body is all in, cut short, or `timeout_s` has passed."""
-        if self.complete or self.cut_short:
-            return
-        loop = asyncio.get_running_loop()
-        self._waiter = waiter = loop.create_future()
-        timer = loop.call_later(timeout_s, self._wake)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-            self._waiter = None
-
-    def _cut(self) -> None:
-        self.chunks.clear()
-        self.buffered = 0
-        self._client.release_reading(BODY_FULL)
-        if self._sink is not None:
-            self._sink.abort()
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+OVER_CAP_LINGER_S = 1.0  # how long a connection over the cap may take to read its 503
+FRAMING = frozenset({b"content-length", b"transfer-encoding", b"host"})
 
 
 class Request:
     __slots__ = ("body", "bytes_out", "chunked", "content_length", "headers", "keep_alive",
-                 "method", "tunnel_bytes_in", "upgrade", "url", "version")
+                 "method", "refusal", "tunnel_bytes_in", "upgrade", "url", "version")
 
     def __init__(self) -> None:
+        self.refusal: tuple[int, str] | None = None  # not a request: the router's refusal
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.method = b"GET"
@@ -178,27 +70,46 @@ class Request:
 Serve = Callable[["ClientConnection", Request], Awaitable[bool]]
 
 
+class _Refused(Exception):
+    """Raised in an httptools callback to stop parsing a request the router refuses."""
+
+
 class ClientConnection(Endpoint):
     """One connection from a client. `serve(client, request)` answers one request and returns
     False when the connection must close afterwards."""
 
-    def __init__(self, serve: Serve, max_body_bytes: int,
-                 connections: set[ClientConnection]) -> None:
+    def __init__(self, serve: Serve, limits: EdgeLimits,
+                 connections: set[ClientConnection], trusted: TrustedProxies) -> None:
         super().__init__()
         self.address = b"127.0.0.1"  # the client's IP address, for X-Forwarded-For
+        self.trusted = False  # the peer is in trusted_proxies: its forwarding headers count
         self.writes = 0  # write calls so far: did a failed request get any answer?
         self.spliced_bytes = 0
         self._serve = serve
-        self._max_body_bytes = max_body_bytes
+        self._limits = limits
+        self._trusted_proxies = trusted
         self._connections = connections
         self._parser = httptools.HttpRequestParser(self)
         self._queue: collections.deque[Request] = collections.deque()
         self._parsing: Request | None = None
+        self._headers: list[tuple[bytes, bytes]] = []  # the parsing request's
         self._handler: asyncio.Task[None] | None = None
-        self._raw = False  # bytes are no longer parsed: upgrading, spliced, or answered early
+        self._raw = False  # bytes are no longer parsed: upgrading, spliced, refused, or closing
         self._spliced = False
+        self._refused = False  # a refusal is answered or queued: what arrives is dropped
         self._pending = b""  # bytes sent after an upgrade request, before the worker's 101
         self._linger: asyncio.TimerHandle | None = None
+        # The head being parsed: None when no head is open; -1 while it began in the read
+        # being parsed; then its bytes so far, at least (see _head_still_open).
+        self._head_read: int | None = None
+        self._read_len = 0  # the size of the read being parsed
+        self._max_fields = limits.max_header_count  # read for every header field
+        self._requests = 0  # heads parsed whole on this connection
+        # When the head began and when the connection last went idle (time.monotonic). The
+        # hot path only resets them to 0.0; the sweep stamps a 0.0 with its own clock, so a
+        # deadline may pass up to one sweep interval late and a request reads no clock.
+        self._head_since = 0.0
+        self._idle_since = time.monotonic()  # the connection's start: its first head counts
 
     # ---- asyncio callbacks ----
 
@@ -207,6 +118,13 @@ class ClientConnection(Endpoint):
         address = transport.get_extra_info("peername")
         if address:
             self.address = str(address[0]).encode()
+            self.trusted = self._trusted_proxies.trusts(str(address[0]))
+        if len(self._connections) >= self._limits.max_client_connections:
+            self.write(simple_response(
+                503, "this server has too many open connections; try again shortly",
+                close=True, extra=[(b"retry-after", b"1")]))
+            self._half_close(OVER_CAP_LINGER_S)
+            return
         self._connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -221,17 +139,31 @@ class ClientConnection(Endpoint):
         if self._raw:
             self._raw_received(data)
             return
+        self._read_len = len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self._raw = True
             self._pending = data[exc.args[0]:]
+            return
         except httptools.HttpParserError as exc:
-            self.fail(400, f"malformed request: {exc}")
+            if self._refused:
+                return  # a callback refused the request and said why
+            body = self._parsing.body if self._parsing is not None else None
+            if body is not None and not body.complete:
+                # Broken framing in a body whose request is already queued, perhaps already
+                # at its worker: it is cut, and its handler answers 400 in turn.
+                self._raw = self._refused = True
+                body.reject_framing()
+            else:
+                self._refuse(400, f"malformed request: {exc}")
+            return
+        if self._head_read is not None:
+            self._head_still_open()
 
     def _raw_received(self, data: bytes) -> None:
-        if self.closed:
-            return  # the rest of a body we answered early
+        if self.closed or self._refused:
+            return  # the rest of a body we answered early, or of a request we refused
         if self._spliced:
             self.spliced_bytes += len(data)
             if self.peer is not None:
@@ -248,31 +180,57 @@ class ClientConnection(Endpoint):
     # ---- httptools callbacks ----
 
     def on_message_begin(self) -> None:
-        self._parsing = Request()
+        self._parsing = req = Request()
+        self._headers = req.headers
+        self._head_read = -1
+        self._head_since = 0.0
 
     def on_url(self, url: bytes) -> None:
-        assert self._parsing is not None
-        self._parsing.url += url
+        req = self._parsing
+        assert req is not None
+        req.url += url
+        if len(req.url) > self._limits.max_request_line_bytes:
+            self._refuse_head(414, f"request target over "
+                                   f"{self._limits.max_request_line_bytes} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        assert self._parsing is not None
-        self._parsing.headers.append((name.lower(), value))
+        # Only the count is checked per field (the bytes are measured per read, see
+        # _head_still_open and on_headers_complete): a request pays ~30 ns a field for bounds.
+        headers = self._headers
+        headers.append((name.lower(), value))
+        if len(headers) > self._max_fields:
+            self._refuse_head(431, f"more than {self._max_fields} request header fields")
 
     def on_headers_complete(self) -> None:
         req = self._parsing
         assert req is not None
+        head_read, self._head_read = self._head_read, None
+        self._requests += 1
+        limits = self._limits
+        if head_read != -1 or self._read_len > limits.max_header_bytes:
+            # The head spanned reads, or came in a read that could hold a field over the
+            # limit: measure it. (A head read whole in one smaller read is within all limits.)
+            self._check_head_bytes(req)
         parser = self._parser
         req.method = parser.get_method()
         req.keep_alive = parser.should_keep_alive()
         req.version = parser.get_http_version()
         req.upgrade = parser.should_upgrade()
+        hosts = 0
         for name, value in req.headers:
-            if name == b"content-length":
-                req.content_length = int(value) if value.strip().isdigit() else None
-            elif name == b"transfer-encoding" and b"chunked" in value.lower():
-                req.chunked = True
+            if name in FRAMING:
+                if name == b"content-length":
+                    req.content_length = int(value) if value.strip().isdigit() else None
+                elif name == b"transfer-encoding":
+                    req.chunked = req.chunked or b"chunked" in value.lower()
+                else:
+                    hosts += 1
+        if hosts > 1:
+            self._refuse_head(400, "more than one Host header field")
         if req.content_length or req.chunked:
-            req.body = Body(self, req.chunked)
+            expecting = any(name == b"expect" and value.strip().lower() == b"100-continue"
+                            for name, value in req.headers)
+            req.body = Body(self, req.chunked, expecting=expecting)
         self._queue.append(req)
         if self._handler is None or self._handler.done():
             self._handler = asyncio.get_running_loop().create_task(self._handle_queue())
@@ -281,9 +239,9 @@ class ClientConnection(Endpoint):
         req = self._parsing
         assert req is not None and req.body is not None
         body = req.body
-        if body.too_large:
-            return  # already refused; the rest is read and dropped
-        if body.size + len(data) > self._max_body_bytes:
+        if body.cut_short:
+            return  # already refused or timed out; the rest is read and dropped
+        if body.size + len(data) > self._limits.max_body_bytes:
             body.refuse()
             return
         body.feed(data)
@@ -294,11 +252,104 @@ class ClientConnection(Endpoint):
             req.body.finish()
         self._parsing = None
 
+    # ---- bounds ----
+
+    def _refuse(self, status: int, text: str) -> None:
+        """Parse nothing more on this connection: answer `status` once the requests before
+        this one are answered, then close."""
+        self._raw = self._refused = True
+        if self._queue:
+            refusal = Request()
+            refusal.refusal = (status, text)
+            self._queue.append(refusal)
+        else:
+            self.fail(status, text)
+
+    def _head_still_open(self) -> None:
+        """After a read that left a head open: bound what it may hold so far. Every read after
+        the one it began in is all head, so an unterminated header is cut here, before
+        httptools hands it over, at about the limits plus one read."""
+        head_read = self._head_read
+        req = self._parsing
+        assert head_read is not None and req is not None
+        limits = self._limits
+        if head_read < 0:  # it began in this read, which may hold more than the head
+            head_read = len(req.url) + sum(len(n) + len(v) + 4 for n, v in req.headers)
+        else:
+            head_read += self._read_len
+        self._head_read = head_read
+        if head_read > limits.max_headers_total_bytes + limits.max_request_line_bytes:
+            self._refuse(431, f"request header fields over "
+                              f"{limits.max_headers_total_bytes} bytes in all")
+
+    def _check_head_bytes(self, req: Request) -> None:
+        limits = self._limits
+        total = 0
+        for name, value in req.headers:
+            size = len(name) + len(value)
+            if size > limits.max_header_bytes:
+                self._refuse_head(431, f"a request header field over "
+                                       f"{limits.max_header_bytes} bytes")
+            total += size + 4  # ": " and CRLF
+        if total > limits.max_headers_total_bytes:
+            self._refuse_head(431, f"request header fields over "
+                                   f"{limits.max_headers_total_bytes} bytes in all")
+
+    def _refuse_head(self, status: int, text: str) -> NoReturn:
+        """In an httptools callback: refuse the request and stop the parser."""
+        self._refuse(status, text)
+        raise _Refused()
+
+    def expire(self, now: float) -> None:
+        """Act on the deadline that has passed at `now` (switchboard.edge.Sweeper).
+
+        A clock that reads 0.0 was reset on the hot path and starts now. While the router
+        holds this client's reading (a worker to start, one that reads slowly) the wait is the
+        router's, so the client's clock starts over instead of running."""
+        if self._raw or self.closed:
+            return  # a tunnel, or on its way out on its own terms
+        parsing = self._parsing
+        body = parsing.body if parsing is not None else None
+        limits = self._limits
+        if self._head_read is not None:  # a head is open
+            if self._holds:
+                self._head_since = now
+            elif not self._head_since:
+                # A connection's first head counts from the connection, its wait for a first
+                # byte included; a later one from the first sweep that sees it.
+                self._head_since = self._idle_since if not self._requests else now
+            elif now - self._head_since > limits.header_timeout_s:
+                self._refuse(408, f"the request head did not arrive within "
+                                  f"{limits.header_timeout_s:g}s")
+        elif body is not None:
+            if body.cut_short:
+                return
+            if body.expecting or self._holds or body.size != body.seen_size:
+                body.seen_size, body.seen_at = body.size, now
+            elif now - body.seen_at > limits.body_timeout_s:
+                body.time_out()  # its handler answers 408 (switchboard.proxy)
+        elif self._queue or (self._handler is not None and not self._handler.done()):
+            return  # being answered: not idle, however long its tenant takes
+        elif not self._idle_since:
+            self._idle_since = now
+        elif now - self._idle_since > (limits.keepalive_timeout_s if self._requests
+                                       else limits.header_timeout_s):
+            # Idle between requests, or not one byte since it connected: close quietly, as a
+            # browser's unused pre-connection or a finished keep-alive deserves.
+            transport = self.transport
+            if transport is not None and transport.get_write_buffer_size():
+                self.abort()  # the client does not read what we sent it either
+            else:
+                self.close()
+
     # ---- answering ----
 
     async def _handle_queue(self) -> None:
         while self._queue and not self.closed:
             req = self._queue[0]
+            if req.refusal is not None:
+                self.fail(*req.refusal)
+                return
             writes = self.writes
             try:
                 keep_going = await self._serve(self, req)
@@ -310,6 +361,7 @@ class ClientConnection(Endpoint):
                     self.abort()
                 return
             self._queue.popleft()
+            self._idle_since = 0.0  # idle from here on, as the next sweep will stamp
             if not keep_going or not req.keep_alive:
                 self.close_after_write()
                 return
@@ -331,21 +383,34 @@ class ClientConnection(Endpoint):
         self.close_after_write()
 
     def close_after_write(self) -> None:
+        if self.transport is None or self.closed:
+            return
+        parsing = self._parsing
+        if parsing is None or (parsing.body is not None and parsing.body.complete):
+            self.close()  # nothing more is on its way
+        else:
+            # Answered before the request was all in: half-close so the client reads the
+            # answer instead of a reset; read and drop what it still sends; close later.
+            self._half_close(LINGER_S)
+
+    def _half_close(self, linger_s: float) -> None:
         transport = self.transport
-        if transport is None or self.closed:
-            return
-        body = self._parsing.body if self._parsing is not None else None
-        if body is None or body.complete:
-            self.close()
-            return
-        # Answered before the body was all in: half-close so the client reads the answer
-        # instead of a reset; read and drop what it still sends; close after a grace period.
+        assert transport is not None
         self._raw = True
         self.release_reading(ALL_HOLDS)
         self.closed = True
         if transport.can_write_eof():
             transport.write_eof()
-        self._linger = asyncio.get_running_loop().call_later(LINGER_S, transport.close)
+        self._linger = asyncio.get_running_loop().call_later(linger_s, self._end_linger)
+
+    def _end_linger(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        if transport.get_write_buffer_size():
+            transport.abort()  # the client reads nothing: do not wait for it to
+        else:
+            transport.close()
 
     def splice(self) -> None:
         """After the worker's 101: from now on the client's bytes go to the linked worker

@@ -14,32 +14,43 @@ supervisor, send to the worker, retry when that is safe, count bytes, release.
 
 What the worker sees: the request target without the `/t/<tenant>` prefix (the worker's
 uvicorn is configured with that root path, and X-Forwarded-Prefix carries it too), the
-client's Host, X-Forwarded-For/-Proto/-Host, and no hop-by-hop headers (RFC 9110 7.6.1:
-Connection and the headers it names, Keep-Alive, Proxy-Connection, TE, Trailer,
-Transfer-Encoding, Upgrade). A WebSocket upgrade is forwarded, and after the worker's 101 the
-two sockets are spliced byte for byte.
+client's Host, X-Forwarded-For/-Proto/-Host as the router sets them, and no hop-by-hop headers
+(RFC 9110 7.6.1: Connection and the headers it names, Host excepted, Keep-Alive,
+Proxy-Connection, TE, Trailer, Transfer-Encoding, Upgrade). Forwarding headers from the client
+(Forwarded, X-Real-IP, X-Forwarded-*, and the router's own X-Switchboard-*) are dropped unless
+its address is in `trusted_proxies` (a front server such as nginx); from a trusted peer they
+pass, its X-Forwarded-For is appended to and its X-Forwarded-Proto/-Host are kept. A WebSocket
+upgrade is forwarded, and after the worker's 101 the two sockets are spliced byte for byte.
 
 A worker that died under a request (kill -9, crash) costs that request nothing when sending it
 again is safe (the connection was refused, or it is a GET/HEAD/OPTIONS without a body that got no
 answer): it waits for the supervisor's next worker, as a new request would. Anything else is a
 502, since a POST may already have been applied.
 
-The router's own answers: 400 (bad tenant name, malformed request), 404 (no tenant there),
-413 (body over `max_body_bytes`), 502, 503 (+ Retry-After when the tenant may recover), and
-`GET /_switchboard/health` -> 200 `{"status": "ok", "pid": <router pid>}` in both routing modes.
+The router's own answers (switchboard.pages: no internal detail in them; the reasons go to the
+log): 400 (bad tenant name, malformed request, two Host fields), 404 (one page for no tenant
+there and for a URL that names none), 408, 413 (body over `max_body_bytes`), 414, 431 (the
+front edge's bounds, switchboard.edge), 502, 503 (+ Retry-After when the tenant may recover;
+also beyond `max_client_connections`), 504, and `GET /_switchboard/health` -> 200
+`{"status": "ok", "pid": <router pid>}` in both routing modes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
+from switchboard.body import Body
 from switchboard.config import Config
 from switchboard.downstream import ClientConnection, Request
+from switchboard.edge import EdgeLimits, Sweeper, TrustedProxies, raise_open_files_limit
 from switchboard.errors import TenantUnavailable, UnknownTenant
+from switchboard.pages import NOT_FOUND_TEXT, unavailable_text
 from switchboard.routing import (
     BadName,
     NotRouted,
@@ -50,9 +61,19 @@ from switchboard.routing import (
 )
 from switchboard.upstream import HOP_BY_HOP, UpstreamConnection, UpstreamPool, header_value
 
-DROPPED_FROM_CLIENT = HOP_BY_HOP | {b"x-forwarded-prefix", b"content-length"}
+log = logging.getLogger("switchboard.proxy")
+
+# Never passed as the client sent them: the router frames the body and sets these itself.
+DROPPED_FROM_CLIENT = HOP_BY_HOP | {
+    b"content-length", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+    b"x-forwarded-prefix",
+}
+# Passed only from a peer in trusted_proxies.
+FORWARDING_NAMES = frozenset({b"forwarded", b"x-real-ip"})
+FORWARDING_PREFIXES = (b"x-forwarded-", b"x-switchboard-")
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 BODY_GRACE_S = 1.0  # a worker answered before the body was in: wait this long for the rest
+UNAVAILABLE_LOG_EVERY_S = 10.0  # one log line per tenant this often for its run of 503s
 
 
 class Tenant(Protocol):
@@ -100,10 +121,19 @@ def health_response(pid: int) -> bytes:
             b"content-length: %d\r\ncache-control: no-store\r\n\r\n%s" % (len(body), body))
 
 
-def _unavailable(client: ClientConnection, exc: TenantUnavailable) -> None:
+_unavailable_logged: dict[str, float] = {}
+
+
+def _unavailable(client: ClientConnection, tenant: str, exc: TenantUnavailable) -> None:
+    """503: the visitor learns that the tenant is unavailable and when to retry; the reason
+    (perhaps a traceback, a path) goes to the log, once per UNAVAILABLE_LOG_EVERY_S."""
+    now = time.monotonic()
+    if now - _unavailable_logged.get(tenant, -UNAVAILABLE_LOG_EVERY_S) >= UNAVAILABLE_LOG_EVERY_S:
+        _unavailable_logged[tenant] = now
+        log.warning("503 for tenant %s: %s", tenant, exc.reason)
     extra = [] if exc.retry_after_s is None else [
         (b"retry-after", b"%d" % max(1, round(exc.retry_after_s + 0.49)))]
-    client.fail(503, exc.reason, extra)
+    client.fail(503, unavailable_text(tenant, exc.retry_after_s), extra)
 
 
 class Proxy:
@@ -114,6 +144,9 @@ class Proxy:
         self.supervisor = supervisor
         self.pool = UpstreamPool()
         self.connections: set[ClientConnection] = set()
+        self.limits = EdgeLimits.from_config(config, raise_open_files_limit())
+        self.trusted = TrustedProxies(config.trusted_proxies)
+        self.sweeper = Sweeper(self.connections, self.limits.sweep_interval_s)
         self.health = health_response(os.getpid())
         self.health_head = self.health.partition(b"\r\n\r\n")[0] + b"\r\n\r\n"
         if config.routing == "host":
@@ -124,10 +157,12 @@ class Proxy:
             self.route = lambda req: route_path(req.url)
 
     def protocol(self) -> ClientConnection:
-        return ClientConnection(self.handle, self.config.max_body_bytes, self.connections)
+        self.sweeper.start()  # once; the loop runs by the time connections come
+        return ClientConnection(self.handle, self.limits, self.connections, self.trusted)
 
     def close(self) -> None:
         """Close every worker and client connection (the router is stopping)."""
+        self.sweeper.stop()
         self.pool.close_all()
         for conn in list(self.connections):
             conn.close()
@@ -150,15 +185,15 @@ class Proxy:
         try:
             tenant = await self.supervisor.acquire(route.tenant)
         except UnknownTenant:
-            client.fail(404, f"there is no tenant named {route.tenant!r} on this host")
+            client.fail(404, NOT_FOUND_TEXT)  # the same page as for a URL that names no tenant
             return False
         except TenantUnavailable as exc:
-            _unavailable(client, exc)
+            _unavailable(client, route.tenant, exc)
             return False
         try:
             return await self.relay(client, req, route, tenant)
         except TenantUnavailable as exc:  # its worker died and the next one cannot start
-            _unavailable(client, exc)
+            _unavailable(client, route.tenant, exc)
             return False
         finally:
             self.supervisor.release(tenant, req.bytes_in, req.bytes_out)
@@ -174,17 +209,27 @@ class Proxy:
         if req.url in (b"/healthz", b"/healthz/"):
             client.write(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
             return True
-        client.fail(404, "no tenant in this URL: tenants are served under /t/<name>/")
+        client.fail(404, NOT_FOUND_TEXT)
         return False
 
     def cannot_send(self, client: ClientConnection, req: Request) -> bool:
         """True when the request must not reach a worker any more: its client left, or its
-        body went over the limit while it waited (then it is answered 413 here)."""
+        body went over the limit or stalled while it waited (then it is answered here)."""
         body = req.body
-        if body is not None and body.too_large:
-            client.fail(413, f"request body over {self.config.max_body_bytes} bytes")
+        if body is not None and body.refused:
+            self.refuse_body(client, body)
             return True
         return client.closed or (body is not None and body.aborted)
+
+    def refuse_body(self, client: ClientConnection, body: Body) -> None:
+        """Answer for a body the router cut short."""
+        if body.too_large:
+            client.fail(413, f"request body over {self.config.max_body_bytes} bytes")
+        elif body.timed_out:
+            client.fail(408, f"the request body sent nothing for "
+                             f"{self.limits.body_timeout_s:g}s")
+        else:
+            client.fail(400, "malformed request body (chunked framing)")
 
     async def relay(self, client: ClientConnection, req: Request, route: Route,
                     tenant: Any) -> bool:
@@ -226,10 +271,10 @@ class Proxy:
                 if conn.answered and not body.complete and not body.cut_short:
                     await body.wait_complete(BODY_GRACE_S)
                 body.detach()
-                if body.too_large:
+                if body.refused:
                     conn.abort()
                     if not conn.answered:
-                        client.fail(413, f"request body over {self.config.max_body_bytes} bytes")
+                        self.refuse_body(client, body)
                     return False
             if conn.timed_out:
                 client.fail(504, f"tenant {route.tenant} sent no answer within "
@@ -267,26 +312,32 @@ class Proxy:
 
     def request_head(self, client: ClientConnection, req: Request, route: Route) -> bytes:
         connection_tokens: set[bytes] = set()
-        forwarded_for = forwarded_proto = forwarded_host = host = b""
+        forwarded_for: list[bytes] = []
+        forwarded_proto = forwarded_host = host = b""
+        trusted = client.trusted
         for name, value in req.headers:
             if name == b"connection":
                 connection_tokens.update(t.strip().lower() for t in value.split(b","))
+            elif name == b"host":
+                host = value
+            elif not trusted:
+                continue
             elif name == b"x-forwarded-for":
-                forwarded_for = value
+                forwarded_for.append(value)
             elif name == b"x-forwarded-proto":
                 forwarded_proto = value
             elif name == b"x-forwarded-host":
                 forwarded_host = value
-            elif name == b"host":
-                host = value
+        connection_tokens.discard(b"host")  # end to end, whatever Connection says
         lines = [req.method + b" " + route.target + b" HTTP/1.1"]
         for name, value in req.headers:
-            if (name in DROPPED_FROM_CLIENT or name in connection_tokens
-                    or name.startswith(b"x-forwarded-")):
+            if name in DROPPED_FROM_CLIENT or name in connection_tokens:
+                continue
+            if not trusted and (name in FORWARDING_NAMES or name.startswith(FORWARDING_PREFIXES)):
                 continue
             lines.append(name + b": " + value)
-        chain = forwarded_for + b", " + client.address if forwarded_for else client.address
-        lines.append(b"x-forwarded-for: " + chain)
+        forwarded_for.append(client.address)
+        lines.append(b"x-forwarded-for: " + b", ".join(forwarded_for))
         lines.append(b"x-forwarded-proto: " + (forwarded_proto or b"http"))
         lines.append(b"x-forwarded-host: " + (forwarded_host or host))
         if route.root_path:

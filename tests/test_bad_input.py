@@ -95,9 +95,9 @@ def test_an_unknown_tenant_is_a_404_with_a_short_page(counter: Router) -> None:
         elsewhere = client.get("/not-a-tenant-url")
     assert response.status_code == 404
     assert "text/html" in response.headers["content-type"]
-    assert "no tenant named" in response.text and "nobody" in response.text
     assert len(response.content) < 1000
-    assert elsewhere.status_code == 404 and "tenants are served under /t/" in elsewhere.text
+    # One page for both: a visitor cannot tell a missing tenant from a URL that names none.
+    assert elsewhere.status_code == 404 and elsewhere.content == response.content
     assert not (counter.data_dir / "tenants" / "nobody").exists()
 
 
@@ -210,7 +210,7 @@ def test_no_free_port_left_is_a_503_with_the_reason_not_a_hang(make_router: Make
         with router.client(timeout=20) as client:
             response = client.get("/t/acme/count")
         assert response.status_code == 503
-        assert f"no free port left in {port}-{port}" in response.text
+        assert f"no free port left in {port}-{port}" in router.info("acme")["last_error"]
         assert router.info("acme")["state"] == "failed"
     finally:
         squatter.close()
@@ -227,7 +227,7 @@ def test_a_worker_that_crashes_at_import_ends_failed_with_the_reason(
     with router.client() as client:
         first = client.get("/t/acme/")
     assert first.status_code == 503 and "retry-after" in first.headers
-    assert "this app is broken on purpose" in first.text
+    assert "broken on purpose" not in first.text  # the reason is the operator's (below)
 
     def failed_for_good() -> bool:
         row = router.info("acme")
@@ -242,7 +242,7 @@ def test_a_worker_that_crashes_at_import_ends_failed_with_the_reason(
     assert router.worker_pids() == []
     with router.client() as client:
         later = client.get("/t/acme/")
-    assert later.status_code == 503 and "operator" in later.text
+    assert later.status_code == 503 and "retry-after" not in later.headers
     # An operator's start clears the count and tries again: it fails again, loudly, with the
     # same reason, backs off and ends failed after the same bounded number of tries.
     result = router.cli("start", "acme", check=False)

@@ -21,7 +21,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from switchboard.downstream import simple_response
+from switchboard.pages import simple_response
 from tests.conftest import (
     COUNTER,
     RawConnection,
@@ -87,8 +87,13 @@ def test_forwarded_headers_and_root_path_reach_the_worker(counter: Router) -> No
     assert view["client"] == "127.0.0.1"
 
 
-def test_a_front_servers_forwarded_headers_are_extended_not_replaced(counter: Router) -> None:
-    # As nginx sends them: the client's address and scheme, and the public host.
+def test_a_front_servers_forwarded_headers_are_extended_not_replaced(
+    make_router: MakeRouter,
+) -> None:
+    # As nginx sends them: the client's address and scheme, and the public host. The router
+    # believes them only from a peer in trusted_proxies (tests/test_front_edge.py: otherwise).
+    counter = make_router(app=COUNTER, env={"SWITCHBOARD_TRUSTED_PROXIES": "127.0.0.1"}).start()
+    counter.create("acme")
     with counter.client() as client:
         view = worker_view(
             client.get(
@@ -498,7 +503,9 @@ def test_the_health_check_names_this_router_in_path_and_host_mode(make_router: M
 @pytest.mark.parametrize(
     ("status", "phrase"),
     [(400, "Bad Request"), (404, "Not Found"), (405, "Method Not Allowed"),
-     (413, "Content Too Large"), (502, "Bad Gateway"), (503, "Service Unavailable")],
+     (408, "Request Timeout"), (413, "Content Too Large"), (414, "URI Too Long"),
+     (431, "Request Header Fields Too Large"), (502, "Bad Gateway"),
+     (503, "Service Unavailable")],
 )
 def test_the_routers_own_answers_carry_the_standard_reason_phrase(status: int, phrase: str) -> None:
     answer = simple_response(status, "why <not>", close=True)
