@@ -169,12 +169,17 @@ def test_an_unsigned_admin_call_is_a_401(counter: Router) -> None:
     assert not (counter.data_dir / "tenants" / "sneaky").exists()
 
 
+TCP = {"SWITCHBOARD_WORKER_TRANSPORT": "tcp"}  # ports matter only for TCP workers
+
+
 def test_a_taken_port_moves_the_tenant_and_the_new_port_is_recorded(
     make_router: MakeRouter,
 ) -> None:
-    router = make_router(app=COUNTER).start()
+    router = make_router(app=COUNTER, env=TCP).start()
     router.create("acme")
+    router.cli("start", "acme")  # a TCP tenant gets its port at its first start, and keeps it
     old_port = router.ls()[0]["port"]
+    router.cli("stop", "acme")
     squatter = socket.socket()
     squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past earlier tests' TIME_WAIT
     try:
@@ -191,7 +196,7 @@ def test_a_taken_port_moves_the_tenant_and_the_new_port_is_recorded(
     finally:
         squatter.close()
     assert router.stop() == 0
-    again = make_router(router.data_dir.name, app=COUNTER).start()
+    again = make_router(router.data_dir.name, app=COUNTER, env=TCP).start()
     assert again.ls()[0]["port"] == new_port  # recorded on disk, not only in memory
 
 
@@ -199,7 +204,8 @@ def test_no_free_port_left_is_a_503_with_the_reason_not_a_hang(make_router: Make
     port = free_port()
     router = make_router(
         app=COUNTER,
-        env={"SWITCHBOARD_PORT_RANGE": f"{port}-{port}", "SWITCHBOARD_MAX_BOOT_FAILURES": "1"},
+        env={**TCP, "SWITCHBOARD_PORT_RANGE": f"{port}-{port}",
+             "SWITCHBOARD_MAX_BOOT_FAILURES": "1"},
     ).start()
     router.create("acme")
     squatter = socket.socket()
