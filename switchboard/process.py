@@ -78,16 +78,17 @@ class ProcessEnv:
 
 class TenantProcess:
     # Thousands are mapped and few run: slots, and nothing allocated until it is needed.
-    __slots__ = ("_lock", "_oom_watch", "_pinging", "_start_task", "boot_failures", "busy_since",
-                 "busy_work", "bytes_in", "bytes_out", "crash_times", "env", "generation",
-                 "in_flight", "kill_reason", "last_active", "last_checkpoint_at", "last_error",
-                 "last_exit", "last_request_at", "ping_misses", "record", "removed", "requests",
-                 "restarts", "retry_at", "rss_bytes", "started_at", "state", "waiting",
-                 "warnings", "worker", "writes_unavailable")
+    __slots__ = ("_address", "_lock", "_oom_watch", "_pinging", "_start_task", "boot_failures",
+                 "busy_since", "busy_work", "bytes_in", "bytes_out", "crash_times", "env",
+                 "generation", "in_flight", "kill_reason", "last_active", "last_checkpoint_at",
+                 "last_error", "last_exit", "last_request_at", "ping_misses", "record", "removed",
+                 "requests", "restarts", "retry_at", "rss_bytes", "started_at", "state",
+                 "waiting", "warnings", "worker", "writes_unavailable")
 
     def __init__(self, record: TenantRecord, env: ProcessEnv) -> None:
         self.record = record
         self.env = env
+        self._address: str | int | None = None
         self.state = S.MOVED if record.moved_to else S.STOPPED
         self._lock: asyncio.Lock | None = None
         self.worker: WorkerHandle | None = None
@@ -140,10 +141,13 @@ class TenantProcess:
     @property
     def address(self) -> str | int | None:
         """Where the worker listens: its socket path, or its loopback port (None until a TCP
-        tenant's first start)."""
-        if self.env.config.worker_transport == "unix":
-            return str(self.env.layout.socket_path(self.record.id))
-        return self.record.port
+        tenant's first start). Read on every proxied request, so worked out once."""
+        if self._address is None:
+            if self.env.config.worker_transport == "unix":
+                self._address = str(self.env.layout.socket_path(self.record.id))
+            else:
+                self._address = self.record.port
+        return self._address
 
     @property
     def serving(self) -> bool:
@@ -321,6 +325,7 @@ class TenantProcess:
                 log.warning("port %d of tenant %s is taken; moving it to %d", old, self.name,
                             new)
             self.record = await self.env.directory.update(self.name, port=new)
+            self._address = None
             if old is not None:
                 self.env.ports.release(old)
         raise BootFailure(f"no bindable port found for {self.name}")
