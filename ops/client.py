@@ -17,7 +17,7 @@ import contextlib
 import json
 import os
 import secrets
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -26,6 +26,7 @@ import httpx
 
 from contract.names import is_valid_name
 from ops.errors import AdminError
+from ops.progress import Progress
 from snapshots.durable import fsync_dir, write_all
 from switchboard.errors import BadTenantName
 from switchboard.signing import sign_request
@@ -34,6 +35,9 @@ __all__ = ["AdminAuth", "AdminClient", "AdminError", "check_tenant_name"]
 
 # A new file only: never an existing one, never through a symlink.
 _CREATE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+UPLOAD_CHUNK_BYTES = 256 * 1024
 
 
 class AdminAuth(httpx.Auth):
@@ -74,6 +78,7 @@ class AdminClient:
         if url.scheme not in {"http", "https"} or not url.host:
             raise AdminError(f"bad admin URL {base_url!r}: expected http://HOST:PORT")
         self._timeout = timeout
+        self._key = key
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout, auth=AdminAuth(key))
 
     def close(self) -> None:
@@ -131,15 +136,19 @@ class AdminClient:
         partial = destination.with_name(f".{destination.name}.{secrets.token_hex(8)}.part")
         response = self._request("GET", _tenant_path(name) + "/export", stream=True)
         size = 0
+        length = response.headers.get("content-length")
+        progress = Progress(f"export {name}", int(length) if length else None)
         try:
             fd = os.open(partial, _CREATE_NEW, 0o600)
             try:
                 for chunk in response.iter_bytes():
                     write_all(fd, chunk)
                     size += len(chunk)
+                    progress.advance(len(chunk))
                 os.fsync(fd)
             finally:
                 os.close(fd)
+                progress.close()
             os.rename(partial, destination)
             fsync_dir(destination.parent)
         except httpx.HTTPError as exc:
@@ -151,11 +160,26 @@ class AdminClient:
         return size
 
     def import_file(self, name: str, data: bytes) -> dict[str, Any]:
-        """Create tenant `name` from an export file's bytes."""
-        return self._json(self._request(
-            "POST", _tenant_path(name) + "/import", content=data,
-            content_type="application/octet-stream",
-        ))
+        """Create tenant `name` from an export file's bytes, uploaded in chunks so a progress
+        bar can follow them (signed up front: the signature covers the body's digest)."""
+        path = _tenant_path(name) + "/import"
+        progress = Progress(f"import {name}", len(data))
+
+        def chunks() -> Iterator[bytes]:
+            for start in range(0, len(data), UPLOAD_CHUNK_BYTES):
+                chunk = data[start:start + UPLOAD_CHUNK_BYTES]
+                progress.advance(len(chunk))
+                yield chunk
+
+        url = httpx.URL(self.base_url + path)
+        headers = {"Content-Type": "application/octet-stream",
+                   "Content-Length": str(len(data)),
+                   **sign_request(self._key, "POST", url.raw_path, data)}
+        request = self._http.build_request("POST", path, content=chunks(), headers=headers)
+        try:
+            return self._json(self._send(request, auth=None))
+        finally:
+            progress.close()
 
     # --- plumbing ----------------------------------------------------------------------------
 
@@ -169,11 +193,15 @@ class AdminClient:
             body = b"" if payload is None else json.dumps(payload).encode("utf-8")
             headers = {"Content-Type": "application/json"} if payload is not None else {}
         request = self._http.build_request(method, path, content=body, headers=headers)
+        return self._send(request, stream=stream)
+
+    def _send(self, request: httpx.Request, *, stream: bool = False,
+              auth: httpx.Auth | object | None = httpx.USE_CLIENT_DEFAULT) -> httpx.Response:
         try:
-            response = self._http.send(request, stream=stream)
+            response = self._http.send(request, stream=stream, auth=auth)  # type: ignore[arg-type]
         except httpx.ConnectError as exc:
             raise AdminError(
-                f"cannot reach the admin API at {self.base_url}: is `switchboard serve` running?"
+                f"cannot reach the admin API at {self.base_url} (is `switchboard serve` running?)"
             ) from exc
         except httpx.TimeoutException as exc:
             raise AdminError(

@@ -1,0 +1,58 @@
+"""A one-line progress bar for long CLI transfers (export, import), on stderr when it is a
+terminal and silent when it is not, so scripts and pipes see only the command's output.
+
+Written by hand: a redraw is one line of text, and `rich` would cost the CLI's start time on
+every command for this one use.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+REDRAW_S = 0.1
+WIDTH = 30
+
+
+class Progress:
+    def __init__(self, label: str, total: int | None, stream: TextIO | None = None) -> None:
+        self.label = label
+        self.total = total
+        self.done = 0
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = self.stream.isatty()
+        self._drawn_at = 0.0
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.enabled and now - self._drawn_at >= REDRAW_S:
+            self._drawn_at = now
+            self._draw()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._draw()
+            self.stream.write("\n")
+            self.stream.flush()
+
+    def _draw(self) -> None:
+        size = _human(self.done)
+        if self.total:
+            share = min(1.0, self.done / self.total)
+            bar = "#" * int(share * WIDTH)
+            line = f"{self.label} [{bar:<{WIDTH}}] {share:4.0%} {size} of {_human(self.total)}"
+        else:
+            line = f"{self.label} {size}"
+        self.stream.write("\r" + line)
+        self.stream.flush()
+
+
+def _human(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
