@@ -6,7 +6,9 @@
 ts       Unix seconds, rounded to milliseconds
 level    the level name in lower case: debug, info, warning, error, critical
 logger   the logger's name
-tenant   only in a tenant worker's lines: the tenant it serves
+tenant   the tenant a line is about: in a worker's lines the tenant it serves; in the
+         router's, set by a record's `tenant` attribute (`extra={"tenant": name}` or a
+         LoggerAdapter, as switchboard/process.py does); absent otherwise
 pid      the writing process (read per line: a zygote's fork logs with its own pid)
 msg      the formatted message
 exc      only when the record carries an exception: its formatted traceback
@@ -23,7 +25,7 @@ import os
 
 class JsonFormatter(logging.Formatter):
     """Formats a record as one JSON object (see the module docstring); `tenant` is set in a
-    tenant worker and left None in the router."""
+    tenant worker and left None in the router, where a record may carry its own."""
 
     def __init__(self, tenant: str | None = None) -> None:
         super().__init__()
@@ -32,8 +34,9 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {"ts": round(record.created, 3),
                                     "level": record.levelname.lower(), "logger": record.name}
-        if self.tenant is not None:
-            entry["tenant"] = self.tenant
+        tenant = self.tenant if self.tenant is not None else getattr(record, "tenant", None)
+        if tenant is not None:
+            entry["tenant"] = tenant
         entry["pid"] = os.getpid()
         entry["msg"] = record.getMessage()
         if record.exc_info:

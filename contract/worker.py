@@ -107,6 +107,11 @@ class WorkerSpec:
     snapshot_key_file: str | None = None
     allow_unsigned: bool = False
     socket_path: str | None = None  # the Unix socket it was handed, for its process title
+    # Where the worker writes its logging, stdout and stderr (tenant/output.py), rotated at
+    # log_max_bytes with at most log_backups older files; None: they stay on inherited stderr.
+    log_file: str | None = None
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_backups: int = 3
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

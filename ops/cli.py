@@ -158,6 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
     import_.add_argument("--as", dest="as_name", metavar="NAME",
                          help="the new tenant's name (default: the name in the file)")
     import_.set_defaults(handler=cmd_import)
+    logs = commands.add_parser("logs", parents=[common],
+                               help="print a tenant's log (its worker's logging and output)")
+    logs.add_argument("name", metavar="NAME")
+    logs.add_argument("-n", "--lines", type=_whole_number, default=100, metavar="N",
+                      help="how many of the last lines (default 100)")
+    logs.add_argument("-f", "--follow", action="store_true",
+                      help="then print new lines as they are written, until Ctrl-C")
+    logs.set_defaults(handler=cmd_logs)
 
     # Later client commands (migrate, failover, attach, deploy-config, dashboard) go here:
     # a parser with parents=[common] and a cmd_* handler below.
@@ -228,6 +236,12 @@ def _seconds(text: str) -> float:
     if not (math.isfinite(value) and value >= 0):
         raise argparse.ArgumentTypeError(f"expected seconds (a number >= 0), got {text!r}")
     return value
+
+
+def _whole_number(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
 
 
 def _positive_int(text: str) -> int:
@@ -383,6 +397,27 @@ def cmd_rm(args: argparse.Namespace) -> int:
     with _client(args) as client:
         client.remove(args.name)
     return _show(args, {"name": args.name, "removed": True}, lambda _: None)
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """The last lines of the tenant's log; with -f, then every new line until Ctrl-C (exit 0)
+    or the server ends the stream. --json: {"name", "lines"}, or with -f one {"name", "line"}
+    object a line."""
+    from ops.client import check_tenant_name
+
+    name = check_tenant_name(args.name)
+    with _client(args) as client:
+        if not args.follow:
+            lines = client.logs(name, args.lines).splitlines()
+            return _show(args, {"name": name, "lines": lines},
+                         lambda value: "\n".join(value["lines"]) or None)
+        try:
+            for line in client.follow_logs(name, args.lines):
+                shown = json.dumps({"name": name, "line": line}) if _wants_json(args) else line
+                print(shown, flush=True)
+        except KeyboardInterrupt:
+            pass  # the operator is done watching: not a failure
+    return 0
 
 
 # --- export and import -----------------------------------------------------------------------

@@ -122,6 +122,23 @@ class AdminClient:
     def metrics(self) -> str:
         return self._request("GET", "/metrics").text
 
+    def logs(self, name: str, lines: int) -> str:
+        """The last `lines` lines of the tenant's log file."""
+        return self._request("GET", _tenant_path(name) + f"/logs?n={lines}").text
+
+    def follow_logs(self, name: str, lines: int) -> Iterator[str]:
+        """The last `lines` lines, then each new line as the server sends it, until the server
+        ends the stream (after an hour) or the caller stops iterating. No read timeout: a
+        quiet tenant writes nothing for long stretches."""
+        response = self._request("GET", _tenant_path(name) + f"/logs?n={lines}&follow=1",
+                                 stream=True, timeout=httpx.Timeout(self._timeout, read=None))
+        try:
+            yield from response.iter_lines()
+        except httpx.HTTPError as exc:
+            raise AdminError(f"following the log of {name} broke off: {exc}") from exc
+        finally:
+            response.close()
+
     def export(self, name: str, destination: Path) -> int:
         """Stream the tenant's export file into `destination`; return its size in bytes.
 
@@ -185,14 +202,15 @@ class AdminClient:
 
     def _request(self, method: str, path: str, payload: Any = None, *,
                  content: bytes | None = None, content_type: str | None = None,
-                 stream: bool = False) -> httpx.Response:
+                 stream: bool = False, timeout: httpx.Timeout | None = None) -> httpx.Response:
         if content is not None:
             body = content
             headers = {"Content-Type": content_type or "application/octet-stream"}
         else:
             body = b"" if payload is None else json.dumps(payload).encode("utf-8")
             headers = {"Content-Type": "application/json"} if payload is not None else {}
-        request = self._http.build_request(method, path, content=body, headers=headers)
+        request = self._http.build_request(method, path, content=body, headers=headers,
+                                           timeout=timeout or self._http.timeout)
         return self._send(request, stream=stream)
 
     def _send(self, request: httpx.Request, *, stream: bool = False,

@@ -17,6 +17,9 @@
             .trash-<name>-<hex>/     a tenant being deleted (delete_tenant); one left by a
                                      crash is removed by sweep_trash or the next delete
         transfers/                   0700; export files waiting to be streamed in or out
+        logs/                        0700; what each tenant's worker writes (tenant/output.py)
+            <name>.log               0600; its logging, stdout and stderr, newest lines
+            <name>.log.<n>           0600; older ones, rotated by size, .1 the newest
         run/                         0700 (0750, group worker_group, when that is set: the one
                                      folder a web server may be let into for direct mode)
             <id>.sock                a Unix-socket worker's listening socket, by the tenant's
@@ -75,6 +78,7 @@ class DataLayout:
         self.tenants_dir = self.data_dir / "tenants"
         self.transfers_dir = self.data_dir / "transfers"
         self.run_dir = self.data_dir / "run"
+        self.logs_dir = self.data_dir / "logs"
 
     def __repr__(self) -> str:
         return f"DataLayout({str(self.data_dir)!r})"
@@ -97,6 +101,10 @@ class DataLayout:
     def lock_path(self, name: str) -> Path:
         """The file the tenant's live worker holds locked (tenant/lock.py)."""
         return self.tenant_dir(name) / LOCK_FILE
+
+    def log_path(self, name: str) -> Path:
+        """The tenant worker's log file, logs/<name>.log; rotated ones add .1, .2, ..."""
+        return self.logs_dir / f"{validate_tenant_name(name)}.log"
 
     def snapshot_path(self, name: str, generation: int) -> Path:
         if isinstance(generation, bool) or not isinstance(generation, int) or not (

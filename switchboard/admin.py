@@ -34,6 +34,11 @@ covers the body, so no cheaper check can refuse it). The routes speak only to th
                                         snapshots/exportfile.py), X-Switchboard-Journal-Pos
     POST   /v1/tenants/{name}/import    201 TenantInfo; body = an export file (up to
                                         max_import_bytes); 409 if it exists
+    GET    /v1/tenants/{name}/logs?n=N&follow=1
+                                        200 text/plain: the last N lines (default 100) of the
+                                        tenant's log file (switchboard/logtail.py); with
+                                        follow=1 then streams new lines until the client goes
+                                        away or an hour has passed; 404 unknown tenant
     GET    /metrics                     200 Prometheus text
 
 Errors are `{"error": message}`: 400 bad name or body, 401 not signed as above, 404 unknown
@@ -63,12 +68,13 @@ from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contract.names import is_valid_name
 from snapshots.durable import write_all
+from switchboard import logtail
 from switchboard.api import TenantService
 from switchboard.errors import (
     BadTenantName,
@@ -88,6 +94,7 @@ DEFAULT_MAX_IMPORT_BYTES = 1 << 30  # switchboard.config.Config.max_import_bytes
 MAX_STAGED_UPLOADS = 2  # imports being uploaded at once: bounds the disk a forger can fill
 STAGED_BODY = "switchboard.staged_body"  # scope key: the StagedBody of an import
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LOG_CONTENT_TYPE = "text/plain; charset=utf-8"
 
 
 _STATUS_FOR_ERROR: list[tuple[type[SwitchboardError], int]] = [
@@ -369,6 +376,13 @@ class _Endpoints:
             background=BackgroundTask(_unlink_quietly, exported.path),
         )
 
+    async def tenant_logs(self, request: Request) -> Response:
+        path = self.service.log_file(_name(request))
+        lines = _lines_param(request)
+        if request.query_params.get("follow", "") in {"1", "true", "yes"}:
+            return StreamingResponse(logtail.follow(path, lines), media_type=LOG_CONTENT_TYPE)
+        return Response(b"".join(logtail.tail_lines(path, lines)), media_type=LOG_CONTENT_TYPE)
+
     async def import_tenant(self, request: Request) -> Response:
         staged = request.scope.get(STAGED_BODY)
         if not isinstance(staged, StagedBody) or staged.size == 0:
@@ -395,6 +409,13 @@ def _json_object(body: bytes) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise _BadBody('the body must be a JSON object like {"name": "acme"}')
     return payload
+
+
+def _lines_param(request: Request) -> int:
+    raw = request.query_params.get("n", str(logtail.DEFAULT_LINES))
+    if not raw.isdigit() or int(raw) > logtail.MAX_LINES:
+        raise _BadBody(f"n must be a whole number from 0 to {logtail.MAX_LINES}, not {raw!r}")
+    return int(raw)
 
 
 def _name(request: Request) -> str:
@@ -460,6 +481,7 @@ def build_admin_app(
         Route(tenant + "/stop", endpoints.stop_tenant, methods=["POST"]),
         Route(tenant + "/export", endpoints.export_tenant, methods=["GET"]),
         Route(tenant + "/import", endpoints.import_tenant, methods=["POST"]),
+        Route(tenant + "/logs", endpoints.tenant_logs, methods=["GET"]),
     ]
     handlers: dict[Any, Callable[[Request, Exception], Response | Awaitable[Response]]] = {
         SwitchboardError: _switchboard_error,

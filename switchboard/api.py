@@ -96,3 +96,8 @@ class TenantService(Protocol):
     def metrics_text(self) -> str:
         """Prometheus text exposition of the router's counters and gauges."""
         ...
+
+    def log_file(self, name: str) -> Path:
+        """Where the tenant's worker writes its output (it may not exist yet: never started).
+        Raises UnknownTenant."""
+        ...

@@ -101,6 +101,10 @@ class Config:
     zygote_wait_s: float = 2.0  # a spawn waits this long for a starting zygote, then goes fresh
     log_format: str = "auto"  # auto (json unless a terminal) | json | text
     log_level: str = "info"
+    # Each worker's output goes to <data-dir>/logs/<name>.log, rotated at this size, with at
+    # most tenant_log_backups older files kept (tenant/output.py).
+    tenant_log_max_bytes: int = 10 * 1024 * 1024
+    tenant_log_backups: int = 3
 
     extra: Mapping[str, Any] = field(default_factory=dict)
 

@@ -134,6 +134,12 @@ class TenantProcess:
         return self._lock
 
     @property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        """The module's logger with this tenant's name on every line (the JSON `tenant` key,
+        contract/logs.py)."""
+        return logging.LoggerAdapter(log, {"tenant": self.name})
+
+    @property
     def operating(self) -> bool:
         """An operation on the worker (start, stop, checkpoint) is under way."""
         return self._lock is not None and self._lock.locked()
@@ -170,7 +176,7 @@ class TenantProcess:
     def _transition(self, new: TenantState) -> None:
         check_transition(self.state, new)
         if new is not self.state:
-            log.debug("tenant %s: %s -> %s", self.name, self.state.value, new.value)
+            self.log.debug("tenant %s: %s -> %s", self.name, self.state.value, new.value)
         self.state = new
 
     # ---- requests ----
@@ -254,7 +260,7 @@ class TenantProcess:
             self.last_error = None  # healthy again: an earlier failure is history (last_exit)
             self._transition(S.RUNNING)
             self.env.counters.starts += 1
-            log.info("tenant %s started on %s (pid %s) in %.1f ms", self.name, self.address,
+            self.log.info("tenant %s started on %s (pid %s) in %.1f ms", self.name, self.address,
                      handle.pid, (time.monotonic() - started) * 1000)
             handle.exited.add_done_callback(lambda _: self._exit_seen(handle))
 
@@ -274,6 +280,8 @@ class TenantProcess:
             max_open_files=config.max_worker_open_files,
             snapshot_key_file=str(config.snapshot_key_path.resolve()),
             allow_unsigned=config.allow_unsigned,
+            log_file=str(self.env.layout.log_path(self.name).resolve()),
+            log_max_bytes=config.tenant_log_max_bytes, log_backups=config.tenant_log_backups,
         )
 
     async def _spawn_ready(self) -> WorkerHandle:
@@ -296,7 +304,7 @@ class TenantProcess:
         self.generation = ready.get("generation")
         self.warnings = list(ready.get("warnings") or []) or None
         for warning in self.warnings or ():
-            log.warning("tenant %s: %s", self.name, warning)
+            self.log.warning("tenant %s: %s", self.name, warning)
         return handle
 
     async def _bind(self) -> socket.socket:
@@ -322,7 +330,7 @@ class TenantProcess:
             except SwitchboardError as exc:
                 raise BootFailure(str(exc)) from exc
             if old is not None:
-                log.warning("port %d of tenant %s is taken; moving it to %d", old, self.name,
+                self.log.warning("port %d of tenant %s is taken; moving it to %d", old, self.name,
                             new)
             self.record = await self.env.directory.update(self.name, port=new)
             self._address = None
@@ -340,13 +348,13 @@ class TenantProcess:
             self._transition(S.FAILED)
         if self.boot_failures >= config.max_boot_failures:
             self.retry_at = None
-            log.error("tenant %s failed to boot %d times; stays failed until an operator "
+            self.log.error("tenant %s failed to boot %d times; stays failed until an operator "
                       "starts it: %s", self.name, self.boot_failures, reason)
             return
         delay = min(config.backoff_max_s, config.backoff_base_s * 2 ** (self.boot_failures - 1))
         delay *= random.uniform(0.8, 1.2)  # jitter: tenants failing together retry apart
         self.retry_at = time.monotonic() + delay
-        log.error("tenant %s failed to boot (try %d), retrying in %.2fs: %s",
+        self.log.error("tenant %s failed to boot (try %d), retrying in %.2fs: %s",
                   self.name, self.boot_failures, delay, reason)
 
     # ---- exits ----
@@ -398,7 +406,7 @@ class TenantProcess:
             self._boot_failed(reason)
             return
         self.boot_failures = 0
-        log.error("tenant %s: %s; it restarts on the next request", self.name, reason)
+        self.log.error("tenant %s: %s; it restarts on the next request", self.name, reason)
 
     # ---- stop and checkpoint ----
 
@@ -424,7 +432,7 @@ class TenantProcess:
             with contextlib.suppress(WorkerError, TimeoutError):
                 await handle.request(wire.STOP, config.ping_timeout_s)
             if not await handle.wait_exited(config.stop_timeout_s):
-                log.warning("tenant %s did not stop within %gs; SIGTERM then SIGKILL",
+                self.log.warning("tenant %s did not stop within %gs; SIGTERM then SIGKILL",
                             self.name, config.stop_timeout_s)
                 handle.kill(signal.SIGTERM)
                 if not await handle.wait_exited(2):
@@ -434,7 +442,7 @@ class TenantProcess:
             self.worker = None
             self.last_exit = f"stopped ({why})"
             self._transition(S.STOPPED)
-            log.info("tenant %s stopped (%s)", self.name, why)
+            self.log.info("tenant %s stopped (%s)", self.name, why)
         return True
 
     async def remove(self) -> None:
@@ -480,13 +488,13 @@ class TenantProcess:
                 self.last_error = None
         elif event == wire.CHECKPOINT_FAILED:
             self.last_error = f"checkpoint failed: {message.get('error')}"
-            log.error("tenant %s: %s", self.name, self.last_error)
+            self.log.error("tenant %s: %s", self.name, self.last_error)
         elif event == wire.WRITES_UNAVAILABLE:
             # The journal failed (disk full...): reads go on, writes get 503, the worker retries.
             self.writes_unavailable = str(message.get("error"))
             self.last_error = self.writes_unavailable
             self.env.counters.writes_unavailable += 1
-            log.error("tenant %s: %s", self.name, self.writes_unavailable)
+            self.log.error("tenant %s: %s", self.name, self.writes_unavailable)
         elif event == wire.BUSY:
             work = [str(name) for name in message.get("work") or ()]
             self.busy_work = work or None
@@ -496,7 +504,7 @@ class TenantProcess:
             elif self.busy_since is None:
                 self.busy_since = time.monotonic()
         elif event == wire.WRITES_RESTORED:
-            log.info("tenant %s accepts writes again after %.1fs", self.name,
+            self.log.info("tenant %s accepts writes again after %.1fs", self.name,
                      float(message.get("unavailable_s") or 0))
             if self.last_error == self.writes_unavailable:
                 self.last_error = None
@@ -518,12 +526,12 @@ class TenantProcess:
             self.ping_misses = 0
         except TimeoutError:
             self.ping_misses += 1
-            log.warning("tenant %s missed a health ping (%d in a row)", self.name,
+            self.log.warning("tenant %s missed a health ping (%d in a row)", self.name,
                         self.ping_misses)
             if self.ping_misses >= MISSED_PINGS_BEFORE_KILL:
                 self.env.counters.unresponsive_kills += 1
                 self.kill_reason = f"unresponsive (missed {self.ping_misses} health pings)"
-                log.error("tenant %s is unresponsive; killing it", self.name)
+                self.log.error("tenant %s is unresponsive; killing it", self.name)
                 self.ping_misses = 0
                 handle.kill(signal.SIGTERM)  # a wedged event loop cannot act on it: a deadline
                 if not await handle.wait_exited(timeout):

@@ -105,3 +105,6 @@ class TenantOperations:
         return metrics.render(self.supervisor.counters, self.supervisor,
                               zygote_spawns=spawner.zygote_spawns,
                               fresh_spawns=spawner.fresh_spawns)
+
+    def log_file(self, name: str) -> Path:
+        return self.layout.log_path(self.supervisor.get(name).name)

@@ -60,6 +60,7 @@ from tenant.errors import JournalError, TenantError, TenantLocked
 from tenant.journal import Journal
 from tenant.limits import apply_resource_limits, set_death_signal
 from tenant.lock import TenantLock
+from tenant.output import OutputCapture
 from tenant.recovery import journal_signing, recover_state, store_for
 from tenant.write_recovery import WriteRecovery
 
@@ -310,6 +311,16 @@ def worker_main(spec: WorkerSpec, listen_fd: int, control_fd: int, *, parent: in
     if parent is not None:
         set_death_signal(parent)
     configure_logging(spec)
+    # Into <data-dir>/logs/<name>.log from here on (the zygote's rehearsal has no log file).
+    output = OutputCapture.start(spec) if spec.log_file else None
+    try:
+        return _run_worker(spec, listen_fd, control_fd)
+    finally:
+        if output is not None:
+            output.close()
+
+
+def _run_worker(spec: WorkerSpec, listen_fd: int, control_fd: int) -> int:
     apply_resource_limits(spec)  # before the restore: it is what allocates most
     if spec.code_path:
         sys.path.insert(0, spec.code_path)
