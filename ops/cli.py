@@ -135,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("checkpoint", "write a snapshot now if anything changed", cmd_checkpoint, "name"),
         ("stop", "checkpoint and stop a tenant's worker", cmd_stop, "name"),
         ("rm", "remove a tenant", cmd_rm, "name"),
+        ("dashboard", "print a one-time login URL for the web dashboard", cmd_dashboard, None),
     ]:
         sub = commands.add_parser(name, help=help_text, parents=[common])
         sub.set_defaults(handler=handler)
@@ -397,6 +398,16 @@ def cmd_rm(args: argparse.Namespace) -> int:
     with _client(args) as client:
         client.remove(args.name)
     return _show(args, {"name": args.name, "removed": True}, lambda _: None)
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """Print a login URL for the dashboard at `/` of the admin listener: it works once, within
+    its expiry, and sets a session cookie in the browser that opens it."""
+    with _client(args) as client:
+        login = client.dashboard_login()
+    url = _admin_url(args).rstrip("/") + str(login.get("path", ""))
+    return _show(args, {"url": url, "expires_in_s": login.get("expires_in_s")},
+                 lambda shown: shown["url"])
 
 
 def cmd_logs(args: argparse.Namespace) -> int:

@@ -119,6 +119,10 @@ class AdminClient:
     def remove(self, name: str) -> None:
         self._request("DELETE", _tenant_path(name))
 
+    def dashboard_login(self) -> dict[str, Any]:
+        """A one-time dashboard login: {"path": "/dashboard/login?token=...", "expires_in_s"}."""
+        return self._json(self._request("POST", "/v1/dashboard/login-url"))
+
     def metrics(self) -> str:
         return self._request("GET", "/metrics").text
 

@@ -40,6 +40,11 @@ covers the body, so no cheaper check can refuse it). The routes speak only to th
                                         follow=1 then streams new lines until the client goes
                                         away or an hour has passed; 404 unknown tenant
     GET    /metrics                     200 Prometheus text
+    POST   /v1/dashboard/login-url      200 {"path": "/dashboard/login?token=...",
+                                        "expires_in_s": 300}: a one-time dashboard login
+
+The dashboard's own paths (`/` and `/dashboard/...`, switchboard/dashboard.py) are not signed:
+they are routed to the dashboard before this middleware and need its session cookie instead.
 
 Errors are `{"error": message}`: 400 bad name or body, 401 not signed as above, 404 unknown
 tenant or path, 405 wrong method, 409 exists or busy, 413 body too large, 422 export or import
@@ -76,6 +81,7 @@ from contract.names import is_valid_name
 from snapshots.durable import write_all
 from switchboard import logtail
 from switchboard.api import TenantService
+from switchboard.dashboard import Dashboard
 from switchboard.errors import (
     BadTenantName,
     StorageFailed,
@@ -426,8 +432,13 @@ def _name(request: Request) -> str:
 # --- error mapping ---------------------------------------------------------------------------
 
 
+def status_for_error(exc: Exception) -> int:
+    """The HTTP status a SwitchboardError answers with (500 for anything else)."""
+    return next((code for kind, code in _STATUS_FOR_ERROR if isinstance(exc, kind)), 500)
+
+
 def _switchboard_error(request: Request, exc: Exception) -> Response:
-    status = next((code for kind, code in _STATUS_FOR_ERROR if isinstance(exc, kind)), 500)
+    status = status_for_error(exc)
     headers: dict[str, str] = {}
     if isinstance(exc, TenantUnavailable) and exc.retry_after_s is not None:
         headers["Retry-After"] = str(max(0, math.ceil(exc.retry_after_s)))
@@ -468,6 +479,7 @@ def build_admin_app(
     DataLayout.ensure_transfers_dir); by default the system's temporary folder.
     """
     endpoints = _Endpoints(service)
+    dashboard = Dashboard(service)
     tenant = "/v1/tenants/{name}"
     routes = [
         Route("/v1/health", endpoints.health, methods=["GET"]),
@@ -481,6 +493,7 @@ def build_admin_app(
         Route(tenant + "/stop", endpoints.stop_tenant, methods=["POST"]),
         Route(tenant + "/export", endpoints.export_tenant, methods=["GET"]),
         Route(tenant + "/import", endpoints.import_tenant, methods=["POST"]),
+        Route("/v1/dashboard/login-url", dashboard.login_url, methods=["POST"]),
         Route(tenant + "/logs", endpoints.tenant_logs, methods=["GET"]),
     ]
     handlers: dict[Any, Callable[[Request, Exception], Response | Awaitable[Response]]] = {
@@ -490,5 +503,6 @@ def build_admin_app(
         Exception: _internal_error,
     }
     app = Starlette(routes=routes, exception_handlers=handlers)
-    return SignatureMiddleware(app, verifier, max_body_bytes,
-                               max_import_bytes=max_import_bytes, staging_dir=staging_dir)
+    return dashboard.in_front_of(SignatureMiddleware(
+        app, verifier, max_body_bytes, max_import_bytes=max_import_bytes,
+        staging_dir=staging_dir))

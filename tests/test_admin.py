@@ -294,7 +294,7 @@ async def test_unknown_path_and_wrong_method_are_json(client: httpx.AsyncClient)
     ("method", "path"),
     [("GET", "/v1/health"), ("GET", "/v1/tenants"), ("POST", "/v1/tenants"),
      ("GET", "/metrics"), ("GET", "/no/such/path"), ("DELETE", "/v1/tenants/acme"),
-     ("GET", "/")],
+     ("POST", "/v1/dashboard/login-url")],
 )
 async def test_every_path_needs_a_signature(
     unsigned: httpx.AsyncClient, service: FakeService, method: str, path: str
