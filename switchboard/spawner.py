@@ -81,8 +81,7 @@ class WorkerHandle:
                 try:
                     message = wire.decode(line)
                 except ValueError:
-                    log.warning("tenant %s: garbled control frame %r", self.tenant, line[:200],
-                                extra={"tenant": self.tenant})
+                    log.warning("tenant %s: garbled control frame %r", self.tenant, line[:200])
                     continue
                 self._dispatch(message)
         except (ConnectionError, ValueError):
@@ -111,7 +110,7 @@ class WorkerHandle:
         if not await self._wait_reaped(REAP_TIMEOUT_S):
             log.warning("tenant %s: worker %s closed its control channel but did not exit; "
                         "killing it",
-                        self.tenant, self.pid, extra={"tenant": self.tenant})
+                        self.tenant, self.pid)
             self._signal(signal.SIGKILL)
             await self._wait_reaped(REAP_TIMEOUT_S)
         error = WorkerError(f"worker of {self.tenant} exited" + self.status_text())
