@@ -38,6 +38,7 @@ Worker -> router, unsolicited events:
 Router -> worker requests, each answered by {"id": same, "ok": true, ...} or
 {"id": same, "ok": false, "error": str}:
   {"id": n, "op": "ping"}        -> {"journal_pos", "dirty", "checkpointing", "generation",
+                                     "journal_since_snapshot" (records since the snapshot),
                                      "unsaved", "checkpoint_error",
                                      "writes_unavailable": str|null (the reason while writes
                                      are refused, as in the event; null when they are accepted),

@@ -105,27 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the router, the supervisor and the admin API")
-    serve.add_argument("--config", metavar="FILE", help="switchboard.toml to read")
-    serve.add_argument(
-        "--data-dir", metavar="DIR", default=argparse.SUPPRESS,
-        help=f"where tenants and admin.key live (default {DEFAULT_DATA_DIR})",
-    )
-    serve.add_argument("--listen", metavar="HOST:PORT", type=_host_port,
-                       help="router address (default 127.0.0.1:8000)")
-    serve.add_argument("--admin-listen", metavar="HOST:PORT", type=_host_port,
-                       help="admin API address (default 127.0.0.1:8001)")
-    serve.add_argument("--app", metavar="MODULE:ATTR", type=_app_ref,
-                       help="the tenants' ASGI app (default examples.dabble:app)")
-    serve.add_argument("--idle-timeout", metavar="SECONDS", type=_seconds,
-                       help="swap a tenant out after this long without requests (default 120)")
-    serve.add_argument("--max-resident", metavar="N", type=_positive_int,
-                       help="at most this many workers at once (default 32)")
-    serve.add_argument("--snapshot-key-file", metavar="FILE",
-                       help="the key of snapshot and journal MACs (default <data-dir>/"
-                            "snapshot.key; hosts that migrate to each other share it)")
-    serve.add_argument("--allow-unsigned", action="store_true", default=None,
-                       help="also restore unsigned pickle snapshots (they can run code)")
+    _serve_options(serve)
     serve.set_defaults(handler=cmd_serve)
+
+    # `config show` takes serve's flags and shows the Config serve would run with here.
+    config = commands.add_parser("config", help="show the effective configuration",
+                                 parents=[common])
+    config_actions = config.add_subparsers(dest="config_command", required=True,
+                                           metavar="ACTION")
+    show = config_actions.add_parser(
+        "show", help="every setting serve would run with here (it takes serve's options), "
+                     "and where it came from (default, file, env, flag)")
+    _serve_options(show)
+    show.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                      help="print JSON for scripts")
+    show.set_defaults(handler=cmd_config_show)
 
     for name, help_text, handler, positional in [
         ("create", "create tenants", cmd_create, "names"),
@@ -143,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("names", nargs="+", metavar="NAME")
         elif positional == "name":
             sub.add_argument("name", metavar="NAME")
+
+    _ls_options(commands.choices["ls"])
 
     export = commands.add_parser(
         "export", parents=[common],
@@ -212,6 +208,65 @@ def _admin_options() -> argparse.ArgumentParser:
     group.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                        help="print JSON for scripts")
     return common
+
+
+def _serve_options(parser: argparse.ArgumentParser) -> None:
+    """serve's options, which `config show` takes too."""
+    parser.add_argument("--config", metavar="FILE", help="switchboard.toml to read")
+    parser.add_argument(
+        "--data-dir", metavar="DIR", default=argparse.SUPPRESS,
+        help=f"where tenants and admin.key live (default {DEFAULT_DATA_DIR})",
+    )
+    parser.add_argument("--listen", metavar="HOST:PORT", type=_host_port,
+                        help="router address (default 127.0.0.1:8000)")
+    parser.add_argument("--admin-listen", metavar="HOST:PORT", type=_host_port,
+                        help="admin API address (default 127.0.0.1:8001)")
+    parser.add_argument("--app", metavar="MODULE:ATTR", type=_app_ref,
+                        help="the tenants' ASGI app (default examples.dabble:app)")
+    parser.add_argument("--idle-timeout", metavar="SECONDS", type=_seconds,
+                        help="swap a tenant out after this long without requests (default 120)")
+    parser.add_argument("--max-resident", metavar="N", type=_positive_int,
+                        help="at most this many workers at once (default 32)")
+    parser.add_argument("--snapshot-key-file", metavar="FILE",
+                        help="the key of snapshot and journal MACs (default <data-dir>/"
+                             "snapshot.key; hosts that migrate to each other share it)")
+    parser.add_argument("--allow-unsigned", action="store_true", default=None,
+                        help="also restore unsigned pickle snapshots (they can run code)")
+
+
+def _ls_options(ls: argparse.ArgumentParser) -> None:
+    from ops.output import SORT_KEYS
+
+    ls.add_argument("--sort", choices=SORT_KEYS, default="name",
+                    help="order: name and state A-Z; last_request, rss, restarts highest first")
+    ls.add_argument("--state", metavar="STATE[,STATE...]", type=_states,
+                    help="only tenants in these states (e.g. running,failed)")
+    ls.add_argument("--watch", action="store_true",
+                    help="refresh every --interval seconds until Ctrl-C (in place on a "
+                         "terminal; piped, each listing follows the last, one JSON array a "
+                         "line with --json)")
+    ls.add_argument("--interval", metavar="SECONDS", type=_interval, default=2.0,
+                    help="seconds between --watch refreshes (default 2)")
+
+
+def _states(text: str) -> frozenset[str]:
+    from switchboard.states import TenantState
+
+    known = {s.value for s in TenantState}
+    wanted = frozenset(part.strip() for part in text.split(",") if part.strip())
+    unknown = sorted(wanted - known)
+    if unknown or not wanted:
+        raise argparse.ArgumentTypeError(
+            f"unknown state {', '.join(unknown) or repr(text)} "
+            f"(states: {', '.join(s.value for s in TenantState)})")
+    return wanted
+
+
+def _interval(text: str) -> float:
+    value = _seconds(text)
+    if value < 0.1:
+        raise argparse.ArgumentTypeError(f"expected at least 0.1 seconds, got {text!r}")
+    return value
 
 
 def _host_port(text: str) -> str:
@@ -311,9 +366,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def serve_config(args: argparse.Namespace) -> Config:
     """The Config `serve` runs with: the config file < SWITCHBOARD_* < these flags."""
-    from switchboard.config import load
+    return serve_config_with_sources(args)[0]
 
-    return load(
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from ops.output import config_rows, config_table
+
+    config, sources = serve_config_with_sources(args)
+    rows = config_rows(config, sources)
+    return _show(args, rows, config_table)
+
+
+def serve_config_with_sources(args: argparse.Namespace) -> tuple[Config, dict[str, str]]:
+    """`serve_config`, and where each setting came from (switchboard.config)."""
+    from switchboard.config import load_with_sources
+
+    return load_with_sources(
         args.config,
         overrides={
             "data_dir": getattr(args, "data_dir", None),
@@ -352,20 +420,49 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from ops.output import tenant_table
+    from ops.output import select_tenants, tenant_table
+
+    def listing(client: AdminClient) -> list[dict[str, Any]]:
+        return select_tenants(client.list_tenants(), args.state, args.sort)
 
     with _client(args) as client:
-        tenants = client.list_tenants()
-    return _show(args, tenants,
-                 lambda rows: tenant_table(sorted(rows, key=lambda t: str(t.get("name", "")))))
+        if args.watch:
+            return _watch(args, lambda: listing(client))
+        return _show(args, listing(client), tenant_table)
+
+
+def _watch(args: argparse.Namespace, listing: Callable[[], list[dict[str, Any]]]) -> int:
+    """`ls --watch`: list every `args.interval` seconds until Ctrl-C (exit 0). On a terminal
+    the table is redrawn in place; otherwise each listing is printed after the last (with
+    --json one compact array a line, so a script can read them as they come)."""
+    import time
+
+    from ops.output import tenant_table
+
+    redraw = sys.stdout.isatty() and not _wants_json(args)
+    try:
+        while True:
+            rows = listing()
+            if _wants_json(args):
+                print(json.dumps(rows, default=str), flush=True)
+            elif redraw:
+                stamp = time.strftime("%H:%M:%S")
+                sys.stdout.write("\x1b[H\x1b[2J" + f"every {args.interval:g}s, {stamp}, "
+                                 "Ctrl-C to stop\n\n" + tenant_table(rows) + "\n")
+                sys.stdout.flush()
+            else:
+                print(tenant_table(rows) + "\n", flush=True)
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from ops.output import tenant_details
+    from ops.output import tenant_status
 
     with _client(args) as client:
         info = client.get(args.name)
-    return _show(args, info, tenant_details)
+    return _show(args, info, tenant_status)
 
 
 def _state_change(operation: str) -> Handler:

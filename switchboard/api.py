@@ -37,6 +37,14 @@ class TenantInfo:
     rss_bytes: int | None = None  # the worker's resident memory at its last health ping
     writes_unavailable: str | None = None  # why writes get 503 (disk full...), else None
     busy: list[str] = field(default_factory=list)  # the app's declared work in progress
+    waiting: int = 0  # requests waiting for its worker to start
+    last_error_at: float | None = None  # when last_error happened
+    # As of the last health ping (contract/worker.py "ping"); None before the first one.
+    journal_pos: int | None = None  # seq of the last command applied
+    journal_since_snapshot: int | None = None  # journal records the newest snapshot lacks
+    dirty: bool | None = None  # changes no snapshot holds yet
+    unsaved: bool | None = None  # dirty, and the last checkpoint failed
+    start_ema_s: float | None = None  # moving average of its measured start times
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -177,7 +177,11 @@ def _normalise(source: str, values: Mapping[str, Any]) -> dict[str, Any]:
     for key, raw in values.items():
         name = _ALIASES.get(key, key)
         if name not in _FIELDS:
-            raise ConfigError(f"unknown setting {key!r} in {source}")
+            import difflib
+
+            close = difflib.get_close_matches(key, [*_FIELDS, *_ALIASES], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown setting {key!r} in {source}{hint}")
         out[name] = _coerce(name, raw)
     return out
 
@@ -191,8 +195,19 @@ def load(
 
     Without an explicit file, `switchboard.toml` in the working directory is read if present.
     """
+    return load_with_sources(config_file, env, overrides)[0]
+
+
+def load_with_sources(
+    config_file: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> tuple[Config, dict[str, str]]:
+    """`load()`, and where each field's value came from: `default`, `file PATH`,
+    `env SWITCHBOARD_NAME` or `flag` (what `switchboard config show` prints)."""
     env = os.environ if env is None else env
     merged: dict[str, Any] = {}
+    sources = dict.fromkeys(_FIELDS, "default")
     path = config_file or env.get("SWITCHBOARD_CONFIG")
     if path is None and Path("switchboard.toml").exists():
         path = "switchboard.toml"
@@ -204,7 +219,9 @@ def load(
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-        merged.update(_normalise(str(path), data.get("switchboard", data)))
+        from_file = _normalise(str(path), data.get("switchboard", data))
+        merged.update(from_file)
+        sources.update(dict.fromkeys(from_file, f"file {path}"))
     from_env = {}
     for key, value in env.items():
         if key.startswith("SWITCHBOARD_") and key not in {
@@ -213,9 +230,12 @@ def load(
             name = key[len("SWITCHBOARD_"):].lower()
             if _ALIASES.get(name, name) in _FIELDS:
                 from_env[name] = value
+                sources[_ALIASES.get(name, name)] = f"env {key}"
     merged.update(_normalise("the environment", from_env))
     flags = {key: value for key, value in (overrides or {}).items() if value is not None}
-    merged.update(_normalise("flags", flags))
+    from_flags = _normalise("flags", flags)
+    merged.update(from_flags)
+    sources.update(dict.fromkeys(from_flags, "flag"))
     config = Config(**merged)
     if config.routing not in {"path", "host"}:
         raise ConfigError(f"routing must be 'path' or 'host', not {config.routing!r}")
@@ -236,4 +256,4 @@ def load(
     for name in ("header_timeout_s", "body_timeout_s", "keepalive_timeout_s"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be more than 0")
-    return config
+    return config, sources

@@ -21,6 +21,7 @@ import collections
 import contextlib
 import errno
 import logging
+import math
 import random
 import signal
 import socket
@@ -51,7 +52,12 @@ log = logging.getLogger("switchboard.process")
 S = TenantState
 MISSED_PINGS_BEFORE_KILL = 3
 CHECKPOINT_TIMEOUT_S = 3600.0
-
+# Retry-After on a 503 (retry_after_s): the start-time average weighs the newest start this
+# much; the waiting queue is assumed to drain this many requests per start time; the answer
+# is kept within [1, 60] seconds.
+START_EMA_WEIGHT = 0.3
+WAITING_DRAINED_PER_START = 64
+RETRY_AFTER_BOUNDS_S = (1, 60)
 
 @dataclass
 class ProcessEnv:
@@ -78,12 +84,14 @@ class ProcessEnv:
 
 class TenantProcess:
     # Thousands are mapped and few run: slots, and nothing allocated until it is needed.
-    __slots__ = ("_address", "_lock", "_oom_watch", "_pinging", "_start_task", "boot_failures",
-                 "busy_since", "busy_work", "bytes_in", "bytes_out", "crash_times", "env",
-                 "generation", "in_flight", "kill_reason", "last_active", "last_checkpoint_at",
-                 "last_error", "last_exit", "last_request_at", "ping_misses", "record", "removed",
-                 "requests", "restarts", "retry_at", "rss_bytes", "started_at", "state",
-                 "waiting", "warnings", "worker", "writes_unavailable")
+    __slots__ = ("_address", "_last_error", "_lock", "_oom_watch", "_pinging", "_start_task",
+                 "boot_failures", "busy_since", "busy_work", "bytes_in", "bytes_out",
+                 "crash_times", "dirty", "env", "generation", "in_flight", "journal_pos",
+                 "journal_since_snapshot", "kill_reason", "last_active", "last_checkpoint_at",
+                 "last_error_at", "last_exit", "last_request_at", "ping_misses", "record",
+                 "removed", "requests", "restarts", "retry_at", "rss_bytes", "start_ema_s",
+                 "started_at", "state", "unsaved", "waiting", "warnings", "worker",
+                 "writes_unavailable")
 
     def __init__(self, record: TenantRecord, env: ProcessEnv) -> None:
         self.record = record
@@ -97,12 +105,20 @@ class TenantProcess:
         self.restarts = 0
         self.boot_failures = 0
         self.retry_at: float | None = None  # monotonic time of the next start while backing off
-        self.last_error: str | None = None
+        self._last_error: str | None = None
+        self.last_error_at: float | None = None  # Unix seconds, when last_error was set
         self.last_exit: str | None = None  # how the last worker ended, and when
         self.crash_times: collections.deque[float] | None = None  # monotonic, once crashed
         self.warnings: list[str] | None = None
         self.ping_misses = 0
         self.rss_bytes: int | None = None  # at the last health ping
+        # The worker's journal as of its last health ping (contract/worker.py "ping").
+        self.journal_pos: int | None = None
+        self.journal_since_snapshot: int | None = None
+        self.dirty: bool | None = None  # changes no snapshot holds yet
+        self.unsaved: bool | None = None  # dirty, and the last checkpoint failed
+        # Exponential moving average of measured starts (request to ready), for Retry-After.
+        self.start_ema_s: float | None = None
         self.kill_reason: str | None = None  # why the router killed the worker, if it did
         self._pinging = False
         self._oom_watch: procfs.OomWatch | None = None  # its cgroup's OOM count at start
@@ -138,6 +154,16 @@ class TenantProcess:
         """The module's logger with this tenant's name on every line (the JSON `tenant` key,
         contract/logs.py)."""
         return logging.LoggerAdapter(log, {"tenant": self.name})
+
+    @property
+    def last_error(self) -> str | None:
+        return self._last_error
+
+    @last_error.setter
+    def last_error(self, reason: str | None) -> None:
+        if reason is not None and reason != self._last_error:
+            self.last_error_at = time.time()
+        self._last_error = reason
 
     @property
     def operating(self) -> bool:
@@ -209,6 +235,16 @@ class TenantProcess:
             if wait > 0:
                 raise TenantUnavailable(reason, wait)
 
+    def retry_after_s(self) -> int:
+        """Seconds a client refused for now (start too slow, queue full) should wait: its
+        measured start time (the start timeout before any start was measured), stretched by the
+        queue ahead of it, within RETRY_AFTER_BOUNDS_S."""
+        expected = self.start_ema_s if self.start_ema_s is not None else (
+            self.env.config.start_timeout_s)
+        estimate = math.ceil(expected * (1 + self.waiting / WAITING_DRAINED_PER_START))
+        low, high = RETRY_AFTER_BOUNDS_S
+        return max(low, min(high, estimate))
+
     # ---- start ----
 
     def start_once(self) -> asyncio.Task[None]:
@@ -260,8 +296,11 @@ class TenantProcess:
             self.last_error = None  # healthy again: an earlier failure is history (last_exit)
             self._transition(S.RUNNING)
             self.env.counters.starts += 1
+            took = time.monotonic() - started
+            self.start_ema_s = took if self.start_ema_s is None else (
+                START_EMA_WEIGHT * took + (1 - START_EMA_WEIGHT) * self.start_ema_s)
             self.log.info("tenant %s started on %s (pid %s) in %.1f ms", self.name, self.address,
-                     handle.pid, (time.monotonic() - started) * 1000)
+                     handle.pid, took * 1000)
             handle.exited.add_done_callback(lambda _: self._exit_seen(handle))
 
     def _spec(self) -> wire.WorkerSpec:
@@ -522,8 +561,9 @@ class TenantProcess:
         timeout = self.env.config.ping_timeout_s
         self._pinging = True  # one ping at a time, so misses count in a row
         try:
-            await handle.request(wire.PING, timeout)
+            reply = await handle.request(wire.PING, timeout)
             self.ping_misses = 0
+            self._note_ping(reply)
         except TimeoutError:
             self.ping_misses += 1
             self.log.warning("tenant %s missed a health ping (%d in a row)", self.name,
@@ -543,6 +583,18 @@ class TenantProcess:
             self._pinging = False
         if handle.pid is not None:
             self.rss_bytes = procfs.rss_bytes(handle.pid)
+
+    def _note_ping(self, reply: dict[str, Any]) -> None:
+        def count(key: str) -> int | None:
+            value = reply.get(key)
+            return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+        self.journal_pos = count("journal_pos")
+        self.journal_since_snapshot = count("journal_since_snapshot")
+        self.dirty = bool(reply.get("dirty"))
+        self.unsaved = bool(reply.get("unsaved"))
+        if count("generation") is not None:
+            self.generation = count("generation")
 
     @property
     def over_memory_limit(self) -> bool:
@@ -574,4 +626,7 @@ class TenantProcess:
             moved_to=record.moved_to, host=record.owner, epoch=record.epoch,
             last_exit=self.last_exit, rss_bytes=self.rss_bytes,
             writes_unavailable=self.writes_unavailable, busy=self.busy_work or [],
+            waiting=self.waiting, last_error_at=self.last_error_at if self.last_error else None,
+            journal_pos=self.journal_pos, journal_since_snapshot=self.journal_since_snapshot,
+            dirty=self.dirty, unsaved=self.unsaved, start_ema_s=self.start_ema_s,
         )

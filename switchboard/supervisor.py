@@ -119,7 +119,8 @@ class Supervisor:
         """Wait, in a bounded queue and up to `start_timeout_s`, for the tenant's start."""
         deadline = time.monotonic() + self.config.start_timeout_s
         if tenant.waiting >= self.config.max_waiting_requests:
-            raise TenantUnavailable(f"too many requests waiting for {tenant.name} to start", 1)
+            raise TenantUnavailable(f"too many requests waiting for {tenant.name} to start",
+                                    tenant.retry_after_s())
         tenant.waiting += 1
         try:
             while not tenant.serving:
@@ -135,7 +136,8 @@ class Supervisor:
                     continue
                 if remaining <= 0:
                     raise TenantUnavailable(
-                        f"{tenant.name} did not start within {self.config.start_timeout_s:g}s", 2)
+                        f"{tenant.name} did not start within {self.config.start_timeout_s:g}s",
+                        tenant.retry_after_s())
                 try:
                     await asyncio.wait_for(asyncio.shield(tenant.start_once()), remaining)
                 except TimeoutError:

@@ -253,6 +253,7 @@ class Worker:
         op = request.get("op")
         if op == PING:
             return {"journal_pos": self.context.journal_pos, "dirty": self.context.dirty,
+                    "journal_since_snapshot": self.context.commands_since_checkpoint,
                     "checkpointing": self.checkpointer.running,
                     "generation": self.checkpointer.generation,
                     "unsaved": self.checkpointer.unsaved,
