@@ -37,6 +37,7 @@ Standard library and `contract` only: cheap to import in the router, the worker 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -176,8 +177,9 @@ class DataLayout:
         most a trash folder, which sweep_trash removes at the next start or delete). A
         tenant with no folder is not an error. Raises OSError when the rename or the fsync
         fails (the tenant may then still be there after a crash); a failure to remove the
-        trash itself is left to the next sweep.
+        trash itself is left to the next sweep. Its log files go first (delete_logs).
         """
+        self.delete_logs(name)
         source = self.tenant_dir(name)
         trash = self.tenants_dir / f"{TRASH_PREFIX}{name}-{os.urandom(6).hex()}"
         try:
@@ -189,6 +191,21 @@ class DataLayout:
         # The name is gone for good now; the bytes go next. A trash folder that comes back
         # after a crash is swept, so this needs no fsync of its own.
         shutil.rmtree(trash, ignore_errors=True)
+
+    def delete_logs(self, name: str) -> None:
+        """Delete the tenant's log file and its rotated ones (.1, .2, ... with no gap: the
+        rotation renames them in order), so a new tenant of the name starts with no old lines.
+        Not while its worker runs. Not durable: a log left by a crash is only old lines."""
+        current = self.log_path(name)
+        with contextlib.suppress(FileNotFoundError):
+            current.unlink()
+        backup = 1
+        while True:
+            try:
+                current.with_name(f"{current.name}.{backup}").unlink()
+            except FileNotFoundError:
+                return
+            backup += 1
 
     def sweep_trash(self) -> list[Path]:
         """Remove the trash folders that deletes left behind (a crash mid-delete); returns

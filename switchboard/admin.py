@@ -43,7 +43,7 @@ covers the body, so no cheaper check can refuse it). The routes speak only to th
     POST   /v1/dashboard/login-url      200 {"path": "/dashboard/login?token=...",
                                         "expires_in_s": 300}: a one-time dashboard login
 
-The dashboard's own paths (`/` and `/dashboard/...`, switchboard/dashboard.py) are not signed:
+The dashboard's own paths (`/`, `/dashboard/...`; switchboard/dashboard/) are not signed:
 they are routed to the dashboard before this middleware and need its session cookie instead.
 
 Errors are `{"error": message}`: 400 bad name or body, 401 not signed as above, 404 unknown

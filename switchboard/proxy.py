@@ -130,7 +130,7 @@ def _unavailable(client: ClientConnection, tenant: str, exc: TenantUnavailable) 
     now = time.monotonic()
     if now - _unavailable_logged.get(tenant, -UNAVAILABLE_LOG_EVERY_S) >= UNAVAILABLE_LOG_EVERY_S:
         _unavailable_logged[tenant] = now
-        log.warning("503 for tenant %s: %s", tenant, exc.reason)
+        log.warning("503 for tenant %s: %s", tenant, exc.reason, extra={"tenant": tenant})
     extra = [] if exc.retry_after_s is None else [
         (b"retry-after", b"%d" % max(1, round(exc.retry_after_s + 0.49)))]
     client.fail(503, unavailable_text(tenant, exc.retry_after_s), extra)

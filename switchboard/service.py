@@ -72,7 +72,7 @@ class TenantOperations:
         await self.directory.remove(name)
         self.supervisor.forget(tenant)
         self.layout.delete_tenant(name)
-        log.info("tenant %s removed", name)
+        log.info("tenant %s removed", name, extra={"tenant": name})
 
     async def export_tenant(self, name: str) -> ExportedFile:
         tenant = self.supervisor.get(name)

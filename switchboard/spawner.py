@@ -81,7 +81,8 @@ class WorkerHandle:
                 try:
                     message = wire.decode(line)
                 except ValueError:
-                    log.warning("tenant %s: garbled control frame %r", self.tenant, line[:200])
+                    log.warning("tenant %s: garbled control frame %r", self.tenant, line[:200],
+                                extra={"tenant": self.tenant})
                     continue
                 self._dispatch(message)
         except (ConnectionError, ValueError):
@@ -110,7 +111,7 @@ class WorkerHandle:
         if not await self._wait_reaped(REAP_TIMEOUT_S):
             log.warning("tenant %s: worker %s closed its control channel but did not exit; "
                         "killing it",
-                        self.tenant, self.pid)
+                        self.tenant, self.pid, extra={"tenant": self.tenant})
             self._signal(signal.SIGKILL)
             await self._wait_reaped(REAP_TIMEOUT_S)
         error = WorkerError(f"worker of {self.tenant} exited" + self.status_text())

@@ -153,7 +153,8 @@ class Supervisor:
                     if t.idle and t is not starting and not t.operating]
             if idle:
                 victim = min(idle, key=lambda t: t.last_active)
-                log.info("evicting %s to make room for %s", victim.name, starting.name)
+                log.info("evicting %s to make room for %s", victim.name, starting.name,
+                         extra={"tenant": victim.name})
                 if await victim.stop("evicted", when=_still_idle(victim)):
                     self.counters.evictions += 1
                 continue

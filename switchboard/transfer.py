@@ -68,7 +68,7 @@ async def export_tenant(tool: ExportTool, name: str, *, app: str,
             out.unlink()
         raise
     log.info("exported tenant %s up to journal position %s (%d bytes)", name,
-             reply.get("journal_pos"), reply.get("size", 0))
+             reply.get("journal_pos"), reply.get("size", 0), extra={"tenant": name})
     return ExportedFile(path=out, size=out.stat().st_size,
                         filename=f"{name}-{reply.get('journal_pos', 0)}.sbexport", header=reply)
 
@@ -82,7 +82,8 @@ async def import_tenant(tool: ExportTool, name: str, source: Path, *, app: str,
     reply = await _run_export_tool(
         tool.argv("import", str(source), "--tenant", name, "--app", app, code_path=code_path),
         code_path=code_path)
-    log.info("imported tenant %s from an export of %s", name, reply.get("from_tenant"))
+    log.info("imported tenant %s from an export of %s", name, reply.get("from_tenant"),
+             extra={"tenant": name})
     generation = reply.get("generation")
     return int(generation) if generation is not None else None
 

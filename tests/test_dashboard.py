@@ -1,4 +1,4 @@
-"""The operator dashboard (switchboard/dashboard.py) on a real router, in a real headless Chromium.
+"""The operator dashboard (switchboard/dashboard/) on a real router, in a real headless Chromium.
 
 The operator runs `switchboard dashboard`, opens the one-time URL it prints, sees the tenants,
 clicks "checkpoint" and watches the snapshot age change as the page polls. Around that: the
@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
+from switchboard.dashboard import Sessions
+from switchboard.dashboard.sessions import LOGIN_TOKEN_TTL_S, MAX_PENDING_TOKENS
 from tests.cdp import Chromium, DevTools, Page
 from tests.conftest import Router
 
@@ -175,6 +177,25 @@ def test_a_login_url_works_once(router: Router) -> None:
         again = second.get(url)
         assert again.status_code == 403 and "already used" in again.text
         assert second.get(f"{router.admin}/dashboard/login?token=guess").status_code == 403
+
+
+def test_a_login_token_expires_and_sessions_are_separate() -> None:
+    now = [1000.0]
+    sessions = Sessions(clock=lambda: now[0])
+    late = sessions.issue_login_token()
+    now[0] += LOGIN_TOKEN_TTL_S
+    assert sessions.redeem(late) is None  # expired
+    fresh = sessions.issue_login_token()
+    cookie = sessions.redeem(fresh)
+    assert cookie is not None and sessions.redeem(fresh) is None  # spent
+    other = sessions.redeem(sessions.issue_login_token())
+    first, second = sessions.get(cookie), sessions.get(other)
+    assert first is not None and second is not None and first.csrf != second.csrf
+    sessions.end(cookie)
+    assert sessions.get(cookie) is None and sessions.get(other) is not None
+    # A flood of unused tokens pushes out the oldest; it never grows without bound.
+    tokens = [sessions.issue_login_token() for _ in range(MAX_PENDING_TOKENS + 1)]
+    assert sessions.redeem(tokens[0]) is None and sessions.redeem(tokens[-1]) is not None
 
 
 def test_an_action_without_the_csrf_token_is_403(hosted: Router) -> None:

@@ -203,3 +203,19 @@ def test_tail_and_follow_across_a_rotation(tmp_path: Path) -> None:
         return [chunk async for chunk in logtail.follow(path, 0, max_s=0.2, poll_s=0.01)]
 
     assert asyncio.run(ends_by_itself()) == []
+
+
+def test_rm_deletes_the_log_and_a_new_tenant_of_the_name_starts_without_it(
+        make_router: MakeRouter) -> None:
+    router = make_router(app=CHATTY, env={"SWITCHBOARD_TENANT_LOG_MAX_BYTES": "4096"}).start()
+    router.create("acme")
+    with router.client() as client:
+        assert client.get("/t/acme/spam", params={"n": "60", "size": "200"}).status_code == 200
+    say(router, "acme", "old-tenant")
+    logs_dir = DataLayout(router.data_dir).logs_dir
+    wait_until(lambda: len(list(logs_dir.iterdir())) > 1, 10)  # rotated at least once
+    router.cli("rm", "acme")
+    assert list(logs_dir.iterdir()) == []
+    assert router.cli("logs", "acme", check=False).returncode == 1
+    router.create("acme")
+    assert router.cli("logs", "acme").stdout == ""
