@@ -9,6 +9,7 @@ reachable without the session cookie, and a page of a 10,000-tenant host renders
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -230,6 +231,24 @@ def test_without_a_session_nothing_of_the_dashboard_is_served(hosted: Router) ->
         assert anonymous.get("/v1/tenants").status_code == 401  # the API stays signed
         assert anonymous.post("/v1/dashboard/login-url").status_code == 401
     assert hosted.state("acme") == "running"
+
+
+def test_a_tenant_page_shows_its_log_tail(make_router: Callable[..., Router]) -> None:
+    router = make_router(app="tests.apps.chatty:app").start()
+    router.create("talker")
+    with router.client() as http:
+        for text in ("hello-dashboard", "<b>not bold</b>"):
+            http.get("/t/talker/say", params={"text": text}).raise_for_status()
+    with signed_in(router) as browser:
+        deadline = time.monotonic() + 30
+        last_line = "raw &lt;b&gt;not bold&lt;/b&gt;"  # a worker's fd 2, escaped
+        while last_line not in (page := browser.get("/dashboard/t/talker").text):
+            assert time.monotonic() < deadline, page[-2000:]
+            time.sleep(0.05)
+        log = page[page.index('<pre class="log">'):]
+        assert "hello-dashboard" in log and "<b>" not in log  # escaped, not markup
+        assert router.cli("logs", "talker").stdout.splitlines()[-1] in html.unescape(log)
+        assert "raw hello-dashboard" in browser.get("/dashboard/t/talker/fields").json()["html"]
 
 
 def test_the_list_sorts_and_pages(make_router: Callable[..., Router]) -> None:

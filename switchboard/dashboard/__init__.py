@@ -13,7 +13,8 @@ sends `/`, `/favicon.ico` and `/dashboard/...` here and everything else on to th
                                            (?page=N&sort=KEY&order=asc|desc)
     GET  /dashboard/rows                   the same page's rows as {"html", "total", "pages"},
                                            polled every 2 s by the page's script
-    GET  /dashboard/t/{name}               one tenant: every TenantInfo field, with the actions
+    GET  /dashboard/t/{name}               one tenant: every TenantInfo field, the actions and
+                                           the last 40 lines of its log
     GET  /dashboard/t/{name}/fields        that page's fields as {"html"}, polled the same way
     POST /dashboard/t/{name}/{action}      action = checkpoint | stop | start, through the same
                                            TenantService as the signed routes

@@ -18,6 +18,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from contract.names import is_valid_name
+from switchboard import logtail
 from switchboard.api import TenantService
 from switchboard.dashboard.render import (
     ACTIONS,
@@ -34,6 +35,7 @@ from switchboard.dashboard.sessions import LOGIN_TOKEN_TTL_S, SESSION_TTL_S, Ses
 from switchboard.errors import SwitchboardError
 
 MAX_FORM_BYTES = 4096
+LOG_TAIL_LINES = 40  # on a tenant's page, refreshed with its fields
 COOKIE = "sb_dashboard"
 STATIC_DIR = Path(__file__).with_name("static")
 STATIC_FILES = {"dashboard.css": "text/css", "dashboard.js": "text/javascript"}
@@ -151,18 +153,20 @@ class Dashboard:
         if session is None:
             return _to_signin()
         info = self.service.get_tenant(_name(request))
+        log_tail = self._log_tail(info.name)
         name = quote(info.name)
         body = (f'<p class="crumbs"><a href="/">All tenants</a> &rsaquo; {escape(info.name)}</p>'
                 f'<h1>{escape(info.name)} <span class="badge {escape(info.state)}">'
                 f"{escape(info.state)}</span></h1>"
                 f'<section id="status" data-poll="/dashboard/t/{name}/fields">'
-                f"{status_html(info, session.csrf, self.clock())}</section>")
+                f"{status_html(info, session.csrf, self.clock(), log_tail)}</section>")
         return _page(layout(f"Switchboard · {info.name}", body, session.csrf))
 
     async def tenant_fields(self, request: Request) -> Response:
         session = self._session(request)
         info = self.service.get_tenant(_name(request))
-        return _json({"html": status_html(info, session.csrf, self.clock()), "state": info.state})
+        html = status_html(info, session.csrf, self.clock(), self._log_tail(info.name))
+        return _json({"html": html, "state": info.state})
 
     # actions
 
@@ -196,6 +200,10 @@ class Dashboard:
 
     async def favicon(self, request: Request) -> Response:
         return Response(status_code=204, headers=SECURITY_HEADERS)  # browsers ask; none here
+
+    def _log_tail(self, name: str) -> list[bytes]:
+        # A bounded read from the file's end (switchboard/logtail.py), as the logs route does.
+        return logtail.tail_lines(self.service.log_file(name), LOG_TAIL_LINES)
 
     # checks
 

@@ -184,6 +184,11 @@ def _fields(info: TenantInfo, now: float) -> str:
     return f'<dl class="fields">{rows}</dl>'
 
 
-def status_html(info: TenantInfo, csrf: str, now: float) -> str:
-    """A tenant page's live part: its actions (enabled by state) and every field."""
-    return _actions(info.name, info.state, csrf) + _fields(info, now)
+def status_html(info: TenantInfo, csrf: str, now: float, log_tail: list[bytes]) -> str:
+    """A tenant page's live part: its actions (enabled by state), every field and the last
+    lines of its worker's log."""
+    text = b"".join(log_tail).decode("utf-8", errors="replace")
+    log = (f'<pre class="log">{escape(text)}</pre>' if text
+           else '<p class="empty">Nothing logged yet.</p>')
+    return (_actions(info.name, info.state, csrf) + _fields(info, now)
+            + f'<h2>Log <span class="hint">last {len(log_tail)} lines</span></h2>{log}')
