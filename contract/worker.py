@@ -15,10 +15,13 @@ Control channel, protocol version 1. Frames are JSON objects, one per line (UTF-
 
 Worker -> router, unsolicited events:
   {"event": "ready", "pid": int, "port": int, "journal_pos": int, "generation": int|null,
-   "warnings": [str], "protocol": 1}                   after restore, once accepting requests
+   "warnings": [str], "protocol": 1,                   after restore, once accepting requests
+   "restore_s": float, "restore_bytes": int}           (restore: load_app excluded; bytes: the
+                                                       snapshot file restored from, 0 if none)
   {"event": "boot_failed", "error": str}               restore or import failed; the worker exits
-  {"event": "checkpointed", "generation": int, "journal_pos": int}   any checkpoint that landed,
-                                                       the one written at stop included
+  {"event": "checkpointed", "generation": int, "journal_pos": int,  any checkpoint that landed,
+   "duration_s": float, "bytes": int}                  the one written at stop included (bytes:
+                                                       the snapshot file's size)
   {"event": "checkpoint_failed", "error": str}         the old snapshot and the journal stay
                                                        (a background retry adds "retry_in_s")
   {"event": "writes_unavailable", "error": str}        the journal failed (disk full, quota, I/O

@@ -39,7 +39,10 @@ covers the body, so no cheaper check can refuse it). The routes speak only to th
                                         tenant's log file (switchboard/logtail.py); with
                                         follow=1 then streams new lines until the client goes
                                         away or an hour has passed; 404 unknown tenant
-    GET    /metrics                     200 Prometheus text
+    GET    /metrics                     200 Prometheus text (switchboard/metrics.py); with a
+                                        `metrics_token` configured, also unsigned with
+                                        `Authorization: Bearer <metrics_token>` (compared in
+                                        constant time; a wrong token is checked as unsigned: 401)
     POST   /v1/dashboard/login-url      200 {"path": "/dashboard/login?token=...",
                                         "expires_in_s": 300}: a one-time dashboard login
 
@@ -58,6 +61,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import json
 import math
 import os
@@ -204,8 +208,10 @@ class SignatureMiddleware:
         *,
         max_import_bytes: int = DEFAULT_MAX_IMPORT_BYTES,
         staging_dir: Callable[[], Path] | None = None,
+        metrics_token: str = "",
     ) -> None:
         self.app = app
+        self.metrics_bearer = f"Bearer {metrics_token}".encode() if metrics_token else b""
         self.verifier = verifier
         self.max_body_bytes = max_body_bytes
         self.max_import_bytes = max_import_bytes
@@ -226,6 +232,9 @@ class SignatureMiddleware:
             headers[raw_name.decode("latin-1").lower()] = raw_value.decode("latin-1")
         method: str = scope["method"]
         path_qs = _path_qs(scope)
+        if self._metrics_scrape(scope, method, headers):
+            await self.app(scope, receive, send)
+            return
 
         staged = method == "POST" and _STAGED_ROUTE.fullmatch(scope["path"]) is not None
         cap = self.max_import_bytes if staged else self.max_body_bytes
@@ -282,6 +291,14 @@ class SignatureMiddleware:
             await self.app(scope, replay_receive, send)
         finally:
             body.discard()
+
+    def _metrics_scrape(self, scope: Scope, method: str, headers: dict[str, str]) -> bool:
+        """GET /metrics with the metrics bearer token, as Prometheus's `authorization`
+        setting sends it: no signature needed (and no body read)."""
+        if not self.metrics_bearer or method != "GET" or scope["path"] != "/metrics":
+            return False
+        sent = headers.get("authorization", "").encode("latin-1")  # the bytes as sent
+        return hmac.compare_digest(sent, self.metrics_bearer)
 
     async def _read_body(self, receive: Receive, cap: int, staged: bool) -> _Body:
         """The whole body, hashed, in memory or (staged) in a new file; on any failure nothing
@@ -472,6 +489,7 @@ def build_admin_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_import_bytes: int = DEFAULT_MAX_IMPORT_BYTES,
     staging_dir: Callable[[], Path] | None = None,
+    metrics_token: str = "",
 ) -> ASGIApp:
     """The admin API as an ASGI app, signature checking included (see the module docstring).
 
@@ -505,4 +523,4 @@ def build_admin_app(
     app = Starlette(routes=routes, exception_handlers=handlers)
     return dashboard.in_front_of(SignatureMiddleware(
         app, verifier, max_body_bytes, max_import_bytes=max_import_bytes,
-        staging_dir=staging_dir))
+        staging_dir=staging_dir, metrics_token=metrics_token))

@@ -101,6 +101,9 @@ class Config:
     zygote_wait_s: float = 2.0  # a spawn waits this long for a starting zygote, then goes fresh
     log_format: str = "auto"  # auto (json unless a terminal) | json | text
     log_level: str = "info"
+    # Lets Prometheus scrape /metrics with `Authorization: Bearer <token>` (its `authorization`
+    # setting) instead of signing; empty: /metrics must be signed like every admin call.
+    metrics_token: str = ""
     # Each worker's output goes to <data-dir>/logs/<name>.log, rotated at this size, with at
     # most tenant_log_backups older files kept (tenant/output.py).
     tenant_log_max_bytes: int = 10 * 1024 * 1024

@@ -85,6 +85,7 @@ class ClientConnection(Endpoint):
         self.trusted = False  # the peer is in trusted_proxies: its forwarding headers count
         self.writes = 0  # write calls so far: did a failed request get any answer?
         self.spliced_bytes = 0
+        self.status = 0  # of the answer to the request being served (0: none yet), for metrics
         self._serve = serve
         self._limits = limits
         self._trusted_proxies = trusted
@@ -379,6 +380,7 @@ class ClientConnection(Endpoint):
 
     def fail(self, status: int, text: str, extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
         """Answer with the router's own short page and close."""
+        self.status = status
         self.write(simple_response(status, text, close=True, extra=extra))
         self.close_after_write()
 

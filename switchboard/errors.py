@@ -44,12 +44,16 @@ class TenantExists(SwitchboardError):
 
 
 class TenantUnavailable(SwitchboardError):
-    """The tenant cannot serve right now. `retry_after_s` is None when only an operator can help."""
+    """The tenant cannot serve right now. `retry_after_s` is None when only an operator can help.
+    `kind` names the reason from a small fixed set (switchboard.metrics.UNAVAILABLE_REASONS),
+    for the 503s-by-reason metric."""
 
-    def __init__(self, reason: str, retry_after_s: float | None = None) -> None:
+    def __init__(self, reason: str, retry_after_s: float | None = None, *,
+                 kind: str = "other") -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after_s = retry_after_s
+        self.kind = kind
 
 
 class TenantBusy(SwitchboardError):

@@ -43,7 +43,7 @@ from switchboard.errors import (
     UnknownTenant,
     WorkerError,
 )
-from switchboard.metrics import Counters
+from switchboard.metrics import Buckets, Counters
 from switchboard.ports import PortPool
 from switchboard.spawner import BootFailure, Spawner, WorkerHandle
 from switchboard.states import LIVE, SERVING, TenantState, check_transition
@@ -224,16 +224,18 @@ class TenantProcess:
         if self.removed:
             raise UnknownTenant(self.name)
         if self.env.closing:
-            raise TenantUnavailable("switchboard is shutting down", 5)
+            raise TenantUnavailable("switchboard is shutting down", 5, kind="shutting_down")
         if self.state is S.MOVED:
-            raise TenantUnavailable(f"{self.name} moved to {self.record.moved_to}", None)
+            raise TenantUnavailable(f"{self.name} moved to {self.record.moved_to}", None,
+                                    kind="moved")
         if self.state is S.FAILED:
             reason = f"{self.name} failed to start: {self.last_error}"
             if self.retry_at is None:
-                raise TenantUnavailable(reason + " (an operator must start it)", None)
+                raise TenantUnavailable(reason + " (an operator must start it)", None,
+                                        kind="failed")
             wait = self.retry_at - time.monotonic()
             if wait > 0:
-                raise TenantUnavailable(reason, wait)
+                raise TenantUnavailable(reason, wait, kind="backoff")
 
     def retry_after_s(self) -> int:
         """Seconds a client refused for now (start too slow, queue full) should wait: its
@@ -264,6 +266,7 @@ class TenantProcess:
             self.last_error = None
 
     async def _start(self) -> None:
+        requested = time.monotonic()  # the cold-start metric runs from here to ready
         async with self.lock:
             self._note_exit_if_gone()
             if self.serving:
@@ -278,7 +281,7 @@ class TenantProcess:
             except BootFailure as exc:
                 self._boot_failed(str(exc))
                 retry_in = None if self.retry_at is None else self.retry_at - time.monotonic()
-                raise TenantUnavailable(str(exc), retry_in) from exc
+                raise TenantUnavailable(str(exc), retry_in, kind="boot_failed") from exc
             except BaseException:
                 self._transition(S.STOPPED)
                 raise
@@ -296,6 +299,7 @@ class TenantProcess:
             self.last_error = None  # healthy again: an earlier failure is history (last_exit)
             self._transition(S.RUNNING)
             self.env.counters.starts += 1
+            self.env.counters.start_seconds.observe(time.monotonic() - requested)
             took = time.monotonic() - started
             self.start_ema_s = took if self.start_ema_s is None else (
                 START_EMA_WEIGHT * took + (1 - START_EMA_WEIGHT) * self.start_ema_s)
@@ -341,6 +345,8 @@ class TenantProcess:
             await handle.kill_and_reap()
             raise
         self.generation = ready.get("generation")
+        _observe(self.env.counters.restore_seconds, ready.get("restore_s"))
+        _observe(self.env.counters.restore_bytes, ready.get("restore_bytes"))
         self.warnings = list(ready.get("warnings") or []) or None
         for warning in self.warnings or ():
             self.log.warning("tenant %s: %s", self.name, warning)
@@ -521,6 +527,8 @@ class TenantProcess:
         event = message.get("event")
         if event == wire.CHECKPOINTED:  # any checkpoint: asked for, or written at stop
             self.env.counters.checkpoints += 1
+            _observe(self.env.counters.checkpoint_seconds, message.get("duration_s"))
+            _observe(self.env.counters.checkpoint_bytes, message.get("bytes"))
             self.generation = message.get("generation")
             self.last_checkpoint_at = time.time()
             if self.last_error and self.last_error.startswith("checkpoint"):
@@ -630,3 +638,9 @@ class TenantProcess:
             journal_pos=self.journal_pos, journal_since_snapshot=self.journal_since_snapshot,
             dirty=self.dirty, unsaved=self.unsaved, start_ema_s=self.start_ema_s,
         )
+
+
+def _observe(histogram: Buckets, value: Any) -> None:
+    """Add a number a worker reported (contract/worker.py); one it left out is skipped."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        histogram.observe(value)

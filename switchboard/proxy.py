@@ -50,6 +50,7 @@ from switchboard.config import Config
 from switchboard.downstream import ClientConnection, Request
 from switchboard.edge import EdgeLimits, Sweeper, TrustedProxies, raise_open_files_limit
 from switchboard.errors import TenantUnavailable, UnknownTenant
+from switchboard.metrics import Counters
 from switchboard.pages import NOT_FOUND_TEXT, unavailable_text
 from switchboard.routing import (
     BadName,
@@ -124,9 +125,11 @@ def health_response(pid: int) -> bytes:
 _unavailable_logged: dict[str, float] = {}
 
 
-def _unavailable(client: ClientConnection, tenant: str, exc: TenantUnavailable) -> None:
+def _unavailable(client: ClientConnection, tenant: str, exc: TenantUnavailable,
+                 counters: Counters) -> None:
     """503: the visitor learns that the tenant is unavailable and when to retry; the reason
     (perhaps a traceback, a path) goes to the log, once per UNAVAILABLE_LOG_EVERY_S."""
+    counters.count_unavailable(exc.kind)
     now = time.monotonic()
     if now - _unavailable_logged.get(tenant, -UNAVAILABLE_LOG_EVERY_S) >= UNAVAILABLE_LOG_EVERY_S:
         _unavailable_logged[tenant] = now
@@ -139,9 +142,12 @@ def _unavailable(client: ClientConnection, tenant: str, exc: TenantUnavailable) 
 class Proxy:
     """Routes each request to its tenant and relays it; the front listener's protocol factory."""
 
-    def __init__(self, config: Config, supervisor: Admission[Any]) -> None:
+    def __init__(self, config: Config, supervisor: Admission[Any],
+                 counters: Counters | None = None) -> None:
         self.config = config
         self.supervisor = supervisor
+        # Per request only integers are added here (switchboard/metrics.py reads them).
+        self.counters = counters or Counters()
         self.pool = UpstreamPool()
         self.connections: set[ClientConnection] = set()
         self.limits = EdgeLimits.from_config(config, raise_open_files_limit())
@@ -172,6 +178,14 @@ class Proxy:
 
     async def handle(self, client: ClientConnection, req: Request) -> bool:
         """Serve one request. Returns False when the client connection must close."""
+        started = time.monotonic()
+        client.status = 0
+        try:
+            return await self.serve(client, req)
+        finally:
+            self.counters.count_response(client.status, time.monotonic() - started)
+
+    async def serve(self, client: ClientConnection, req: Request) -> bool:
         try:
             route = self.route(req)
         except BadName as exc:
@@ -188,12 +202,12 @@ class Proxy:
             client.fail(404, NOT_FOUND_TEXT)  # the same page as for a URL that names no tenant
             return False
         except TenantUnavailable as exc:
-            _unavailable(client, route.tenant, exc)
+            _unavailable(client, route.tenant, exc, self.counters)
             return False
         try:
             return await self.relay(client, req, route, tenant)
         except TenantUnavailable as exc:  # its worker died and the next one cannot start
-            _unavailable(client, route.tenant, exc)
+            _unavailable(client, route.tenant, exc, self.counters)
             return False
         finally:
             self.supervisor.release(tenant, req.bytes_in, req.bytes_out)
@@ -205,8 +219,10 @@ class Proxy:
                 client.fail(405, "the health check answers GET", [(b"allow", b"GET, HEAD")])
                 return False
             client.write(self.health if req.method == b"GET" else self.health_head)
+            client.status = 200
             return True
         if req.url in (b"/healthz", b"/healthz/"):
+            client.status = 200
             client.write(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
             return True
         client.fail(404, NOT_FOUND_TEXT)
@@ -267,6 +283,7 @@ class Proxy:
                 reusable = await exchange
             finally:
                 timer.cancel()
+                client.status = conn.status
             if body is not None:
                 if conn.answered and not body.complete and not body.cut_short:
                     await body.wait_complete(BODY_GRACE_S)

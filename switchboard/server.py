@@ -62,14 +62,14 @@ class Router:
         supervisor = Supervisor(config, directory, spawner, await directory.list(), layout,
                                 worker_gid)
         service = TenantOperations(supervisor, directory, layout)
-        proxy = Proxy(config, supervisor)
+        proxy = Proxy(config, supervisor, supervisor.counters)
         loop = asyncio.get_running_loop()
         try:
             front = await loop.create_server(proxy.protocol, config.listen.host, config.listen.port,
                                              backlog=2048, reuse_address=True)
             admin = await self.start_admin(build_admin_app(
                 service, Verifier(key, nonces=nonces), max_import_bytes=config.max_import_bytes,
-                staging_dir=layout.ensure_transfers_dir))
+                staging_dir=layout.ensure_transfers_dir, metrics_token=config.metrics_token))
         except OSError as exc:
             log.error("cannot listen: %s", exc)
             directory.close()

@@ -26,6 +26,8 @@ class TenantOperations:
         config = supervisor.config
         self.export_tool = transfer.ExportTool(layout, config.snapshot_key_path,
                                                config.allow_unsigned)
+        self.metrics = metrics.registry(metrics.RouterCollector(
+            supervisor.counters, lambda: supervisor.tenants.values(), supervisor.spawner))
         for leftover in layout.sweep_trash():  # a crash in the middle of an earlier rm
             log.info("removed %s, left by an interrupted rm", leftover)
 
@@ -101,10 +103,7 @@ class TenantOperations:
         return tenant.info()
 
     def metrics_text(self) -> str:
-        spawner = self.supervisor.spawner
-        return metrics.render(self.supervisor.counters, self.supervisor,
-                              zygote_spawns=spawner.zygote_spawns,
-                              fresh_spawns=spawner.fresh_spawns)
+        return metrics.render(self.metrics)
 
     def log_file(self, name: str) -> Path:
         return self.layout.log_path(self.supervisor.get(name).name)

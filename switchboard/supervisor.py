@@ -120,8 +120,9 @@ class Supervisor:
         deadline = time.monotonic() + self.config.start_timeout_s
         if tenant.waiting >= self.config.max_waiting_requests:
             raise TenantUnavailable(f"too many requests waiting for {tenant.name} to start",
-                                    tenant.retry_after_s())
+                                    tenant.retry_after_s(), kind="queue_full")
         tenant.waiting += 1
+        entered = time.monotonic()
         try:
             while not tenant.serving:
                 remaining = deadline - time.monotonic()
@@ -137,13 +138,14 @@ class Supervisor:
                 if remaining <= 0:
                     raise TenantUnavailable(
                         f"{tenant.name} did not start within {self.config.start_timeout_s:g}s",
-                        tenant.retry_after_s())
+                        tenant.retry_after_s(), kind="start_timeout")
                 try:
                     await asyncio.wait_for(asyncio.shield(tenant.start_once()), remaining)
                 except TimeoutError:
                     continue
         finally:
             tenant.waiting -= 1
+            self.counters.start_wait_seconds.observe(time.monotonic() - entered)
 
     async def make_room(self, starting: TenantProcess) -> None:
         """Evict the least recently used idle tenant while the host is at max_resident."""
@@ -160,7 +162,8 @@ class Supervisor:
                 continue
             if time.monotonic() > deadline:
                 raise TenantUnavailable(
-                    f"{self.config.max_resident} tenants are resident and all are busy", 1)
+                    f"{self.config.max_resident} tenants are resident and all are busy", 1,
+                    kind="no_room")
             await asyncio.sleep(ROOM_POLL_S)
 
     # ---- reconciliation ----

@@ -71,6 +71,11 @@ class UpstreamConnection(Endpoint):
         self._head_only = False
         self._http10 = False  # the client speaks HTTP/1.0: no chunked framing, no 1xx
 
+    @property
+    def status(self) -> int:
+        """The status of the current exchange's answer (0 before its head arrived)."""
+        return self._status
+
     def exchange(self, client: Endpoint, request: list[bytes], *, head_only: bool,
                  close_client: bool, http10: bool) -> asyncio.Future[bool]:
         """Send `request` (its head, and the body bytes already in) and relay the answer to

@@ -64,6 +64,8 @@ class CheckpointOutcome:
     changed: bool
     generation: int | None
     journal_pos: int
+    duration_s: float = 0.0  # a written checkpoint's: from holding writes to the file in place
+    bytes: int = 0  # the size of the snapshot file it wrote
 
 
 class Checkpointer:
@@ -124,6 +126,7 @@ class Checkpointer:
             if not ctx.dirty:
                 return CheckpointOutcome(False, self.generation, ctx.journal_pos)
             child: tuple[int, int] | None = None
+            started = time.monotonic()
             with ctx.holding_writes():
                 await self._settle_journal()
                 position, covered = ctx.journal_pos, ctx.commands_since_checkpoint
@@ -148,7 +151,17 @@ class Checkpointer:
             if oldest is not None:
                 with contextlib.suppress(OSError):  # the next checkpoint prunes them
                     self.journal.prune(oldest)
-            return CheckpointOutcome(True, generation, position)
+            took = time.monotonic() - started
+            return CheckpointOutcome(True, generation, position, took, self._size(generation))
+
+    def _size(self, generation: int) -> int:
+        """The size of the snapshot file of `generation` (0 if it cannot be read: only the
+        router's metrics want it)."""
+        try:
+            kept = self.store.generations(self.context.tenant)
+        except OSError:
+            return 0
+        return next((info.size for info in kept if info.generation == generation), 0)
 
     def _refuse_unless_durable(self) -> None:
         ctx = self.context

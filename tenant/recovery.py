@@ -53,6 +53,7 @@ class RecoveredState:
     generation: int | None  # the snapshot generation it started from
     replayed: int = 0  # journal commands applied on top of the snapshot
     rewritten: bool = False  # upgraded, or recovered from an older generation: checkpoint soon
+    snapshot_bytes: int = 0  # the size of the snapshot file it started from
     warnings: list[str] = field(default_factory=list)
 
 
@@ -136,7 +137,8 @@ def _from_snapshot(app: TenantApp, store: LocalStore, loaded: LoadedState) -> Re
     # An unsigned file this deployment could sign: the next checkpoint rewrites it signed.
     resign = not loaded.signed and store.key is not None
     recovered = RecoveredState(state, header.journal_pos, header.generation,
-                               rewritten=upgraded or bool(loaded.skipped) or resign)
+                               rewritten=upgraded or bool(loaded.skipped) or resign,
+                               snapshot_bytes=header.header_bytes + header.payload_length)
     for path, reason in loaded.skipped:
         if reason.startswith(REFUSED):
             recovered.warnings.append(

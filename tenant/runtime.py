@@ -53,7 +53,7 @@ from contract.worker import (
 )
 from snapshots.store import LocalStore
 from tenant.app import TenantApp
-from tenant.checkpoint import Checkpointer, CheckpointFailed
+from tenant.checkpoint import Checkpointer, CheckpointFailed, CheckpointOutcome
 from tenant.context import DurabilityGuard, TenantContext, activate
 from tenant.control import open_channel
 from tenant.errors import JournalError, TenantError, TenantLocked
@@ -84,6 +84,7 @@ class Restored:
     journal: Journal
     generation: int | None
     warnings: list[str]
+    snapshot_bytes: int = 0  # the snapshot file it started from (0: none)
 
 
 def restore(app: TenantApp, spec: WorkerSpec, store: LocalStore) -> Restored:
@@ -97,7 +98,8 @@ def restore(app: TenantApp, spec: WorkerSpec, store: LocalStore) -> Restored:
                             journal_pos=recovered.journal_pos)
     # Replayed commands and upgrades are not in any snapshot yet: the next checkpoint writes them.
     context.commands_since_checkpoint = recovered.replayed + (1 if recovered.rewritten else 0)
-    return Restored(context, journal, recovered.generation, recovered.warnings)
+    return Restored(context, journal, recovered.generation, recovered.warnings,
+                    recovered.snapshot_bytes)
 
 
 class Worker:
@@ -141,7 +143,9 @@ class Worker:
         channel = self.channel
         try:
             app = load_app(self.spec.app)
+            restore_started = time.monotonic()
             restored = restore(app, self.spec, store)
+            restore_s = time.monotonic() - restore_started
         except Exception as exc:
             return await self.boot_failed(_describe(exc), exc)
         for warning in restored.warnings:
@@ -176,6 +180,7 @@ class Worker:
             "event": READY, "pid": os.getpid(), "port": self.spec.port,
             "journal_pos": restored.context.journal_pos, "generation": restored.generation,
             "warnings": restored.warnings, "protocol": PROTOCOL_VERSION,
+            "restore_s": restore_s, "restore_bytes": restored.snapshot_bytes,
         })
         control_task = asyncio.ensure_future(channel.serve(self.handle_control))
         ticker = asyncio.ensure_future(server.run())
@@ -244,8 +249,7 @@ class Worker:
             self.channel.send({"event": CHECKPOINT_FAILED, "error": str(exc)})
         else:
             if outcome.changed:  # so the router's `ls` shows the generation a stop wrote
-                self.channel.send({"event": CHECKPOINTED, "generation": outcome.generation,
-                                   "journal_pos": outcome.journal_pos})
+                self.channel.send(_checkpointed(outcome))
         with contextlib.suppress(ConnectionError):
             await self.channel.writer.drain()
 
@@ -267,14 +271,20 @@ class Worker:
                 self.channel.send({"event": CHECKPOINT_FAILED, "error": str(exc)})
                 raise
             if outcome.changed:
-                self.channel.send({"event": CHECKPOINTED, "generation": outcome.generation,
-                                   "journal_pos": outcome.journal_pos})
+                self.channel.send(_checkpointed(outcome))
             return {"changed": outcome.changed, "generation": outcome.generation,
                     "journal_pos": outcome.journal_pos}
         if op == STOP:
             self.stop_requested.set()
             return {}
         raise ValueError(f"unknown control op {op!r}")
+
+
+def _checkpointed(outcome: CheckpointOutcome) -> dict[str, Any]:
+    """The `checkpointed` event (contract/worker.py) for a checkpoint that landed."""
+    return {"event": CHECKPOINTED, "generation": outcome.generation,
+            "journal_pos": outcome.journal_pos, "duration_s": outcome.duration_s,
+            "bytes": outcome.bytes}
 
 
 def _describe(exc: BaseException) -> str:
