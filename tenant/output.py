@@ -39,13 +39,46 @@ CLOSE_TIMEOUT_S = 1.0  # at exit, how long the reader thread gets to write what 
 
 
 class PrivateRotatingFileHandler(RotatingFileHandler):
-    """A RotatingFileHandler whose files are created 0600 (a log can hold tenant data)."""
+    """A RotatingFileHandler whose files are created 0600 (a log can hold tenant data).
+
+    A line it cannot write (a full disk) is dropped. The failure is reported on `report_fd`
+    (the router's stderr), once until a line gets written again, and never on fds 1 and 2:
+    they lead back into this handler, and a report per failed line would feed itself.
+    """
+
+    report_fd: int | None = None
+    _reported = False
+    _failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._failed = False
+        super().emit(record)
+        if not self._failed:
+            self._reported = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self._failed = True
+        if self._reported or self.report_fd is None:
+            return
+        self._reported = True
+        error = sys.exc_info()[1]
+        report = f"cannot write the tenant log {self.baseFilename}: {error}; lines are dropped\n"
+        with contextlib.suppress(OSError):
+            write_all(self.report_fd, report.encode("utf-8", "backslashreplace"))
 
     def _open(self) -> io.TextIOWrapper:
         fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
                      0o600)
         os.fchmod(fd, 0o600)  # a file left with wider modes by someone else
         return open(fd, "a", encoding=self.encoding or "utf-8", errors=self.errors)
+
+
+class _QuietStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The echo to the router's stderr: a failed write (the router is gone) is dropped, not
+    reported on fd 2, which leads into the log file's pipe."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
 
 
 class OutputCapture:
@@ -72,8 +105,9 @@ class OutputCapture:
         capture._redirect()
         assert capture._saved_fds is not None
         # The router's stderr keeps getting every line too (tenant-tagged in JSON), as before.
-        echo = logging.StreamHandler(open(capture._saved_fds[1], "w", encoding="utf-8",  # noqa: SIM115
-                                          errors="backslashreplace", closefd=False))
+        handler.report_fd = capture._saved_fds[1]
+        echo = _QuietStreamHandler(open(capture._saved_fds[1], "w", encoding="utf-8",  # noqa: SIM115
+                                        errors="backslashreplace", closefd=False))
         echo.setFormatter(handler.formatter)
         root.handlers[:] = [handler, echo]
         return capture

@@ -22,7 +22,7 @@ import pytest
 
 from snapshots.layout import DataLayout
 from switchboard import logtail
-from tests.conftest import ROOT, SWITCHBOARD, Router, wait_until
+from tests.conftest import ROOT, SWITCHBOARD, Router, tmpfs, wait_until
 
 CHATTY = "tests.apps.chatty:app"
 MakeRouter = Callable[..., Router]
@@ -219,3 +219,27 @@ def test_rm_deletes_the_log_and_a_new_tenant_of_the_name_starts_without_it(
     assert router.cli("logs", "acme", check=False).returncode == 1
     router.create("acme")
     assert router.cli("logs", "acme").stdout == ""
+
+
+def test_a_full_log_disk_drops_lines_and_the_worker_keeps_serving(
+        make_router: MakeRouter) -> None:
+    """The logs folder on a real 64 KiB tmpfs, written far past full: the tenant still
+    answers (no write of its output blocks or loops), the failure is reported on the router's
+    log once, not per dropped line."""
+    router = make_router(app=CHATTY)
+    router.data_dir.mkdir(mode=0o700)
+    with tmpfs(DataLayout(router.data_dir).logs_dir, "64k"):
+        try:
+            router.start()
+            router.create("acme")
+            with router.client() as client:
+                for _ in range(10):  # 10 x 100 lines of 200 bytes: 200 KB
+                    response = client.get("/t/acme/spam", params={"n": "100", "size": "200"})
+                    assert response.status_code == 200
+            say(router, "acme", "still-serving")
+            wait_until(lambda: "cannot write the tenant log" in router.log(), 10)
+            assert router.log().count("cannot write the tenant log") < 10
+            assert "still-serving" in router.log()  # the echo to the router's log goes on
+            assert router.state("acme") == "running"
+        finally:
+            router.kill_group()  # before the unmount
