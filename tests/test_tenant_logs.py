@@ -243,3 +243,13 @@ def test_a_full_log_disk_drops_lines_and_the_worker_keeps_serving(
             assert router.state("acme") == "running"
         finally:
             router.kill_group()  # before the unmount
+
+
+def test_a_fresh_interpreter_worker_logs_to_its_file_too(make_router: MakeRouter) -> None:
+    """Without the zygote the worker is `python -m tenant`: same file, same capture."""
+    router = make_router(app=CHATTY, env={"SWITCHBOARD_USE_ZYGOTE": "false"}).start()
+    router.create("acme")
+    say(router, "acme", "from-fresh")
+    wait_until(lambda: "raw from-fresh" in messages(router.cli("logs", "acme").stdout), 10)
+    assert {"from-fresh", "logged from-fresh"} <= set(messages(router.cli("logs", "acme").stdout))
+    assert "zygote for" not in router.log()  # it was a fresh interpreter
