@@ -40,14 +40,15 @@ class Router:
 
         from switchboard.admin import build_admin_app
         from switchboard.nonces import SeenNonces
-        from switchboard.signing import Verifier, ensure_key
+        from switchboard.signing import AdminKeys, Verifier, ensure_key
 
         config = self.config
         try:
             private.secure_data_dir(config.data_dir)
             for key_file in (config.key_file, config.snapshot_key_path):
                 private.check_key_file(key_file)
-            key = ensure_key(config.key_file)
+            ensure_key(config.key_file)
+            keys = AdminKeys(config.key_file)  # and admin.key.next while rotating
             ensure_key(config.snapshot_key_path)  # the workers' MAC key; they read it themselves
             nonces = SeenNonces.open(config.nonce_file)  # replays stay refused across restarts
             layout = DataLayout(config.data_dir)
@@ -68,7 +69,7 @@ class Router:
             front = await loop.create_server(proxy.protocol, config.listen.host, config.listen.port,
                                              backlog=2048, reuse_address=True)
             admin = await self.start_admin(build_admin_app(
-                service, Verifier(key, nonces=nonces), max_import_bytes=config.max_import_bytes,
+                service, Verifier(keys, nonces=nonces), max_import_bytes=config.max_import_bytes,
                 staging_dir=layout.ensure_transfers_dir, metrics_token=config.metrics_token))
         except OSError as exc:
             log.error("cannot listen: %s", exc)

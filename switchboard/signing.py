@@ -33,17 +33,24 @@ three over a body already in memory.
 
 Key file: 32 random bytes written as 64 hex characters and a newline, mode 0600, created once
 and never rewritten or loosened.
+
+Key rotation (`AdminKeys`): while `<key file>.next` (e.g. `<data-dir>/admin.key.next`, mode
+0600) exists, a request signed with either key is accepted. Rotate by writing the new key
+there, moving clients to it, then `mv admin.key.next admin.key`: from then on the old key is
+refused. The router looks at both files again at most once a second (a stat each), so no
+restart is needed; a `.next` file that is not private, or is empty, is ignored with a log line.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import re
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +70,10 @@ MAX_NONCE_CHARS = 128  # bounds the memory one remembered nonce can take
 _TIMESTAMP_RE = re.compile(r"[0-9]{1,15}")
 _NONCE_RE = re.compile(r"[\x21-\x7e]+")  # visible ASCII: no spaces, no control characters
 _HEX_SIGNATURE_RE = re.compile(r"[0-9a-fA-F]{64}")
+NEXT_KEY_SUFFIX = ".next"
+KEY_RECHECK_S = 1.0
+
+log = logging.getLogger(__name__)
 
 
 class AuthError(SwitchboardError):
@@ -130,6 +141,73 @@ def ensure_key(path: str | os.PathLike[str]) -> bytes:
         return create_key(path)
     except KeyFileError:
         return load_key(path)  # another process created it between our two looks
+
+
+def next_key_path(path: str | os.PathLike[str]) -> Path:
+    """Where the key that replaces `path` waits during a rotation: `admin.key.next`."""
+    return Path(os.fspath(path) + NEXT_KEY_SUFFIX)
+
+
+class AdminKeys:
+    """The keys a Verifier accepts: the key file's, and during a rotation the `.next` file's.
+
+    `current()` re-reads the files when their identity (inode, size, mtime, ctime) changed, looking
+    at most once per KEY_RECHECK_S; between looks it returns what it read last. The main key
+    must stay readable: if it goes away, the last one read is kept (and logged) rather than
+    lock every client out.
+    """
+
+    def __init__(self, path: str | os.PathLike[str],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = Path(path)
+        self.next_path = next_key_path(path)
+        self._clock = clock
+        self._main = load_key(self.path)
+        self._next: bytes | None = None
+        self._seen: tuple[object, object] = (None, None)
+        self._checked_at = -KEY_RECHECK_S
+        self.current()
+
+    def current(self) -> tuple[bytes, ...]:
+        now = self._clock()
+        if now - self._checked_at >= KEY_RECHECK_S:
+            self._checked_at = now
+            self._refresh()
+        return (self._main,) if self._next is None else (self._main, self._next)
+
+    def _refresh(self) -> None:
+        seen = (_identity(self.path), _identity(self.next_path))
+        if seen == self._seen:
+            return
+        self._seen = seen
+        try:
+            self._main = load_key(self.path)
+        except KeyFileError as exc:
+            log.error("admin key: %s; still accepting the key read before", exc)
+        self._next = None
+        if seen[1] is None:
+            return
+        try:
+            _check_private_key(self.next_path)
+            self._next = load_key(self.next_path)
+        except (KeyFileError, OSError) as exc:
+            log.error("ignoring the next admin key %s: %s", self.next_path, exc)
+
+
+def _identity(path: Path) -> tuple[int, int, int, int] | None:
+    # ctime too: a chmod that makes a .next file private changes nothing else.
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def _check_private_key(path: Path) -> None:
+    info = path.stat()
+    if info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        raise KeyFileError(f"{path} must belong to this user and be mode 0600 "
+                           f"(it is {info.st_mode & 0o777:04o}, uid {info.st_uid})")
 
 
 # --- signing ---------------------------------------------------------------------------------
@@ -219,7 +297,7 @@ class Verifier:
 
     def __init__(
         self,
-        key: bytes,
+        key: bytes | AdminKeys,
         window_s: float = DEFAULT_WINDOW_S,
         clock: Callable[[], float] = time.time,
         *,
@@ -228,7 +306,9 @@ class Verifier:
     ) -> None:
         if not key:
             raise ValueError("the admin key must not be empty")
-        self._key = key
+        # One fixed key, or the key file and its rotation successor (AdminKeys).
+        self._keys: Callable[[], Sequence[bytes]] = (
+            key.current if isinstance(key, AdminKeys) else (lambda: (key,)))
         self.window_s = window_s
         self._clock = clock
         self._nonces = nonces if nonces is not None else SeenNonces(max_nonces=max_nonces)
@@ -305,9 +385,12 @@ class Verifier:
         """The HMAC over the request with the body's SHA-256 (hex) as it was read: AuthError
         "bad signature" when it does not match. Remembers nothing."""
         message = _string_to_sign(method, path_qs, signed.timestamp, signed.nonce, body_sha256)
-        expected = _hmac_hex(self._key, message)
-        # Compare as bytes of equal length in constant time; the hex was validated.
-        if not hmac.compare_digest(expected.encode("ascii"), signed.signature.encode("ascii")):
+        given = signed.signature.encode("ascii")
+        # Compare as bytes of equal length in constant time (the hex was validated), against
+        # every accepted key, so the time taken does not tell which key came closer.
+        matches = [hmac.compare_digest(_hmac_hex(key, message).encode("ascii"), given)
+                   for key in self._keys()]
+        if not any(matches):
             raise AuthError("bad signature", "the request was not signed with this server's key")
 
     def accept(self, signed: SignedHeaders) -> None:
