@@ -59,6 +59,7 @@ START_EMA_WEIGHT = 0.3
 WAITING_DRAINED_PER_START = 64
 RETRY_AFTER_BOUNDS_S = (1, 60)
 
+
 @dataclass
 class ProcessEnv:
     """What every tenant process shares: the host's settings, the spawner, and the hooks into
@@ -150,12 +151,6 @@ class TenantProcess:
         return self._lock
 
     @property
-    def log(self) -> logging.LoggerAdapter[logging.Logger]:
-        """The module's logger with this tenant's name on every line (the JSON `tenant` key,
-        contract/logs.py)."""
-        return logging.LoggerAdapter(log, {"tenant": self.name})
-
-    @property
     def last_error(self) -> str | None:
         return self._last_error
 
@@ -164,6 +159,12 @@ class TenantProcess:
         if reason is not None and reason != self._last_error:
             self.last_error_at = time.time()
         self._last_error = reason
+
+    @property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        """The module's logger with this tenant's name on every line (the JSON `tenant` key,
+        contract/logs.py)."""
+        return logging.LoggerAdapter(log, {"tenant": self.name})
 
     @property
     def operating(self) -> bool:
