@@ -188,8 +188,8 @@ class Dashboard:
             done = f"{name}: {info.state}"
         if "application/json" in request.headers.get("accept", ""):
             return _json({"message": done})
-        return RedirectResponse(request.headers.get("referer") or "/", status_code=303,
-                                headers=SECURITY_HEADERS)
+        # Without the script a form posted here; pages send no Referer (SECURITY_HEADERS).
+        return RedirectResponse("/", status_code=303, headers=SECURITY_HEADERS)
 
     async def static(self, request: Request) -> Response:
         file = request.path_params["file"]
