@@ -45,7 +45,11 @@ Router -> worker requests, each answered by {"id": same, "ok": true, ...} or
                                      "unsaved", "checkpoint_error",
                                      "writes_unavailable": str|null (the reason while writes
                                      are refused, as in the event; null when they are accepted),
-                                     "busy": [str] (as in the busy event)}
+                                     "busy": [str] (as in the busy event),
+                                     "fsync": {"counts": [int], "sum_s": float} (the journal's
+                                     group-commit fsyncs since the previous ping reply: a count
+                                     per FSYNC_BOUNDS_S bucket and one for +Inf, and their
+                                     total seconds)}
   {"id": n, "op": "checkpoint"}  -> {"changed", "generation", "journal_pos"} (forked child writes)
   {"id": n, "op": "stop"}        -> answered at once; then the worker drains, checkpoints if
                                     dirty (in-process) and exits
@@ -61,11 +65,14 @@ signal) is a crash. A journal failure alone does not end the worker (see writes_
 
 from __future__ import annotations
 
+import bisect
 import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
 PROTOCOL_VERSION = 1
+# Upper bounds (seconds) of the ping reply's journal fsync latency buckets ("fsync").
+FSYNC_BOUNDS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 MAX_LINE_BYTES = 1 << 20
 
 # events, worker -> router
@@ -140,3 +147,22 @@ def decode(line: bytes) -> dict[str, Any]:
     if not isinstance(message, dict):
         raise ValueError(f"control frame is not an object: {line[:200]!r}")
     return message
+
+
+class FsyncLatency:
+    """Runs in the tenant worker: the journal's fsync times, as the ping reply's "fsync"."""
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(FSYNC_BOUNDS_S) + 1)
+        self.sum_s = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(FSYNC_BOUNDS_S, seconds)] += 1
+        self.sum_s += seconds
+
+    def take(self) -> dict[str, Any]:
+        """What was observed since the last take, and start again."""
+        taken = {"counts": self.counts, "sum_s": self.sum_s}
+        self.counts = [0] * (len(FSYNC_BOUNDS_S) + 1)
+        self.sum_s = 0.0
+        return taken

@@ -21,6 +21,8 @@ Families (all prefixed `switchboard_`):
     restore_seconds, restore_bytes histogram  the worker's restore, as its `ready` reports
     checkpoint_seconds, checkpoint_bytes
                                    histogram  checkpoints that landed (`checkpointed` events)
+    journal_fsync_seconds          histogram  workers' journal fsyncs, reported with each ping
+                                              (those of a ping that timed out are lost)
     requests_total{code}           counter    front-listener answers by class: 1xx..5xx, other
     request_seconds                histogram  request start to the end of its answer
     requests_waiting               gauge      requests waiting for their tenant to start
@@ -48,6 +50,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from contract.worker import FSYNC_BOUNDS_S
 from switchboard.states import LIVE, TenantState
 
 SECONDS_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -79,6 +82,20 @@ class Buckets:
     @property
     def count(self) -> int:
         return sum(self.counts)
+
+    def merge(self, reported: object) -> None:
+        """Add a worker's histogram over the same bounds ({"counts": [...], "sum_s": float},
+        contract/worker.py); anything else is ignored (a worker of another version)."""
+        if not isinstance(reported, dict):
+            return
+        counts, total = reported.get("counts"), reported.get("sum_s")
+        if (not isinstance(counts, list) or len(counts) != len(self.counts)
+                or not all(isinstance(c, int) and c >= 0 for c in counts)
+                or not isinstance(total, int | float)):
+            return
+        for i, count in enumerate(counts):
+            self.counts[i] += count
+        self.sum += total
 
     def cumulative(self) -> list[tuple[str, float]]:
         """(le, observations at or below it) for each bound and +Inf, as Prometheus wants."""
@@ -116,6 +133,7 @@ class Counters:
     checkpoint_bytes: Buckets = field(default_factory=_buckets(BYTES_BOUNDS))
     start_wait_seconds: Buckets = field(default_factory=_buckets(SECONDS_BOUNDS))
     request_seconds: Buckets = field(default_factory=_buckets(REQUEST_BOUNDS))
+    fsync_seconds: Buckets = field(default_factory=_buckets(FSYNC_BOUNDS_S))  # from pings
     # Index status // 100 (1..5); index 0 for a request that ended without an answer.
     responses: list[int] = field(default_factory=lambda: [0] * len(STATUS_CLASSES))
     unavailable: dict[str, int] = field(
@@ -214,6 +232,9 @@ class RouterCollector(Collector):
                          c.checkpoint_seconds)
         yield _histogram("switchboard_checkpoint_bytes", "Snapshot bytes checkpoints wrote.",
                          c.checkpoint_bytes)
+        yield _histogram("switchboard_journal_fsync_seconds",
+                         "Workers' journal group-commit fsyncs, as their health pings report.",
+                         c.fsync_seconds)
 
         responses = CounterMetricFamily("switchboard_requests",
                                         "Requests the front listener answered, by status class.",

@@ -573,6 +573,7 @@ class TenantProcess:
             reply = await handle.request(wire.PING, timeout)
             self.ping_misses = 0
             self._note_ping(reply)
+            self.env.counters.fsync_seconds.merge(reply.get("fsync"))
         except TimeoutError:
             self.ping_misses += 1
             self.log.warning("tenant %s missed a health ping (%d in a row)", self.name,

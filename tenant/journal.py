@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -111,6 +112,8 @@ class Journal:
         # Called once, with the OSError, when the journal breaks (whatever noticed it: an
         # append, the group-commit flusher, the "everysec" ticker, a rotation).
         self.on_failure: Callable[[BaseException], None] | None = None
+        # Called with the seconds each group-commit fsync took (for the router's metrics).
+        self.on_fsync: Callable[[float], None] | None = None
         self._stats = JournalStats()
         # One thread, so fsyncs never run concurrently and never wait behind other work.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal-fsync")
@@ -439,6 +442,7 @@ class Journal:
         retired, self._retired = self._retired, []
         fds = [*retired, self._fd]  # oldest segment first: records become durable in seq order
         self._syncing = True
+        started = time.monotonic()
         try:
             await loop.run_in_executor(self._executor, _fsync_all, fds)
         except OSError as exc:
@@ -455,6 +459,8 @@ class Journal:
             return
         for fd in retired:
             os.close(fd)
+        if self.on_fsync is not None:
+            self.on_fsync(time.monotonic() - started)
         self._stats.fsyncs += len(fds)
         self._durable_seq = target
         while self._waiters and self._waiters[0][0] <= target:

@@ -49,6 +49,7 @@ from contract.worker import (
     PROTOCOL_VERSION,
     READY,
     STOP,
+    FsyncLatency,
     WorkerSpec,
 )
 from snapshots.store import LocalStore
@@ -111,6 +112,7 @@ class Worker:
         self.control_fd = control_fd
         self.stop_requested = asyncio.Event()
         self.exit_code = 0
+        self.fsync_latency = FsyncLatency()  # the ping reply's "fsync"
 
     async def run(self) -> int:
         channel = await open_channel(self.control_fd)
@@ -169,6 +171,7 @@ class Worker:
         restored.context.on_durability_lost = self.recovery.journal_failed
         restored.context.on_busy_changed = self.busy_changed
         restored.journal.on_failure = restored.context.durability_lost
+        restored.journal.on_fsync = self.fsync_latency.observe
         server = self._make_server(DurabilityGuard(app.asgi, restored.context,
                                                    retry_in_s=self.recovery.retry_in_s))
         sock = socket.socket(fileno=self.listen_fd)
@@ -263,7 +266,8 @@ class Worker:
                     "unsaved": self.checkpointer.unsaved,
                     "checkpoint_error": self.checkpointer.last_error,
                     "writes_unavailable": self.context.writes_unavailable,
-                    "busy": self.context.work_in_progress}
+                    "busy": self.context.work_in_progress,
+                    "fsync": self.fsync_latency.take()}
         if op == CHECKPOINT:
             try:
                 outcome = await self.checkpointer.checkpoint(fork=True)

@@ -1,7 +1,7 @@
 """`/metrics` on a real router (switchboard/metrics.py): scraped with the bearer token as
 Prometheus's `authorization` setting sends it, parsed with prometheus-client's own parser, after
-real traffic (cold starts, a checkpoint, a 404 and a 503); per-tenant series only for resident
-tenants, even with 10,000 mapped."""
+real traffic (cold starts, a checkpoint, a 404, a 503, journal fsyncs); per-tenant series only
+for resident tenants, even with 10,000 mapped."""
 
 from __future__ import annotations
 
@@ -78,7 +78,10 @@ def test_metrics_after_traffic_have_every_family_with_sane_values(
         router.admin_call("POST", "/v1/tenants/acme/checkpoint")
         router.admin_call("POST", "/v1/tenants/acme/stop")
         assert client.get("/t/acme/count").json()["count"] == 6  # restored from the snapshot
+        assert client.post("/t/acme/add", json={"amount": 4}).status_code == 201  # fsynced
     wait_until(lambda: router.info("acme")["rss_bytes"], 10)  # a health ping read it
+    # The worker reports its journal fsyncs with its next health ping.
+    wait_until(lambda: histogram_count(families(router)["switchboard_journal_fsync_seconds"]), 10)
 
     got = families(router)
     for name in EXISTING_COUNTERS:
@@ -104,10 +107,10 @@ def test_metrics_after_traffic_have_every_family_with_sane_values(
     assert value(got["switchboard_checkpoint_failures"], "_total") == 0
 
     requests = got["switchboard_requests"]
-    assert value(requests, "_total", code="2xx") == 4 + health_checks
+    assert value(requests, "_total", code="2xx") == 5 + health_checks
     assert value(requests, "_total", code="4xx") == 1
     assert value(requests, "_total", code="5xx") == 1
-    assert histogram_count(got["switchboard_request_seconds"]) == 6 + health_checks
+    assert histogram_count(got["switchboard_request_seconds"]) == 7 + health_checks
     assert value(got["switchboard_requests_waiting"]) == 0
     assert histogram_count(got["switchboard_start_wait_seconds"]) == 3  # acme x2, bad
     unavailable = got["switchboard_unavailable"]
@@ -115,7 +118,9 @@ def test_metrics_after_traffic_have_every_family_with_sane_values(
     assert sum(s.value for s in unavailable.samples) == 1
 
     assert tenants_labelled(got["switchboard_tenant_requests"]) == {"acme"}
-    assert value(got["switchboard_tenant_requests"], "_total", tenant="acme") == 4
+    assert value(got["switchboard_tenant_requests"], "_total", tenant="acme") == 5
+    fsyncs = got["switchboard_journal_fsync_seconds"]
+    assert histogram_count(fsyncs) >= 1 and 0 < value(fsyncs, "_sum") < 10
     assert value(got["switchboard_tenant_in_flight"], tenant="acme") == 0
     assert value(got["switchboard_worker_rss_bytes"], tenant="acme") > 1_000_000
 
