@@ -94,9 +94,11 @@ def test_status_explains_a_running_tenant(make_router: MakeRouter) -> None:
     wait_until(lambda: status(router, "a")["last_exit"] is not None, 10, "the exit recorded")
     add(router, "a")
     info = status(router, "a")
-    assert info["restarts"] == 1 and "signal 9" in info["last_exit"]
+    # "killed by signal 9 after 1.7s", or "worker exited unexpectedly after 1.7s" when the
+    # router saw the control channel close before it reaped the worker.
+    assert info["restarts"] == 1 and " after " in info["last_exit"]
     shown = fields(router.cli("status", "a").stdout)
-    assert shown["restarts"].startswith("1 (last exit: ") and "signal 9" in shown["restarts"]
+    assert shown["restarts"] == f"1 (last exit: {info['last_exit']})"
 
 
 def test_status_shows_the_last_error_and_when(make_router: MakeRouter) -> None:
