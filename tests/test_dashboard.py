@@ -60,7 +60,7 @@ def signed_in(router: Router) -> Iterator[httpx.Client]:
     """An httpx client holding a dashboard session, as a browser would after the login URL."""
     with httpx.Client(base_url=router.admin, timeout=60, trust_env=False) as client:
         response = client.get(login_url(router))
-        assert response.status_code == 303 and response.headers["location"] == "/"
+        assert response.status_code == 303 and response.headers["location"] == "/dashboard/"
         yield client
 
 
@@ -100,7 +100,7 @@ def test_an_operator_signs_in_and_checkpoints_a_tenant_in_chromium(
     url = login_url(hosted)
     page = Page.open(devtools)
     page.navigate(url)
-    page.wait_for(f'location.pathname === "/" && document.readyState === "complete"'
+    page.wait_for(f'location.pathname === "/dashboard/" && document.readyState === "complete"'
                   f' && !!{element("#rows tr[data-name]")}',
                   LOAD_TIMEOUT_S, "the tenant list after the login URL")
     assert page.evaluate("document.title") == "Switchboard · tenants"
@@ -111,8 +111,18 @@ def test_an_operator_signs_in_and_checkpoints_a_tenant_in_chromium(
 
     cookies: list[dict[str, Any]] = page.send("Network.getCookies")["cookies"]
     [cookie] = [c for c in cookies if c["name"] == "sb_dashboard"]
-    assert (cookie["httpOnly"], cookie["sameSite"]) == (True, "Strict")
+    assert (cookie["httpOnly"], cookie["sameSite"], cookie["path"]) == (True, "Strict",
+                                                                         "/dashboard")
     assert page.evaluate("document.cookie") == ""
+    # Same host, other port: the router's tenants never get it (cookies ignore ports).
+    def cookies_for(url: str) -> list[str]:
+        return [c["name"] for c in page.send("Network.getCookies", {"urls": [url]})["cookies"]]
+
+    assert cookies_for(f"{hosted.admin}/dashboard/t/acme") == ["sb_dashboard"]
+    assert cookies_for(f"{hosted.url}/t/acme/") == []
+    assert cookies_for(f"{hosted.url}/dashboard/") == ["sb_dashboard"]
+    with hosted.client() as router_port:  # ...which answers there itself, never a tenant
+        assert router_port.get("/dashboard/").status_code == 404
 
     # The page's script posts the action with its token and redraws the row.
     page.evaluate("window.__sbSame = true")
@@ -173,7 +183,7 @@ def test_a_login_url_works_once(router: Router) -> None:
         assert response.status_code == 303
         set_cookie = response.headers["set-cookie"].lower()
         assert "httponly" in set_cookie and "samesite=strict" in set_cookie
-        assert first.get(f"{router.admin}/").status_code == 200
+        assert first.get(f"{router.admin}/dashboard/").status_code == 200
     with httpx.Client(trust_env=False, timeout=30) as second:
         again = second.get(url)
         assert again.status_code == 403 and "already used" in again.text
@@ -201,7 +211,7 @@ def test_a_login_token_expires_and_sessions_are_separate() -> None:
 
 def test_an_action_without_the_csrf_token_is_403(hosted: Router) -> None:
     with signed_in(hosted) as browser:
-        token = csrf_of(browser.get("/").text)
+        token = csrf_of(browser.get("/dashboard/").text)
         assert browser.post("/dashboard/t/globex/start").status_code == 403
         assert browser.post("/dashboard/t/globex/start",
                             data={"csrf": "x" * len(token)}).status_code == 403
@@ -218,14 +228,15 @@ def test_an_action_without_the_csrf_token_is_403(hosted: Router) -> None:
         assert hosted.state("globex") == "running"
         # Signing out is an action too.
         assert browser.post("/dashboard/logout").status_code == 403
-        assert browser.get("/").status_code == 200
+        assert browser.get("/dashboard/").status_code == 200
         assert browser.post("/dashboard/logout", data={"csrf": token}).status_code == 303
-        assert browser.get("/").headers["location"] == "/dashboard/signin"
+        assert browser.get("/dashboard/").headers["location"] == "/dashboard/signin"
 
 
 def test_without_a_session_nothing_of_the_dashboard_is_served(hosted: Router) -> None:
     with httpx.Client(base_url=hosted.admin, trust_env=False, timeout=30) as anonymous:
-        for path in ("/", "/dashboard/t/acme", "/?page=2"):
+        assert anonymous.get("/").headers["location"] == "/dashboard/"
+        for path in ("/dashboard/", "/dashboard/t/acme", "/dashboard/?page=2"):
             response = anonymous.get(path)
             assert response.status_code == 303
             assert response.headers["location"] == "/dashboard/signin"
@@ -261,9 +272,9 @@ def test_the_list_sorts_and_pages(make_router: Callable[..., Router]) -> None:
     names = [f"t{i:03d}" for i in range(150)]
     router.create(*names)
     with signed_in(router) as browser:
-        first = browser.get("/").text
+        first = browser.get("/dashboard/").text
         assert first.count("<tr data-name=") == 100 and "page 1 of 2 · 150 tenants" in first
-        second = browser.get("/?page=2").text
+        second = browser.get("/dashboard/?page=2").text
         assert second.count("<tr data-name=") == 50 and 't149"' in second
         backwards = browser.get("/dashboard/rows?sort=name&order=desc").json()
         assert backwards["html"].index('data-name="t149"') < backwards["html"].index(
@@ -279,7 +290,8 @@ def test_a_page_of_ten_thousand_tenants_renders_quickly(
     for start in range(0, len(names), 2_000):
         router.cli("create", *names[start:start + 2_000], timeout=600)
     with signed_in(router) as browser:
-        for path in ("/", "/?sort=snapshot&order=desc&page=57", "/dashboard/rows?page=100"):
+        for path in ("/dashboard/", "/dashboard/?sort=snapshot&order=desc&page=57",
+                     "/dashboard/rows?page=100"):
             started = time.monotonic()
             response = browser.get(path)
             elapsed = time.monotonic() - started
@@ -287,20 +299,21 @@ def test_a_page_of_ten_thousand_tenants_renders_quickly(
             assert response.text.count("<tr data-name=") == 100, path
             print(f"{path}: {len(response.content)} bytes in {elapsed * 1000:.0f} ms")
             assert elapsed < 1.0, f"{path} took {elapsed:.2f}s"
-        assert "page 1 of 100 · 10000 tenants" in browser.get("/").text
+        assert "page 1 of 100 · 10000 tenants" in browser.get("/dashboard/").text
     chromium = Chromium(tmp_path / "chromium")
     try:
         with DevTools.connect(chromium.start()) as devtools:
             page = Page.open(devtools)
             started = time.monotonic()
             page.navigate(login_url(router))
-            page.wait_for('location.pathname === "/" && document.readyState === "complete"'
+            page.wait_for('location.pathname === "/dashboard/"'
+                          ' && document.readyState === "complete"'
                           ' && document.querySelectorAll("#rows tr[data-name]").length === 100',
                           LOAD_TIMEOUT_S, "the first page of 10,000 tenants")
             print(f"first page in Chromium after {time.monotonic() - started:.2f}s")
             page.evaluate(f'{element("a[rel=next]")}.click()')
             page.wait_for(f'location.search.includes("page=2") && {element("#rows tr")}'
-                          '.dataset.name === "tenant-00100"', LOAD_TIMEOUT_S, "page 2")
+                          '?.dataset.name === "tenant-00100"', LOAD_TIMEOUT_S, "page 2")
             print(f"screenshot: {page.screenshot(tmp_path / 'dashboard-10000.png')}")
             assert_no_page_errors(page)
     finally:

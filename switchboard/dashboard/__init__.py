@@ -4,12 +4,17 @@ Signing in (Jupyter's token URL is the model): `switchboard dashboard` makes a s
 `POST /v1/dashboard/login-url`, which answers `{"path": "/dashboard/login?token=T",
 "expires_in_s": 300}`; the CLI prints its admin URL plus that path. Opening it once redeems
 the token (single use, LOGIN_TOKEN_TTL_S; a used, expired or unknown one gets 403) for a
-session: an HttpOnly, SameSite=Strict cookie `sb_dashboard`, and a redirect to `/`.
+session: an HttpOnly, SameSite=Strict cookie `sb_dashboard` with Path=/dashboard, and a
+redirect to the tenant list at `/dashboard/`. The cookie's path matters: browsers send a
+host's cookies to every port of it, and under /dashboard it never goes with a request to the
+router's port, where it would reach a tenant's app (tenants live under /t/ or on hosts of their
+own).
 
 The dashboard's own routes are not HMAC-signed (a browser cannot sign); `Dashboard.in_front_of`
 sends `/`, `/favicon.ico` and `/dashboard/...` here and everything else on to the signed admin API:
 
-    GET  /                                 the tenant list, one page
+    GET  /                                 303 to /dashboard/
+    GET  /dashboard/                       the tenant list, one page
                                            (?page=N&sort=KEY&order=asc|desc)
     GET  /dashboard/rows                   the same page's rows as {"html", "total", "pages"},
                                            polled every 2 s by the page's script

@@ -22,6 +22,7 @@ from switchboard import logtail
 from switchboard.api import TenantService
 from switchboard.dashboard.render import (
     ACTIONS,
+    HOME,
     SIGNIN,
     Listing,
     escape,
@@ -37,6 +38,10 @@ from switchboard.errors import SwitchboardError
 MAX_FORM_BYTES = 4096
 LOG_TAIL_LINES = 40  # on a tenant's page, refreshed with its fields
 COOKIE = "sb_dashboard"
+# Cookies are per host, not per port: a cookie for `/` would also go with the operator's
+# requests to the router's port on the same host, and so reach tenants' apps. Under
+# /dashboard it never does: tenants live under /t/ (path mode) or on hosts of their own.
+COOKIE_PATH = "/dashboard"
 STATIC_DIR = Path(__file__).with_name("static")
 STATIC_FILES = {"dashboard.css": "text/css", "dashboard.js": "text/javascript"}
 SECURITY_HEADERS = {
@@ -61,7 +66,8 @@ class Dashboard:
         self.sessions = sessions or Sessions()
         self.clock = clock  # wall time, for "12 s ago" against TenantInfo's Unix times
         routes = [
-            Route("/", self.index, methods=["GET"]),
+            Route("/", self.home, methods=["GET"]),
+            Route(HOME, self.index, methods=["GET"]),
             Route("/dashboard/rows", self.rows, methods=["GET"]),
             Route("/dashboard/t/{name}", self.tenant_page, methods=["GET"]),
             Route("/dashboard/t/{name}/fields", self.tenant_fields, methods=["GET"]),
@@ -105,8 +111,8 @@ class Dashboard:
         if cookie is None:
             return _page(layout("Switchboard · sign in", SIGNIN.format(
                 lead="This login link was already used, has expired or is not valid.")), 403)
-        response = RedirectResponse("/", status_code=303, headers=SECURITY_HEADERS)
-        response.set_cookie(COOKIE, cookie, max_age=int(SESSION_TTL_S), path="/",
+        response = RedirectResponse(HOME, status_code=303, headers=SECURITY_HEADERS)
+        response.set_cookie(COOKIE, cookie, max_age=int(SESSION_TTL_S), path=COOKIE_PATH,
                             httponly=True, samesite="strict")
         return response
 
@@ -119,10 +125,14 @@ class Dashboard:
         self.sessions.end(request.cookies.get(COOKIE, ""))
         response = RedirectResponse("/dashboard/signin", status_code=303,
                                     headers=SECURITY_HEADERS)
-        response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+        response.delete_cookie(COOKIE, path=COOKIE_PATH, httponly=True, samesite="strict")
         return response
 
     # pages
+
+    async def home(self, request: Request) -> Response:
+        # The cookie is not sent to `/` (COOKIE_PATH), so this cannot tell who is signed in.
+        return RedirectResponse(HOME, status_code=303, headers=SECURITY_HEADERS)
 
     async def index(self, request: Request) -> Response:
         session = self.sessions.get(request.cookies.get(COOKIE))
@@ -155,7 +165,8 @@ class Dashboard:
         info = self.service.get_tenant(_name(request))
         log_tail = self._log_tail(info.name)
         name = quote(info.name)
-        body = (f'<p class="crumbs"><a href="/">All tenants</a> &rsaquo; {escape(info.name)}</p>'
+        body = (f'<p class="crumbs"><a href="{HOME}">All tenants</a> &rsaquo; '
+                f"{escape(info.name)}</p>"
                 f'<h1>{escape(info.name)} <span class="badge {escape(info.state)}">'
                 f"{escape(info.state)}</span></h1>"
                 f'<section id="status" data-poll="/dashboard/t/{name}/fields">'
@@ -189,7 +200,7 @@ class Dashboard:
         if "application/json" in request.headers.get("accept", ""):
             return _json({"message": done})
         # Without the script a form posted here; pages send no Referer (SECURITY_HEADERS).
-        return RedirectResponse("/", status_code=303, headers=SECURITY_HEADERS)
+        return RedirectResponse(HOME, status_code=303, headers=SECURITY_HEADERS)
 
     async def static(self, request: Request) -> Response:
         file = request.path_params["file"]

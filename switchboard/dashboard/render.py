@@ -18,6 +18,7 @@ from starlette.requests import Request
 
 from switchboard.api import TenantInfo
 
+HOME = "/dashboard/"  # the tenant list; `/` redirects here
 PAGE_SIZE = 100
 ACTIONS = ("checkpoint", "stop", "start")
 SORT_KEYS = {
@@ -116,7 +117,7 @@ def layout(title: str, body: str, csrf: str = "") -> str:
 <link rel="stylesheet" href="/dashboard/static/dashboard.css">
 <script src="/dashboard/static/dashboard.js" defer></script>
 </head><body>
-<header><a class="brand" href="/">Switchboard</a>{_logout(csrf)}</header>
+<header><a class="brand" href="{HOME}">Switchboard</a>{_logout(csrf)}</header>
 <main>{body}</main>
 <div id="message" role="status" hidden></div>
 </body></html>"""
@@ -163,14 +164,14 @@ def header_cell(listing: Listing, key: str, label: str) -> str:
     if listing.sort == key:
         arrow = " ▼" if listing.descending else " ▲"
     query = listing.query(sort=key, order="desc" if descending else "asc", page=1)
-    return f'<th><a href="/{query}" class="sort">{label}{arrow}</a></th>'
+    return f'<th><a href="{HOME}{query}" class="sort">{label}{arrow}</a></th>'
 
 
 def pager(listing: Listing, pages: int, total: int) -> str:
     page = min(listing.page, pages)
-    previous = (f'<a href="/{listing.query(page=page - 1)}" rel="prev">&lsaquo; previous</a>'
+    previous = (f'<a href="{HOME}{listing.query(page=page - 1)}" rel="prev">&lsaquo; previous</a>'
                 if page > 1 else '<span class="off">&lsaquo; previous</span>')
-    following = (f'<a href="/{listing.query(page=page + 1)}" rel="next">next &rsaquo;</a>'
+    following = (f'<a href="{HOME}{listing.query(page=page + 1)}" rel="next">next &rsaquo;</a>'
                  if page < pages else '<span class="off">next &rsaquo;</span>')
     return (f'<nav class="pager">{previous}<span class="where">page {page} of {pages}'
             f' · {total} tenants</span>{following}</nav>')
