@@ -18,7 +18,9 @@ function say(text, isError) {
   say.timer = setTimeout(() => { message.hidden = true; }, 6000);
 }
 
-async function refresh() {
+async function refresh(always) {
+  // A tab nobody looks at costs the router nothing (a page of 10,000 tenants is sorted per poll).
+  if (document.hidden && !always) return;
   const list = document.querySelector("table[data-poll]");
   const status = document.querySelector("#status[data-poll]");
   const target = list ? document.getElementById("rows") : status;
@@ -60,10 +62,10 @@ document.addEventListener("submit", async (event) => {
     say("the router did not answer: " + error.message, true);
   } finally {
     button.classList.remove("busy");
-    await refresh();
+    await refresh(true);
   }
 });
 
 if (document.querySelector("[data-poll]")) {
-  setInterval(refresh, POLL_MS);
+  setInterval(() => refresh(false), POLL_MS);
 }
