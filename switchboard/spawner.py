@@ -30,6 +30,7 @@ log = logging.getLogger("switchboard.spawner")
 ZYGOTE_RESTART_DELAY_S = 1.0
 EventCallback = Callable[[dict[str, Any]], None]
 REAP_TIMEOUT_S = 5.0  # from a worker's channel closing to its exit, before it is killed
+EXIT_REPORT_WAIT_S = 0.5  # for the zygote's word on how a vanished worker ended
 
 
 def _process_exists(pid: int) -> bool:
@@ -148,6 +149,11 @@ class WorkerHandle:
             if remaining <= 0:
                 return False
             await asyncio.wait({self.reaped}, timeout=min(remaining, 0.05))
+        if not self.reaped.done():
+            # Gone, but the zygote's report of how it ended may be a moment behind (it reaps,
+            # then writes): wait for it briefly, so the exit reads "killed by signal 9" and not
+            # a bare "exited". A dead zygote never reports; the wait is bounded.
+            await asyncio.wait({self.reaped}, timeout=EXIT_REPORT_WAIT_S)
         return True
 
     def status_text(self) -> str:
