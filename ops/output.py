@@ -116,7 +116,9 @@ def tenant_status(info: Mapping[str, Any], now: float | None = None) -> str:
         "last request": relative_time(info.get("last_request_at"), now),
         "requests": f"{info.get('in_flight') or 0} in flight, {info.get('waiting') or 0} "
                     f"waiting, {info.get('requests') or 0} since the router started",
-        "memory": f"{format_bytes(info['rss_bytes'])} RSS" if info.get("rss_bytes") else None,
+        "memory": (f"{format_bytes(info['rss_bytes'])} RSS"
+                   + (f", {format_bytes(info['uss_bytes'])} USS" if info.get("uss_bytes") else "")
+                   if info.get("rss_bytes") else None),
         "snapshot": _snapshot(info, now),
         "journal": _journal(info),
         "unsaved changes": _unsaved(info),

@@ -35,6 +35,7 @@ class TenantInfo:
     socket: str | None = None  # the worker's Unix socket path, None for a TCP worker
     last_exit: str | None = None  # how the last worker ended ("killed by signal 9 after 3.1s")
     rss_bytes: int | None = None  # the worker's resident memory at its last health ping
+    uss_bytes: int | None = None  # its private (unique) memory at that ping
     writes_unavailable: str | None = None  # why writes get 503 (disk full...), else None
     busy: list[str] = field(default_factory=list)  # the app's declared work in progress
     waiting: int = 0  # requests waiting for its worker to start

@@ -31,6 +31,7 @@ Families (all prefixed `switchboard_`):
     tenant_requests_total{tenant}  counter    resident tenants only
     tenant_in_flight{tenant}       gauge      resident tenants only
     worker_rss_bytes{tenant}       gauge      resident tenants with a health ping behind them
+    worker_uss_bytes{tenant}       gauge      the same, private memory only (smaps_rollup)
 """
 
 from __future__ import annotations
@@ -171,6 +172,9 @@ class _Tenant(Protocol):
     @property
     def rss_bytes(self) -> int | None: ...
 
+    @property
+    def uss_bytes(self) -> int | None: ...
+
 
 class _Spawns(Protocol):
     @property
@@ -267,14 +271,20 @@ class RouterCollector(Collector):
         rss = GaugeMetricFamily("switchboard_worker_rss_bytes",
                                 "Worker resident memory at its last health ping.",
                                 labels=["tenant"])
+        uss = GaugeMetricFamily("switchboard_worker_uss_bytes",
+                                "Worker private (unique) memory at its last health ping.",
+                                labels=["tenant"])
         for tenant in resident:
             requests.add_metric([tenant.name], tenant.requests)
             in_flight.add_metric([tenant.name], tenant.in_flight)
             if tenant.rss_bytes is not None:
                 rss.add_metric([tenant.name], tenant.rss_bytes)
+            if tenant.uss_bytes is not None:
+                uss.add_metric([tenant.name], tenant.uss_bytes)
         yield requests
         yield in_flight
         yield rss
+        yield uss
 
 
 def registry(collector: RouterCollector) -> CollectorRegistry:

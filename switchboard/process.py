@@ -91,7 +91,7 @@ class TenantProcess:
                  "journal_since_snapshot", "kill_reason", "last_active", "last_checkpoint_at",
                  "last_error_at", "last_exit", "last_request_at", "ping_misses", "record",
                  "removed", "requests", "restarts", "retry_at", "rss_bytes", "start_ema_s",
-                 "started_at", "state", "unsaved", "waiting", "warnings", "worker",
+                 "started_at", "state", "unsaved", "uss_bytes", "waiting", "warnings", "worker",
                  "writes_unavailable")
 
     def __init__(self, record: TenantRecord, env: ProcessEnv) -> None:
@@ -113,6 +113,7 @@ class TenantProcess:
         self.warnings: list[str] | None = None
         self.ping_misses = 0
         self.rss_bytes: int | None = None  # at the last health ping
+        self.uss_bytes: int | None = None  # its private memory, at the same ping
         # The worker's journal as of its last health ping (contract/worker.py "ping").
         self.journal_pos: int | None = None
         self.journal_since_snapshot: int | None = None
@@ -293,6 +294,7 @@ class TenantProcess:
             self.retry_at = None
             self.ping_misses = 0
             self.rss_bytes = None
+            self.uss_bytes = None
             self.kill_reason = None
             self.writes_unavailable = None
             self.busy_work = None
@@ -593,6 +595,7 @@ class TenantProcess:
             self._pinging = False
         if handle.pid is not None:
             self.rss_bytes = procfs.rss_bytes(handle.pid)
+            self.uss_bytes = procfs.uss_bytes(handle.pid)
 
     def _note_ping(self, reply: dict[str, Any]) -> None:
         def count(key: str) -> int | None:
@@ -634,7 +637,7 @@ class TenantProcess:
             last_error=self.last_error or ("; ".join(self.warnings or ()) or None),
             retry_at=None if retry_in is None else time.time() + retry_in,
             moved_to=record.moved_to, host=record.owner, epoch=record.epoch,
-            last_exit=self.last_exit, rss_bytes=self.rss_bytes,
+            last_exit=self.last_exit, rss_bytes=self.rss_bytes, uss_bytes=self.uss_bytes,
             writes_unavailable=self.writes_unavailable, busy=self.busy_work or [],
             waiting=self.waiting, last_error_at=self.last_error_at if self.last_error else None,
             journal_pos=self.journal_pos, journal_since_snapshot=self.journal_since_snapshot,

@@ -29,6 +29,21 @@ def rss_bytes(pid: int) -> int | None:
     return None
 
 
+def uss_bytes(pid: int) -> int | None:
+    """Unique set size of `pid`: the memory only it holds (private pages, clean and dirty),
+    what stopping it would give back. A forked worker shares the zygote's preloaded pages,
+    so its RSS says little and its USS is the figure to watch."""
+    total = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            for line in f:
+                if line.startswith((b"Private_Clean:", b"Private_Dirty:", b"Private_Hugetlb:")):
+                    total += int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return total
+
+
 def oom_counter_file(pid: int) -> Path | None:
     """The file holding the OOM-kill count of `pid`'s memory cgroup. Read it while the process
     lives: its /proc entry goes with it."""

@@ -123,6 +123,8 @@ def test_metrics_after_traffic_have_every_family_with_sane_values(
     assert histogram_count(fsyncs) >= 1 and 0 < value(fsyncs, "_sum") < 10
     assert value(got["switchboard_tenant_in_flight"], tenant="acme") == 0
     assert value(got["switchboard_worker_rss_bytes"], tenant="acme") > 1_000_000
+    uss = value(got["switchboard_worker_uss_bytes"], tenant="acme")  # forked: mostly shared
+    assert 0 < uss < value(got["switchboard_worker_rss_bytes"], tenant="acme")
 
 
 def test_metrics_refuse_a_wrong_token_and_still_take_a_signature(
@@ -161,7 +163,7 @@ def test_per_tenant_series_only_for_the_resident_few_of_10000(make_router: MakeR
     assert value(got["switchboard_tenants"], state="stopped") == 10_000 - 5
     assert value(got["switchboard_resident_tenants"]) == 5
     for family in ("switchboard_tenant_requests", "switchboard_tenant_in_flight",
-                   "switchboard_worker_rss_bytes"):
+                   "switchboard_worker_rss_bytes", "switchboard_worker_uss_bytes"):
         assert tenants_labelled(got[family]) == resident, family
     labelled = {s.labels.get("tenant") for f in got.values() for s in f.samples} - {None}
     assert labelled == resident

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import pty
+import re
 import select
 import signal
 import subprocess
@@ -71,6 +72,7 @@ def test_status_explains_a_running_tenant(make_router: MakeRouter) -> None:
     assert (info["dirty"], info["unsaved"]) == (True, False)
     assert (info["in_flight"], info["waiting"], info["restarts"]) == (0, 0, 0)
     assert info["rss_bytes"] > 1_000_000 and isinstance(info["pid"], int)
+    assert 0 < info["uss_bytes"] < info["rss_bytes"]
     assert info["socket"].endswith(".sock") and info["port"] is None
     assert time.time() - info["last_checkpoint_at"] < 30
     assert info["last_exit"] is None and info["last_error"] is None
@@ -83,7 +85,7 @@ def test_status_explains_a_running_tenant(make_router: MakeRouter) -> None:
     assert shown["uptime"].endswith("s")
     assert shown["restarts"] == "0"
     assert shown["requests"].startswith("0 in flight, 0 waiting, ")
-    assert shown["memory"].endswith("MiB RSS")
+    assert re.fullmatch(r"[\d.]+ MiB RSS, [\d.]+ MiB USS", shown["memory"]), shown["memory"]
     assert shown["snapshot"].startswith("generation 1, written ")
     assert shown["journal"] == "2 records since the snapshot (position 5)"
     assert shown["unsaved changes"] == "in the journal, not yet in a snapshot"
