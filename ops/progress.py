@@ -11,6 +11,8 @@ import sys
 import time
 from typing import TextIO
 
+from ops.output import format_bytes
+
 REDRAW_S = 0.1
 WIDTH = 30
 
@@ -38,21 +40,13 @@ class Progress:
             self.stream.flush()
 
     def _draw(self) -> None:
-        size = _human(self.done)
+        size = format_bytes(self.done)
         if self.total:
             share = min(1.0, self.done / self.total)
             bar = "#" * int(share * WIDTH)
-            line = f"{self.label} [{bar:<{WIDTH}}] {share:4.0%} {size} of {_human(self.total)}"
+            total = format_bytes(self.total)
+            line = f"{self.label} [{bar:<{WIDTH}}] {share:4.0%} {size} of {total}"
         else:
             line = f"{self.label} {size}"
         self.stream.write("\r" + line)
         self.stream.flush()
-
-
-def _human(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
