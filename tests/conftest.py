@@ -361,3 +361,18 @@ def make_router(tmp_path: Path) -> Iterator[Callable[..., Router]]:
 @pytest.fixture
 def router(make_router: Callable[..., Router]) -> Router:
     return make_router().start()
+
+
+@pytest.fixture
+def devtools(tmp_path: Path) -> Iterator[Any]:
+    """A real headless Chromium for one test, driven over CDP (tests/cdp.py); stopped
+    whatever happens."""
+    from tests.cdp import Chromium, DevTools
+
+    browser = Chromium(tmp_path / "chromium")
+    try:
+        url = browser.start()
+        with DevTools.connect(url) as connection:
+            yield connection
+    finally:
+        browser.stop()

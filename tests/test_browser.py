@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.cdp import Chromium, DevTools, Page
+from tests.cdp import DevTools, Page
 from tests.conftest import Router
 
 LOAD_TIMEOUT_S = 60  # two cores shared with other test runs: a cold renderer can be slow
@@ -25,17 +25,6 @@ MESSAGE_SHOWN = """(() => {
     const message = document.getElementById("message");
     return !message.hidden && message.textContent;
 })()"""
-
-
-@pytest.fixture
-def devtools(tmp_path: Path) -> Iterator[DevTools]:
-    browser = Chromium(tmp_path / "chromium")
-    try:
-        url = browser.start()
-        with DevTools.connect(url) as connection:
-            yield connection
-    finally:
-        browser.stop()
 
 
 @pytest.fixture

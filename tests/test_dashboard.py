@@ -28,17 +28,6 @@ LOAD_TIMEOUT_S = 60  # two cores shared with other test runs: a cold renderer ca
 
 
 @pytest.fixture
-def devtools(tmp_path: Path) -> Iterator[DevTools]:
-    browser = Chromium(tmp_path / "chromium")
-    try:
-        url = browser.start()
-        with DevTools.connect(url) as connection:
-            yield connection
-    finally:
-        browser.stop()
-
-
-@pytest.fixture
 def hosted(make_router: Callable[..., Router]) -> Router:
     """A router with three tenants; acme is running and has a change not yet snapshotted."""
     router = make_router().start()
