@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -376,3 +377,13 @@ def devtools(tmp_path: Path) -> Iterator[Any]:
             yield connection
     finally:
         browser.stop()
+
+
+def fill(directory: Path, leave_bytes: int) -> Path:
+    """A file that takes all the space of directory's file system but leave_bytes."""
+    stats = os.statvfs(directory)
+    free = stats.f_bavail * stats.f_frsize
+    filler = directory / "filler"
+    with open(filler, "wb") as f:
+        f.write(b"\0" * max(0, free - leave_bytes))
+    return filler

@@ -32,19 +32,9 @@ from tenant.journal import Journal, drop_unkept, read_records
 from tenant.runtime import restore
 from tenant.write_recovery import WriteRecovery
 from tests.apps import schema_v3
-from tests.conftest import Router, alive, get_ok, tmpfs, wait_until
+from tests.conftest import Router, alive, fill, get_ok, tmpfs, wait_until
 
 NO_SPACE = "cannot make writes durable: no space left on device"
-
-
-def fill(directory: Path, leave_bytes: int) -> Path:
-    """A file that takes all the space of directory's file system but leave_bytes."""
-    stats = os.statvfs(directory)
-    free = stats.f_bavail * stats.f_frsize
-    filler = directory / "filler"
-    with open(filler, "wb") as f:
-        f.write(b"\0" * max(0, free - leave_bytes))
-    return filler
 
 
 def segment(journal_dir: Path, first_seq: int) -> Path:

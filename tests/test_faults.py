@@ -29,7 +29,7 @@ from snapshots.store import SAVE_STEPS, LocalStore
 from tenant.checkpoint import Checkpointer
 from tenant.runtime import restore
 from tests.apps import schema_v3
-from tests.conftest import ROOT, Router, alive, get_ok, tmpfs, wait_until
+from tests.conftest import ROOT, Router, alive, fill, get_ok, tmpfs, wait_until
 
 APP_SPEC = "tests.apps.schema_v3:app"
 # The router must not count our kill -9s as boot failures and back the tenant off.
@@ -314,16 +314,6 @@ def test_a_flipped_byte_in_the_newest_snapshot_falls_back_a_generation(
 
 
 # ---- 4: a full disk under the snapshots ---------------------------------------------------------
-
-
-def fill(directory: Path, leave_bytes: int) -> Path:
-    """A file that takes all the space of directory's file system but leave_bytes."""
-    stats = os.statvfs(directory)
-    free = stats.f_bavail * stats.f_frsize
-    filler = directory / "filler"
-    with open(filler, "wb") as f:
-        f.write(b"\0" * max(0, free - leave_bytes))
-    return filler
 
 
 @pytest.mark.slow
