@@ -15,12 +15,14 @@ $(BIN)/switchboard: pyproject.toml
 install: $(BIN)/switchboard
 
 # Debian packages the integration tests and benchmarks drive for real (nginx as the front server,
-# wrk as the load generator, chromium as the browser that runs the demo page's script).
+# wrk as the load generator, chromium as the browser that runs the demo page's script, strace
+# to see a worker fsync its journal before it acknowledges).
 # Installed only when missing.
 system-deps:
-	@command -v nginx >/dev/null && command -v wrk >/dev/null && command -v chromium >/dev/null || \
+	@command -v nginx >/dev/null && command -v wrk >/dev/null && command -v chromium >/dev/null \
+	  && command -v strace >/dev/null || \
 	  { apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk chromium; }
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk chromium strace; }
 
 run: install
 	$(BIN)/python -m ops.demo --data-dir $(DATA)
