@@ -23,6 +23,7 @@ from bench import harness
 from bench.cases import Case, Context, Sizes
 from bench.cases.bigstate import bigstate
 from bench.cases.coldstart import cold_start
+from bench.cases.create import batch_create
 from bench.cases.journal import journal
 from bench.cases.memory import idle_worker, mapped, resident
 from bench.cases.proxy import proxy
@@ -35,6 +36,7 @@ CASES: dict[str, Case] = {
     "idle_worker": idle_worker,
     "resident": resident,
     "mapped": mapped,
+    "batch_create": batch_create,
     "journal": journal,
     "bigstate": bigstate,
     "soak": soak,

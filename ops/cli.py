@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from contract.names import is_valid_name
+from ops import deploy_config
 from ops.errors import AdminError, CommandError
 from switchboard import __version__
 from switchboard.config import DEFAULT_DATA_DIR, Config, HostPort
@@ -166,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Later client commands (migrate, failover, attach, deploy-config, dashboard) go here:
     # a parser with parents=[common] and a cmd_* handler below.
+    deploy_config.add_commands(commands, common)
 
     # --- snapshot inspect|verify: files on this host, no server needed ---------------------
     snapshot = commands.add_parser("snapshot", help="inspect or verify snapshot files",
@@ -408,10 +410,11 @@ def cmd_create(args: argparse.Namespace) -> int:
     created: list[dict[str, Any]] = []
     with _client(args) as client:
         try:
-            for name in names:
-                created.append(client.create(name))
+            # Names go in batches: one transaction each on the server, not one a name.
+            for batch in client.create_batches(names):
+                created.extend(batch)
                 if not _wants_json(args):
-                    print(name, flush=True)
+                    print("\n".join(info["name"] for info in batch), flush=True)
         finally:
             # Scripts learn which names were created even when a later one failed.
             if _wants_json(args) and created:

@@ -17,6 +17,10 @@
             .trash-<name>-<hex>/     a tenant being deleted (delete_tenant); one left by a
                                      crash is removed by sweep_trash or the next delete
         transfers/                   0700; export files waiting to be streamed in or out
+        migrations/                  0700; tenants moving between hosts (switchboard/migration.py)
+            <name>.outgoing.json     this host is switching <name> to another one: ask it first
+            incoming/<name>/         a migration staged here, not yet owned (receiving.py)
+            peers.json               router URLs of hosts tenants moved to or from (trusted)
         logs/                        0700; what each tenant's worker writes (tenant/output.py)
             <name>.log               0600; its logging, stdout and stderr, newest lines
             <name>.log.<n>           0600; older ones, rotated by size, .1 the newest
@@ -24,6 +28,10 @@
                                      folder a web server may be let into for direct mode)
             <id>.sock                a Unix-socket worker's listening socket, by the tenant's
                                      short numeric id (paths stay under the 108-byte limit)
+        console/                     0700, always (never group-accessible, unlike run/)
+            <id>.sock                0600; a worker's debug console while an attach is asked
+                                     for (contract/console.py), by the tenant's numeric id
+            <id>.shadow.sock         0600; a shadow worker's socket during `upgrade`
 
 `<name>` is checked against the tenant-name rule (contract/names.py) before any path is
 built: every method that takes a name raises InvalidTenantName (a ValueError) for a bad one,
@@ -71,7 +79,7 @@ class DataLayout:
     """Paths of one data dir, plus listing and deletion; see the module docstring.
 
     Building a DataLayout touches nothing on disk; only create_tenant, delete_tenant,
-    sweep_trash and ensure_transfers_dir write.
+    sweep_trash, ensure_console_dir and ensure_transfers_dir write.
     """
 
     def __init__(self, data_dir: Path | str) -> None:
@@ -80,6 +88,8 @@ class DataLayout:
         self.transfers_dir = self.data_dir / "transfers"
         self.run_dir = self.data_dir / "run"
         self.logs_dir = self.data_dir / "logs"
+        self.console_dir = self.data_dir / "console"
+        self.migrations_dir = self.data_dir / "migrations"
 
     def __repr__(self) -> str:
         return f"DataLayout({str(self.data_dir)!r})"
@@ -89,6 +99,14 @@ class DataLayout:
     def socket_path(self, tenant_id: int) -> Path:
         """Where a Unix-socket worker listens: run/<id>.sock."""
         return self.run_dir / f"{int(tenant_id)}.sock"
+
+    def console_socket_path(self, tenant_id: int) -> Path:
+        """Where a worker listens for `switchboard attach`: console/<id>.sock."""
+        return self.console_dir / f"{int(tenant_id)}.sock"
+
+    def shadow_socket_path(self, tenant_id: int) -> Path:
+        """Where a shadow worker of `upgrade` listens: console/<id>.shadow.sock."""
+        return self.console_dir / f"{int(tenant_id)}.shadow.sock"
 
     def tenant_dir(self, name: str) -> Path:
         return self.tenants_dir / validate_tenant_name(name)
@@ -168,6 +186,22 @@ class DataLayout:
         """
         make_dirs(self.tenant_dir(name), mode=0o700)
 
+    def create_tenants(self, names: list[str]) -> None:
+        """create_tenant for many names with one fsync of tenants/ (a batch create).
+
+        Each name's folder must be new or empty of files (an earlier tenant's leftovers are
+        the caller's to delete first). When this returns, every folder and its entry in
+        tenants/ are on stable storage.
+        """
+        make_dirs(self.tenants_dir, mode=0o700)
+        for name in names:
+            try:
+                self.tenant_dir(name).mkdir(mode=0o700)
+            except FileExistsError:
+                if not self.tenant_dir(name).is_dir():
+                    raise
+        fsync_dir(self.tenants_dir)
+
     def delete_tenant(self, name: str) -> None:
         """Delete every file of the tenant. Not while its worker runs: the caller stops it.
 
@@ -222,6 +256,27 @@ class DataLayout:
         for trash in leftovers:
             shutil.rmtree(trash, ignore_errors=True)
         return [trash for trash in leftovers if not trash.exists()]
+
+    def outgoing_path(self, name: str) -> Path:
+        """Where a migration's switch of `name` to another host is recorded until it is done."""
+        return self.migrations_dir / f"{validate_tenant_name(name)}.outgoing.json"
+
+    def incoming_dir(self, name: str) -> Path:
+        """Where a migration of `name` to this host is staged (snapshot, then journal tail)."""
+        return self.migrations_dir / "incoming" / validate_tenant_name(name)
+
+    def ensure_migrations_dir(self) -> Path:
+        """migrations/ and migrations/incoming/, created if missing (0700)."""
+        make_dirs(self.migrations_dir / "incoming", mode=0o700)
+        return self.migrations_dir
+
+    def ensure_console_dir(self) -> Path:
+        """console/, created if missing; always 0700 (a console runs code in a tenant)."""
+        make_dirs(self.console_dir, mode=0o700)
+        mode = stat.S_IMODE(os.stat(self.console_dir).st_mode)
+        if mode != 0o700:
+            os.chmod(self.console_dir, 0o700)
+        return self.console_dir
 
     def ensure_transfers_dir(self) -> Path:
         """transfers/, created if missing; always 0700 (export files hold tenant data)."""

@@ -25,6 +25,9 @@ covers the body, so no cheaper check can refuse it). The routes speak only to th
     GET    /v1/health                   200 {"ok": true}
     GET    /v1/tenants                  200 {"tenants": [TenantInfo, ...]}
     POST   /v1/tenants {"name": NAME}   201 TenantInfo
+    POST   /v1/tenants {"names": [NAME, ...]}
+                                        201 {"tenants": [TenantInfo, ...]}: all in one
+                                        transaction, or none (400/409 name the culprit)
     GET    /v1/tenants/{name}           200 TenantInfo
     POST   /v1/tenants/{name}/start     200 TenantInfo
     POST   /v1/tenants/{name}/checkpoint 200 CheckpointResult
@@ -363,9 +366,15 @@ class _Endpoints:
 
     async def create_tenant(self, request: Request) -> Response:
         payload = _json_object(await request.body())
+        names = payload.get("names")
+        if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
+            infos = await self.service.create_tenants(names)
+            return JSONResponse({"tenants": [info.to_json() for info in infos]},
+                                status_code=201)
         name = payload.get("name")
         if not isinstance(name, str):
-            return _error(400, 'the body must be a JSON object like {"name": "acme"}')
+            return _error(400, 'the body must be a JSON object like {"name": "acme"} or '
+                               '{"names": ["acme", "globex"]}')
         info = await self.service.create_tenant(check_tenant_name(name))
         return JSONResponse(info.to_json(), status_code=201)
 

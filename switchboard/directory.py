@@ -18,6 +18,7 @@ Durability: every method has committed its change when it returns.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -60,6 +61,11 @@ class Directory(Protocol):
     async def create(self, name: str, *, app: str | None = None,
                      code_path: str | None = None) -> TenantRecord: ...
 
+    async def create_many(self, names: Sequence[str]) -> list[TenantRecord]:
+        """Create every name in one transaction, or none (TenantExists names one that
+        exists or repeats)."""
+        ...
+
     async def get(self, name: str) -> TenantRecord: ...
 
     async def list(self) -> list[TenantRecord]: ...
@@ -73,6 +79,14 @@ class Directory(Protocol):
                             expect_epoch: int) -> TenantRecord:
         """Change owner and forwarding address, epoch + 1, if the epoch is still
         `expect_epoch`; else EpochConflict and nothing changes."""
+        ...
+
+    async def receive(self, name: str, *, creation_id: str, epoch: int) -> TenantRecord:
+        """A tenant arriving from another host (switchboard/receiving.py): create its record
+        with this creation id and epoch, or, for a record of the same creation id at an older
+        epoch (a moved copy here), set its epoch and clear owner and moved_to. EpochConflict
+        when this directory has seen `epoch` or a newer one; TenantExists when the name
+        belongs to another tenant (another creation id)."""
         ...
 
     async def remove(self, name: str) -> None: ...

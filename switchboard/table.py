@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from switchboard.directory import EpochConflict, TenantRecord, new_creation_id
@@ -109,6 +109,31 @@ class SqliteDirectory:
         return TenantRecord(id=int(cursor.lastrowid or 0), name=name, creation_id=creation_id,
                             epoch=1, created_at=created_at, app=app, code_path=code_path)
 
+    async def create_many(self, names: Sequence[str]) -> list[TenantRecord]:
+        """All of `names` in one transaction (one fsync), or none: TenantExists names the
+        first that exists (or repeats)."""
+        created_at = time.time()
+        records: list[TenantRecord] = []
+        with _writing(f"create {len(names)} tenants"):
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for name in names:
+                    creation_id = new_creation_id()
+                    try:
+                        cursor = self.db.execute(
+                            "INSERT INTO tenants (name, creation_id, epoch, created_at) "
+                            "VALUES (?, ?, 1, ?)", (name, creation_id, created_at))
+                    except sqlite3.IntegrityError:
+                        raise TenantExists(name) from None
+                    records.append(TenantRecord(
+                        id=int(cursor.lastrowid or 0), name=name, creation_id=creation_id,
+                        epoch=1, created_at=created_at))
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+        return records
+
     async def get(self, name: str) -> TenantRecord:
         return self._row(name)
 
@@ -138,6 +163,29 @@ class SqliteDirectory:
         if cursor.rowcount == 0:
             current = self._row(name)  # UnknownTenant when it is gone
             raise EpochConflict(name, expect_epoch, current.epoch)
+        return self._row(name)
+
+    async def receive(self, name: str, *, creation_id: str, epoch: int) -> TenantRecord:
+        with _writing(f"receive tenant {name!r}"):
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self.db.execute("SELECT creation_id, epoch FROM tenants WHERE name = ?",
+                                      (name,)).fetchone()
+                if row is None:
+                    self.db.execute(
+                        "INSERT INTO tenants (name, creation_id, epoch, created_at) "
+                        "VALUES (?, ?, ?, ?)", (name, creation_id, epoch, time.time()))
+                elif row[0] != creation_id:
+                    raise TenantExists(name)
+                elif row[1] >= epoch:
+                    raise EpochConflict(name, epoch - 1, row[1])
+                else:
+                    self.db.execute("UPDATE tenants SET epoch = ?, owner = NULL, moved_to = NULL "
+                                    "WHERE name = ?", (epoch, name))
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
         return self._row(name)
 
     async def remove(self, name: str) -> None:

@@ -109,7 +109,7 @@ def dict_bytes_per_entry(names: list[str]) -> float:
     return size / len(names)
 
 
-async def _create_many(router: BenchRouter, names: list[str], concurrency: int) -> None:
+async def create_one_by_one(router: BenchRouter, names: list[str], concurrency: int) -> None:
     queue = list(reversed(names))
 
     async def creator(client: httpx.AsyncClient) -> None:
@@ -137,7 +137,7 @@ def mapped(ctx: Context) -> list[Figure]:
         names = [f"m{i:05d}" for i in range(n)]
         ctx.log(f"memory: mapping {n} tenants through the admin API")
         started = time.perf_counter()
-        asyncio.run(_create_many(router, names, concurrency=8))
+        asyncio.run(create_one_by_one(router, names, concurrency=8))
         elapsed = time.perf_counter() - started
         time.sleep(0.3)
         after = rss_bytes(router.proc.pid)
