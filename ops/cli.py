@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from contract.names import is_valid_name
-from ops import deploy_config
+from ops import deploy_config, migrate
 from ops.errors import AdminError, CommandError
 from switchboard import __version__
 from switchboard.config import DEFAULT_DATA_DIR, Config, HostPort
@@ -168,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Later client commands (migrate, failover, attach, deploy-config, dashboard) go here:
     # a parser with parents=[common] and a cmd_* handler below.
     deploy_config.add_commands(commands, common)
+    migrate.add_commands(commands, common)
 
     # --- snapshot inspect|verify: files on this host, no server needed ---------------------
     snapshot = commands.add_parser("snapshot", help="inspect or verify snapshot files",
@@ -234,6 +235,9 @@ def _serve_options(parser: argparse.ArgumentParser) -> None:
                              "snapshot.key; hosts that migrate to each other share it)")
     parser.add_argument("--allow-unsigned", action="store_true", default=None,
                         help="also restore unsigned pickle snapshots (they can run code)")
+    parser.add_argument("--advertise-url", metavar="URL",
+                        help="this router as other hosts reach it (forwarding, moved_to; "
+                             "default http://<listen>)")
 
 
 def _ls_options(ls: argparse.ArgumentParser) -> None:
@@ -394,6 +398,7 @@ def serve_config_with_sources(args: argparse.Namespace) -> tuple[Config, dict[st
             "max_resident": args.max_resident,
             "snapshot_key_file": args.snapshot_key_file,
             "allow_unsigned": args.allow_unsigned,
+            "advertise_url": args.advertise_url,
         },
     )
 

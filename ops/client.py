@@ -154,6 +154,29 @@ class AdminClient:
         """The last `lines` lines of the tenant's log file."""
         return self._request("GET", _tenant_path(name) + f"/logs?n={lines}").text
 
+    def migrate(self, name: str, to: str | None) -> Iterator[dict[str, Any]]:
+        """Move the tenant to the host whose admin API is at `to` (None: back where it came
+        from); the events of the move as the server streams them (switchboard/migration.py),
+        the last one "done" or "failed"."""
+        payload = {"to": to} if to else {"back": True}
+        response = self._request("POST", _tenant_path(name) + "/migrate", payload, stream=True,
+                                 timeout=httpx.Timeout(self._timeout, read=None))
+        try:
+            for line in response.iter_lines():
+                if line.strip():
+                    yield json.loads(line)
+        except (httpx.HTTPError, ValueError) as exc:
+            raise AdminError(f"the progress of moving {name} broke off ({exc}); `switchboard "
+                             f"status {name}` on both hosts says where it serves") from exc
+        finally:
+            response.close()
+
+    def reclaim(self, name: str) -> dict[str, Any]:
+        return self._json(self._request("POST", _tenant_path(name) + "/reclaim"))
+
+    def remove_moved_copy(self, name: str) -> None:
+        self._request("DELETE", _tenant_path(name) + "/moved-copy")
+
     def follow_logs(self, name: str, lines: int) -> Iterator[str]:
         """The last `lines` lines, then each new line as the server sends it, until the server
         ends the stream (after an hour) or the caller stops iterating. No read timeout: a

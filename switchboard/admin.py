@@ -71,7 +71,7 @@ import os
 import re
 import secrets
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,7 +90,9 @@ from switchboard import logtail
 from switchboard.api import TenantService
 from switchboard.dashboard import Dashboard
 from switchboard.errors import (
+    BadRequest,
     BadTenantName,
+    MigrationRefused,
     StorageFailed,
     SwitchboardError,
     TenantBusy,
@@ -112,6 +114,8 @@ LOG_CONTENT_TYPE = "text/plain; charset=utf-8"
 
 _STATUS_FOR_ERROR: list[tuple[type[SwitchboardError], int]] = [
     (BadTenantName, 400),
+    (BadRequest, 400),
+    (MigrationRefused, 409),
     (UnknownTenant, 404),
     (TenantExists, 409),
     (TenantBusy, 409),
@@ -135,7 +139,8 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 # --- signature check, in front of everything -------------------------------------------------
 
 
-_STAGED_ROUTE = re.compile(r"/v1/tenants/[^/]+/import")
+# Bodies streamed to a staged file: import, and a migration's snapshot and journal tail.
+_STAGED_ROUTE = re.compile(r"/v1/tenants/[^/]+/import|/v1/migrations/[^/]+/(?:snapshot|commit)")
 _CREATE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
 
 
@@ -499,8 +504,10 @@ def build_admin_app(
     max_import_bytes: int = DEFAULT_MAX_IMPORT_BYTES,
     staging_dir: Callable[[], Path] | None = None,
     metrics_token: str = "",
+    extra_routes: Sequence[Route] = (),
 ) -> ASGIApp:
     """The admin API as an ASGI app, signature checking included (see the module docstring).
+    `extra_routes` are mounted too (switchboard/migration_api.py).
 
     `staging_dir` returns the folder import bodies are streamed into (the router passes
     DataLayout.ensure_transfers_dir); by default the system's temporary folder.
@@ -522,6 +529,7 @@ def build_admin_app(
         Route(tenant + "/import", endpoints.import_tenant, methods=["POST"]),
         Route("/v1/dashboard/login-url", dashboard.login_url, methods=["POST"]),
         Route(tenant + "/logs", endpoints.tenant_logs, methods=["GET"]),
+        *extra_routes,
     ]
     handlers: dict[Any, Callable[[Request, Exception], Response | Awaitable[Response]]] = {
         SwitchboardError: _switchboard_error,

@@ -109,6 +109,13 @@ class Config:
     tenant_log_max_bytes: int = 10 * 1024 * 1024
     tenant_log_backups: int = 3
 
+    # Moving tenants between hosts (switchboard/migration.py, docs/migration.md).
+    advertise_url: str = ""  # this router as other hosts reach it; "": http://<listen>
+    advertise_admin_url: str = ""  # this admin API as other hosts reach it; "": http://<admin>
+    forward_mode: str = "proxy"  # a moved tenant's requests: "proxy" to its host, "redirect" 307
+    migrate_drain_timeout_s: float = 10.0  # the switch waits this long for in-flight requests
+    migrate_checkpoint_records: int = 1000  # pre-copy checkpoints first past this many records
+
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     # Keys the MAC of snapshots and journals (not admin calls): hosts that migrate between
@@ -250,6 +257,9 @@ def load_with_sources(
     if config.worker_transport not in {"unix", "tcp"}:
         raise ConfigError(
             f"worker_transport must be 'unix' or 'tcp', not {config.worker_transport!r}")
+    if config.forward_mode not in {"proxy", "redirect"}:
+        raise ConfigError(
+            f"forward_mode must be 'proxy' or 'redirect', not {config.forward_mode!r}")
     if config.max_resident < 1:
         raise ConfigError("max_resident must be at least 1")
     for name in ("max_request_line_bytes", "max_header_bytes", "max_headers_total_bytes",

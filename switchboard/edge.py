@@ -123,6 +123,12 @@ class TrustedProxies:
     def __bool__(self) -> bool:
         return bool(self.networks)
 
+    def add(self, entry: str) -> None:
+        """Trust one more peer from now on (a host that forwards to this one: migration)."""
+        network = ipaddress.ip_network(entry.strip(), strict=False)
+        if network not in self.networks:
+            self.networks = (*self.networks, network)
+
     def trusts(self, address: str) -> bool:
         if not self.networks:
             return False

@@ -74,3 +74,26 @@ class TransferFailed(SwitchboardError):
 
 class StorageFailed(SwitchboardError):
     pass
+
+
+class BadRequest(SwitchboardError):
+    """A request whose body or parameters are not what the route takes (400)."""
+
+
+class MigrationRefused(SwitchboardError):
+    """A migration this host will not take or make (epoch not newer, another tenant of the
+    name, nothing staged, already moved): nothing changed (409)."""
+
+
+class TargetRefused(SwitchboardError):
+    """A migration's target answered and said no: nothing changed there
+    (switchboard/handover.py)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class TargetUnreachable(SwitchboardError):
+    """No answer from a migration's target (refused, timed out, cut off, or a 5xx): whether a
+    commit landed is not known; asking it to resolve tells."""

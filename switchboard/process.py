@@ -87,7 +87,7 @@ class TenantProcess:
     # Thousands are mapped and few run: slots, and nothing allocated until it is needed.
     __slots__ = ("_address", "_last_error", "_lock", "_oom_watch", "_pinging", "_start_task",
                  "boot_failures", "busy_since", "busy_work", "bytes_in", "bytes_out",
-                 "crash_times", "dirty", "env", "generation", "in_flight", "journal_pos",
+                 "crash_times", "dirty", "env", "generation", "held", "in_flight", "journal_pos",
                  "journal_since_snapshot", "kill_reason", "last_active", "last_checkpoint_at",
                  "last_error_at", "last_exit", "last_request_at", "ping_misses", "record",
                  "removed", "requests", "restarts", "retry_at", "rss_bytes", "start_ema_s",
@@ -102,6 +102,8 @@ class TenantProcess:
         self._lock: asyncio.Lock | None = None
         self.worker: WorkerHandle | None = None
         self.removed = False  # set by `rm`: no start from now on
+        # Why no worker may start now (a migration whose outcome is not known yet), else None.
+        self.held: str | None = None
         # crash and backoff
         self.restarts = 0
         self.boot_failures = 0
@@ -230,6 +232,8 @@ class TenantProcess:
         if self.state is S.MOVED:
             raise TenantUnavailable(f"{self.name} moved to {self.record.moved_to}", None,
                                     kind="moved")
+        if self.held is not None:
+            raise TenantUnavailable(f"{self.name}: {self.held}", 5, kind="migrating")
         if self.state is S.FAILED:
             reason = f"{self.name} failed to start: {self.last_error}"
             if self.retry_at is None:
@@ -470,7 +474,7 @@ class TenantProcess:
                 self._transition(S.STOPPED)
             return await self._stop_locked(why)
 
-    async def _stop_locked(self, why: str) -> bool:
+    async def _stop_locked(self, why: str, *, final_checkpoint: bool = True) -> bool:
         handle = self.worker
         if handle is None or self.state not in LIVE:
             return False
@@ -478,7 +482,10 @@ class TenantProcess:
         self._transition(S.STOPPING)
         try:
             with contextlib.suppress(WorkerError, TimeoutError):
-                await handle.request(wire.STOP, config.ping_timeout_s)
+                if final_checkpoint:
+                    await handle.request(wire.STOP, config.ping_timeout_s)
+                else:
+                    await handle.request(wire.STOP, config.ping_timeout_s, checkpoint=False)
             if not await handle.wait_exited(config.stop_timeout_s):
                 self.log.warning("tenant %s did not stop within %gs; SIGTERM then SIGKILL",
                             self.name, config.stop_timeout_s)
@@ -502,6 +509,35 @@ class TenantProcess:
             if self.state is S.FAILED:
                 self._transition(S.STOPPED)
             await self._stop_locked("removed")
+
+    # ---- moving to another host (switchboard/migration.py) ----
+
+    async def stop_for_move(self, drain_timeout_s: float) -> None:
+        """The switch of a migration; the caller holds `lock`. New requests wait from now on
+        (as for a start), the ones in flight get up to `drain_timeout_s` to finish, then the
+        worker stops without a final checkpoint: its journal is the tail the target replays."""
+        self._note_exit_if_gone()
+        if self.state is S.FAILED:
+            self.retry_at = None
+            self._transition(S.STOPPED)
+        if self.worker is None or self.state not in LIVE:
+            return
+        self._transition(S.STOPPING)
+        deadline = time.monotonic() + drain_timeout_s
+        while self.in_flight > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
+        if self.in_flight:
+            self.log.warning("tenant %s: %d requests still in flight after %gs; stopping anyway",
+                             self.name, self.in_flight, drain_timeout_s)
+        await self._stop_locked("moving to another host", final_checkpoint=False)
+
+    def set_record(self, record: TenantRecord) -> None:
+        """A new placement (caller holds `lock`): moved away (state `moved`), or back here."""
+        self.record = record
+        if record.moved_to and self.state is not S.MOVED:
+            self._transition(S.MOVED)
+        elif not record.moved_to and self.state is S.MOVED:
+            self._transition(S.STOPPED)
 
     async def checkpoint(self) -> CheckpointResult:
         async with self.lock:

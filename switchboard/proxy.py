@@ -50,6 +50,7 @@ from switchboard.config import Config
 from switchboard.downstream import ClientConnection, Request
 from switchboard.edge import EdgeLimits, Sweeper, TrustedProxies, raise_open_files_limit
 from switchboard.errors import TenantUnavailable, UnknownTenant
+from switchboard.forwarding import Forwarding
 from switchboard.metrics import Counters
 from switchboard.pages import NOT_FOUND_TEXT, unavailable_text
 from switchboard.routing import (
@@ -154,6 +155,8 @@ class Proxy:
         self.trusted = TrustedProxies(config.trusted_proxies)
         self.sweeper = Sweeper(self.connections, self.limits.sweep_interval_s)
         self.health = health_response(os.getpid())
+        # Tenants that live on another host (switchboard/forwarding.py); set by the server.
+        self.forwarding: Forwarding | None = None
         self.health_head = self.health.partition(b"\r\n\r\n")[0] + b"\r\n\r\n"
         if config.routing == "host":
             base = config.base_domain
@@ -202,6 +205,8 @@ class Proxy:
             client.fail(404, NOT_FOUND_TEXT)  # the same page as for a URL that names no tenant
             return False
         except TenantUnavailable as exc:
+            if exc.kind == "moved" and self.forwarding is not None:
+                return await self.forward(client, req, route, exc)
             _unavailable(client, route.tenant, exc, self.counters)
             return False
         try:
@@ -211,6 +216,20 @@ class Proxy:
             return False
         finally:
             self.supervisor.release(tenant, req.bytes_in, req.bytes_out)
+
+    async def forward(self, client: ClientConnection, req: Request, route: Route,
+                      moved: TenantUnavailable) -> bool:
+        """The tenant lives on another host (switchboard/forwarding.py): relay the request to
+        that host's router as it came (target, Host; X-Forwarded-* appended to), or 307."""
+        assert self.forwarding is not None
+        remote = self.forwarding.remote(route.tenant)
+        if remote is None:
+            _unavailable(client, route.tenant, moved, self.counters)
+            return False
+        if remote.redirect:
+            client.fail(307, f"{route.tenant} moved", [(b"location", remote.location(req.url))])
+            return False
+        return await self.relay(client, req, Route(route.tenant, req.url, ""), remote)
 
     def answer_unrouted(self, client: ClientConnection, req: Request) -> bool:
         """The router's own URLs: the health check, else a 404."""

@@ -20,6 +20,7 @@ from snapshots.layout import DataLayout
 from switchboard import listen, logs, private, runfile
 from switchboard.config import Config
 from switchboard.errors import ConfigError
+from switchboard.migration_api import Moving
 from switchboard.proxy import Proxy
 from switchboard.service import TenantOperations
 from switchboard.spawner import Spawner
@@ -64,18 +65,21 @@ class Router:
                                 worker_gid)
         service = TenantOperations(supervisor, directory, layout)
         proxy = Proxy(config, supervisor, supervisor.counters)
+        moving = Moving(config, supervisor, directory, layout, service, proxy)
         loop = asyncio.get_running_loop()
         try:
             front = await loop.create_server(proxy.protocol, config.listen.host, config.listen.port,
                                              backlog=2048, reuse_address=True)
             admin = await self.start_admin(build_admin_app(
                 service, Verifier(keys, nonces=nonces), max_import_bytes=config.max_import_bytes,
-                staging_dir=layout.ensure_transfers_dir, metrics_token=config.metrics_token))
+                staging_dir=layout.ensure_transfers_dir, metrics_token=config.metrics_token,
+                extra_routes=moving.routes))
         except OSError as exc:
             log.error("cannot listen: %s", exc)
             directory.close()
             return 1
         bound = publish_addresses(config.data_dir, front, admin)
+        moving.started(bound.listen, bound.admin_listen)
         if config.use_zygote:
             spawner.prestart_zygote(config.app)
         for signum in (signal.SIGTERM, signal.SIGINT):

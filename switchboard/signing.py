@@ -270,6 +270,19 @@ def sign_request(
     }
 
 
+def sign_digest(key: bytes, method: str, path_qs: str, body_sha256: str) -> dict[str, str]:
+    """`sign_request` for a body known by its SHA-256 hex digest (a large file streamed
+    after the headers: switchboard/handover.py)."""
+    ts = str(int(time.time()))
+    nonce = secrets.token_hex(12)
+    signature = _hmac_hex(key, _string_to_sign(method, path_qs, ts, nonce, body_sha256))
+    return {
+        TIMESTAMP_HEADER: ts,
+        NONCE_HEADER: nonce,
+        AUTHORIZATION_HEADER: f"{SCHEME} {signature}",
+    }
+
+
 # --- verification ----------------------------------------------------------------------------
 
 

@@ -164,14 +164,15 @@ class WorkerHandle:
             return f" (killed by signal {-self.exit_status})"
         return f" (exit status {self.exit_status})"
 
-    async def request(self, op: str, timeout: float) -> dict[str, Any]:
-        """Send a control request and wait for its answer. Raises WorkerError or TimeoutError."""
+    async def request(self, op: str, timeout: float, **fields: Any) -> dict[str, Any]:
+        """Send a control request (with `fields`, contract/worker.py) and wait for its answer.
+        Raises WorkerError or TimeoutError."""
         if self.exited.done() or self._writer is None:
             raise WorkerError(f"worker of {self.tenant} is gone")
         op_id = next(self._ids)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[op_id] = future
-        self._writer.write(wire.encode({"id": op_id, "op": op}))
+        self._writer.write(wire.encode({"id": op_id, "op": op, **fields}))
         try:
             return await asyncio.wait_for(future, timeout)
         finally:

@@ -41,7 +41,9 @@ HOP_BY_HOP = frozenset({
 })
 IDLE_UPSTREAM_S = 60.0
 
-Address = str | int  # a worker's Unix socket path, or its loopback TCP port
+# A worker's Unix socket path, its loopback TCP port, or (host, port) of another host's router
+# that a moved tenant's requests are forwarded to (switchboard/forwarding.py).
+Address = str | int | tuple[str, int]
 
 
 class UpstreamConnection(Endpoint):
@@ -272,6 +274,9 @@ class UpstreamPool:
         if isinstance(address, str):
             _, conn = await loop.create_unix_connection(
                 lambda: UpstreamConnection(address, worker), address)
+        elif isinstance(address, tuple):
+            _, conn = await loop.create_connection(
+                lambda: UpstreamConnection(address, worker), *address)
         else:
             _, conn = await loop.create_connection(
                 lambda: UpstreamConnection(address, worker), "127.0.0.1", address)

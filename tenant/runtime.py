@@ -112,6 +112,9 @@ class Worker:
         self.control_fd = control_fd
         self.stop_requested = asyncio.Event()
         self.exit_code = 0
+        # A stop for a move to another host ({"op": "stop", "checkpoint": false}): the
+        # journal since the staged snapshot is what the target replays, so no checkpoint.
+        self.final_checkpoint_wanted = True
         self.fsync_latency = FsyncLatency()  # the ping reply's "fsync"
 
     async def run(self) -> int:
@@ -193,7 +196,8 @@ class Worker:
         ticker.cancel()
         await server.drain(DRAIN_TIMEOUT_S)
         await self.recovery.close()
-        await self.final_checkpoint()
+        if self.final_checkpoint_wanted:
+            await self.final_checkpoint()
         await self.close_journal()
         for task in (control_task, stop_task):
             task.cancel()
@@ -279,6 +283,8 @@ class Worker:
             return {"changed": outcome.changed, "generation": outcome.generation,
                     "journal_pos": outcome.journal_pos}
         if op == STOP:
+            if request.get("checkpoint") is False:
+                self.final_checkpoint_wanted = False
             self.stop_requested.set()
             return {}
         raise ValueError(f"unknown control op {op!r}")
