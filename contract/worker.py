@@ -38,6 +38,25 @@ Worker -> router, unsolicited events:
                                                        not empty the router neither idles the
                                                        worker out nor evicts it (bounded by the
                                                        router's max_busy_s)
+  {"event": "activity", "requests": int,             the worker's own count of requests (HTTP
+   "in_flight": int, "last_request_at": float}        and WebSocket) since its previous report,
+                                                       how many are open now and when the last
+                                                       began (Unix seconds). Sent at most once
+                                                       per ACTIVITY_INTERVAL_S, and only when
+                                                       one of them changed (so one last time
+                                                       after a burst ends). In direct mode the
+                                                       front server reaches the worker without
+                                                       the router: this is how the router's
+                                                       idle accounting still sees the requests
+  {"event": "attached", "sessions": [{"uid": int, "user": str, "pid": int, "since": float,
+   "read_only": bool}]}                                the debug console's sessions changed
+                                                       (tenant/console.py); while the list is
+                                                       not empty the router neither idles the
+                                                       worker out nor evicts it
+  {"event": "paused", "hold_s": float}                 the worker may block its event loop for
+                                                       up to hold_s (a console statement, a
+                                                       breakpoint's pdb): the router holds its
+                                                       health pings that long; 0 ends the hold
 Router -> worker requests, each answered by {"id": same, "ok": true, ...} or
 {"id": same, "ok": false, "error": str}:
   {"id": n, "op": "ping"}        -> {"journal_pos", "dirty", "checkpointing", "generation",
@@ -51,6 +70,9 @@ Router -> worker requests, each answered by {"id": same, "ok": true, ...} or
                                      per FSYNC_BOUNDS_S bucket and one for +Inf, and their
                                      total seconds)}
   {"id": n, "op": "checkpoint"}  -> {"changed", "generation", "journal_pos"} (forked child writes)
+  {"id": n, "op": "console_open", "path": str, "breakpoint_timeout_s": float}
+                                 -> {"socket", "pid", "code_version"}: listen for the debug
+                                    console on `path` (contract/console.py)
   {"id": n, "op": "stop"}        -> answered at once; then the worker drains, checkpoints if
                                     dirty (in-process) and exits
   {"id": n, "op": "stop", "checkpoint": false}
@@ -86,10 +108,15 @@ CHECKPOINT_FAILED = "checkpoint_failed"
 WRITES_UNAVAILABLE = "writes_unavailable"
 WRITES_RESTORED = "writes_restored"
 BUSY = "busy"
+ATTACHED = "attached"
+PAUSED = "paused"
+ACTIVITY = "activity"
+ACTIVITY_INTERVAL_S = 1.0
 # requests, router -> worker
 PING = "ping"
 CHECKPOINT = "checkpoint"
 STOP = "stop"
+CONSOLE_OPEN = "console_open"
 
 BOOT_FAILED_EXIT = 3
 DURABILITY_LOST_EXIT = 75  # EX_TEMPFAIL
@@ -105,6 +132,7 @@ class WorkerSpec:
     app: str  # MODULE:ATTR of a tenant.TenantApp
     root_path: str = ""
     code_path: str | None = None  # a pinned code directory put first on sys.path
+    code_version: str | None = None  # that code's version name (config code_versions)
     journal_fsync: str = "always"
     keep_generations: int = 3
     log_format: str = "json"

@@ -367,7 +367,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = serve_config(args)
     from switchboard.server import run  # heavy: the router, uvicorn, the supervisor
 
-    return int(run(config))
+    return int(run(config, lambda: serve_config(args)))  # SIGHUP loads it again
 
 
 def serve_config(args: argparse.Namespace) -> Config:

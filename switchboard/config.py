@@ -109,12 +109,29 @@ class Config:
     tenant_log_max_bytes: int = 10 * 1024 * 1024
     tenant_log_backups: int = 3
 
+    # Direct mode (switchboard/direct.py): the router keeps <data-dir>/direct/ current for
+    # this front server ("nginx" or "apache"; "" off), runs direct_reload_command (split like
+    # a shell line, no shell) at most once per direct_reload_delay_s, and waits direct_drain_s
+    # after a reload that took a tenant out before it stops that tenant's worker.
+    direct_mode: str = ""
+    direct_reload_command: str = ""
+    direct_reload_delay_s: float = 0.2
+    direct_drain_s: float = 1.0
+
     # Moving tenants between hosts (switchboard/migration.py, docs/migration.md).
     advertise_url: str = ""  # this router as other hosts reach it; "": http://<listen>
     advertise_admin_url: str = ""  # this admin API as other hosts reach it; "": http://<admin>
     forward_mode: str = "proxy"  # a moved tenant's requests: "proxy" to its host, "redirect" 307
     migrate_drain_timeout_s: float = 10.0  # the switch waits this long for in-flight requests
     migrate_checkpoint_records: int = 1000  # pre-copy checkpoints first past this many records
+
+    # Code versions (switchboard/versions.py): name -> a directory put first on the workers'
+    # sys.path, e.g. [code_versions] v2 = "/srv/app-v2"; tenants run default_code_version
+    # ("" : the app as installed) unless pinned. A breakpoint's pdb is released after
+    # breakpoint_timeout_s (switchboard attach --break).
+    code_versions: Mapping[str, str] = field(default_factory=dict)
+    default_code_version: str = ""
+    breakpoint_timeout_s: float = 300.0
 
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -160,6 +177,10 @@ def _coerce(name: str, raw: Any) -> Any:
             if text not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
                 raise ValueError(raw)
             return text in {"1", "true", "yes", "on"}
+        if name == "code_versions":
+            from switchboard.versions import parse_code_versions
+
+            return parse_code_versions(raw)
         if name == "trusted_proxies":
             items = raw if isinstance(raw, list | tuple) else str(raw).split(",")
             entries = tuple(str(item).strip() for item in items if str(item).strip())
@@ -260,8 +281,14 @@ def load_with_sources(
     if config.forward_mode not in {"proxy", "redirect"}:
         raise ConfigError(
             f"forward_mode must be 'proxy' or 'redirect', not {config.forward_mode!r}")
+    if config.direct_mode not in {"", "nginx", "apache"}:
+        raise ConfigError(
+            f"direct_mode must be 'nginx', 'apache' or '' (off), not {config.direct_mode!r}")
     if config.max_resident < 1:
         raise ConfigError("max_resident must be at least 1")
+    if config.default_code_version and config.default_code_version not in config.code_versions:
+        raise ConfigError(f"default_code_version {config.default_code_version!r} is not one of "
+                          f"code_versions ({', '.join(config.code_versions) or 'none'})")
     for name in ("max_request_line_bytes", "max_header_bytes", "max_headers_total_bytes",
                  "max_header_count", "max_client_connections"):
         if getattr(config, name) < 1:

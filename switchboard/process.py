@@ -32,9 +32,10 @@ from typing import Any
 
 from contract import worker as wire
 from snapshots.layout import DataLayout
-from switchboard import listen, procfs
+from switchboard import attach, listen, procfs, versions
 from switchboard.api import CheckpointResult, TenantInfo
 from switchboard.config import Config
+from switchboard.direct import DirectMap
 from switchboard.directory import Directory, TenantRecord
 from switchboard.errors import (
     SwitchboardError,
@@ -76,6 +77,7 @@ class ProcessEnv:
     make_room: Callable[[TenantProcess], Awaitable[None]]
     closing: bool = False
     background: set[asyncio.Task[Any]] = field(default_factory=set)
+    direct: DirectMap | None = None  # direct mode: the front server's map of resident workers
 
     def run_in_background(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -87,12 +89,12 @@ class TenantProcess:
     # Thousands are mapped and few run: slots, and nothing allocated until it is needed.
     __slots__ = ("_address", "_last_error", "_lock", "_oom_watch", "_pinging", "_start_task",
                  "boot_failures", "busy_since", "busy_work", "bytes_in", "bytes_out",
-                 "crash_times", "dirty", "env", "generation", "held", "in_flight", "journal_pos",
-                 "journal_since_snapshot", "kill_reason", "last_active", "last_checkpoint_at",
-                 "last_error_at", "last_exit", "last_request_at", "ping_misses", "record",
-                 "removed", "requests", "restarts", "retry_at", "rss_bytes", "start_ema_s",
-                 "started_at", "state", "unsaved", "uss_bytes", "waiting", "warnings", "worker",
-                 "writes_unavailable")
+                 "crash_times", "debug", "dirty", "env", "generation", "held", "in_flight",
+                 "journal_pos", "journal_since_snapshot", "kill_reason", "last_active",
+                 "last_checkpoint_at", "last_error_at", "last_exit", "last_request_at",
+                 "ping_misses", "record", "removed", "requests", "restarts", "retry_at",
+                 "rss_bytes", "start_ema_s", "started_at", "state", "unsaved", "uss_bytes",
+                 "waiting", "warnings", "worker", "worker_in_flight", "writes_unavailable")
 
     def __init__(self, record: TenantRecord, env: ProcessEnv) -> None:
         self.record = record
@@ -102,6 +104,8 @@ class TenantProcess:
         self._lock: asyncio.Lock | None = None
         self.worker: WorkerHandle | None = None
         self.removed = False  # set by `rm`: no start from now on
+        self.debug: attach.DebugHold | None = None  # a debug console (switchboard/attach.py)
+        self.worker_in_flight = 0  # open requests the worker reported (`activity` event)
         # Why no worker may start now (a migration whose outcome is not known yet), else None.
         self.held: str | None = None
         # crash and backoff
@@ -196,7 +200,10 @@ class TenantProcess:
         """Nothing is using the worker: no request in flight or waiting (an open WebSocket is a
         request in flight), and no work the app declared busy, unless that has run past
         max_busy_s (a `busy()` that never ends must not pin the worker for ever)."""
-        if self.state is not S.RUNNING or self.in_flight or self.waiting:
+        if self.state is not S.RUNNING or self.in_flight or self.waiting or (
+                self.worker_in_flight):  # requests the front server sent it directly
+            return False
+        if attach.holds(self.debug):  # a debug console is attached
             return False
         return self.busy_since is None or (
             time.monotonic() - self.busy_since > self.env.config.max_busy_s)
@@ -264,6 +271,12 @@ class TenantProcess:
             self._start_task = task
         return task
 
+    async def wait_started(self) -> None:
+        """Return once the start under way, if any, has ended (however it ended)."""
+        task = self._start_task
+        if task is not None and not task.done():
+            await asyncio.wait({task})
+
     def clear_failures(self) -> None:
         """An operator's start: forget the failure count and try at once."""
         if self.state is S.FAILED:
@@ -303,8 +316,12 @@ class TenantProcess:
             self.writes_unavailable = None
             self.busy_work = None
             self.busy_since = None
+            self.worker_in_flight = 0
+            self.debug = None
             self.last_error = None  # healthy again: an earlier failure is history (last_exit)
             self._transition(S.RUNNING)
+            if self.env.direct is not None:
+                self.env.direct.publish(self.name, self.address)
             self.env.counters.starts += 1
             self.env.counters.start_seconds.observe(time.monotonic() - requested)
             took = time.monotonic() - started
@@ -314,13 +331,27 @@ class TenantProcess:
                      handle.pid, took * 1000)
             handle.exited.add_done_callback(lambda _: self._exit_seen(handle))
 
+    @property
+    def code_version(self) -> str | None:
+        """The code version it runs (pinned, else the default; switchboard/versions.py)."""
+        config = self.env.config
+        return versions.version_of(config.code_versions, config.default_code_version,
+                                   self.record)
+
+    def worker_spec(self) -> wire.WorkerSpec:
+        """What its next worker is started with (a shadow restore starts from it too)."""
+        return self._spec()
+
     def _spec(self) -> wire.WorkerSpec:
         config = self.env.config
         return wire.WorkerSpec(
             tenant=self.name, port=self.record.port or 0,
             socket_path=str(self.address) if isinstance(self.address, str) else None,
             data_dir=str(config.data_dir.resolve()),
-            app=self.record.app or config.app, code_path=self.record.code_path,
+            app=self.record.app or config.app,
+            code_path=versions.code_path_of(config.code_versions, config.default_code_version,
+                                            self.record),
+            code_version=self.code_version,
             root_path=f"/t/{self.name}" if config.routing == "path" else "",
             journal_fsync=config.journal_fsync, keep_generations=config.keep_generations,
             log_format="json" if config.log_format != "text" else "text",
@@ -433,6 +464,8 @@ class TenantProcess:
         uptime = time.time() - (self.started_at or time.time())
         self.worker = None
         handle.close()
+        if self.env.direct is not None:
+            self.env.direct.discard(self.name)
         self.restarts += 1
         self.env.counters.crashes += 1
         self._transition(S.STOPPED)
@@ -465,9 +498,15 @@ class TenantProcess:
     async def stop(self, why: str, *, when: Callable[[], bool] | None = None) -> bool:
         """Stop the worker (it checkpoints if dirty) if `when()` still holds under the lock.
         A failed tenant is set back to stopped. True if a worker was stopped."""
+        direct = self.env.direct
+        if direct is not None and self.state is S.RUNNING and (when is None or when()):
+            # Out of the front server's map first: what comes meanwhile reaches the router.
+            await direct.withdraw(self.name)
         async with self.lock:
             self._note_exit_if_gone()
             if when is not None and not when():
+                if direct is not None and self.serving:  # used again meanwhile: it stays
+                    direct.publish(self.name, self.address)
                 return False
             if self.state is S.FAILED:
                 self.retry_at = None
@@ -479,6 +518,8 @@ class TenantProcess:
         if handle is None or self.state not in LIVE:
             return False
         config = self.env.config
+        if self.env.direct is not None:
+            self.env.direct.discard(self.name)
         self._transition(S.STOPPING)
         try:
             with contextlib.suppress(WorkerError, TimeoutError):
@@ -589,12 +630,28 @@ class TenantProcess:
                 self.last_active = time.monotonic()  # idle time counts from the work's end
             elif self.busy_since is None:
                 self.busy_since = time.monotonic()
+        elif event == wire.ACTIVITY:
+            self._note_activity(message)
+        elif event in attach.EVENTS:
+            self.debug = attach.on_event(self.name, self.debug, message)
         elif event == wire.WRITES_RESTORED:
             self.log.info("tenant %s accepts writes again after %.1fs", self.name,
                      float(message.get("unavailable_s") or 0))
             if self.last_error == self.writes_unavailable:
                 self.last_error = None
             self.writes_unavailable = None
+
+    def _note_activity(self, message: dict[str, Any]) -> None:
+        """The worker's own request count (contract/worker.py `activity`): in direct mode the
+        only sign of requests that never passed through the router."""
+        in_flight = message.get("in_flight")
+        self.worker_in_flight = in_flight if isinstance(in_flight, int) else 0
+        requests = message.get("requests")
+        if (isinstance(requests, int) and requests > 0) or self.worker_in_flight:
+            self.last_active = time.monotonic()
+        at = message.get("last_request_at")
+        if isinstance(at, int | float) and at > (self.last_request_at or 0):
+            self.last_request_at = float(at)
 
     # ---- health ----
 
@@ -604,6 +661,8 @@ class TenantProcess:
         request starts a new one)."""
         handle = self.worker
         if handle is None or self.state is not S.RUNNING or self._pinging:
+            return
+        if attach.pings_paused(self.debug):  # at a breakpoint or a console statement
             return
         timeout = self.env.config.ping_timeout_s
         self._pinging = True  # one ping at a time, so misses count in a row
@@ -678,6 +737,8 @@ class TenantProcess:
             waiting=self.waiting, last_error_at=self.last_error_at if self.last_error else None,
             journal_pos=self.journal_pos, journal_since_snapshot=self.journal_since_snapshot,
             dirty=self.dirty, unsaved=self.unsaved, start_ema_s=self.start_ema_s,
+            code_version=self.code_version,
+            attached=self.debug.users() if self.debug is not None else [],
         )
 
 

@@ -3,24 +3,36 @@ admin API together, and owns the signals.
 
 Signals only set a flag here; the main coroutine acts on it. First SIGTERM or SIGINT: stop
 accepting, checkpoint and stop every worker, exit 0. A second one: kill the workers and exit.
+SIGHUP: re-read the settings and apply those that can change while running
+(switchboard/reload.py). Under systemd's Type=notify each step is reported to
+$NOTIFY_SOCKET (switchboard/notify.py): READY=1 once listening, RELOADING=1 then READY=1
+around a reload, STOPPING=1 at shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
+import shlex
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from contract import serving
 from snapshots.layout import DataLayout
-from switchboard import listen, logs, private, runfile
+from switchboard import listen, logs, private, reload, runfile
 from switchboard.config import Config
+from switchboard.debugapi import debug_routes
+from switchboard.debugging import DebugOperations
+from switchboard.direct import DirectMap
+from switchboard.edge import TrustedProxies
 from switchboard.errors import ConfigError
 from switchboard.migration_api import Moving
+from switchboard.notify import Notifier
 from switchboard.proxy import Proxy
 from switchboard.service import TenantOperations
 from switchboard.spawner import Spawner
@@ -32,9 +44,11 @@ log = logging.getLogger("switchboard.server")
 
 
 class Router:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, load_config: Callable[[], Config] | None = None) -> None:
         self.config = config
+        self.load_config = load_config  # what SIGHUP reloads from; None: reload changes nothing
         self.signals: asyncio.Queue[int] = asyncio.Queue()
+        self.notifier = Notifier()
 
     async def main(self) -> int:
         import setproctitle
@@ -73,16 +87,26 @@ class Router:
             admin = await self.start_admin(build_admin_app(
                 service, Verifier(keys, nonces=nonces), max_import_bytes=config.max_import_bytes,
                 staging_dir=layout.ensure_transfers_dir, metrics_token=config.metrics_token,
-                extra_routes=moving.routes))
+                extra_routes=[*moving.routes, *debug_routes(
+                    DebugOperations(supervisor, directory, layout))]))
         except OSError as exc:
             log.error("cannot listen: %s", exc)
             directory.close()
             return 1
+        if config.direct_mode:  # before any tenant starts; with the port really bound
+            supervisor.env.direct = direct_map(config, runfile.bound_address(front.sockets))
+            try:
+                await supervisor.env.direct.start()
+            except OSError as exc:
+                log.error("cannot start: direct mode: %s", exc)
+                front.close()
+                directory.close()
+                return 1
         bound = publish_addresses(config.data_dir, front, admin)
         moving.started(bound.listen, bound.admin_listen)
         if config.use_zygote:
             spawner.prestart_zygote(config.app)
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(signum, self.signals.put_nowait, signum)
         setproctitle.setproctitle(f"switchboard: router {bound.listen} admin {bound.admin_listen}")
         log.info("switchboard serving %d tenants on http://%s/t/<tenant>/ "
@@ -90,8 +114,12 @@ class Router:
                  len(supervisor), bound.listen, bound.admin_listen, config.data_dir)
         reconcile = asyncio.ensure_future(supervisor.run())
         janitor = asyncio.ensure_future(self.close_idle_upstreams(proxy))
+        self.notifier.ready(f"serving on {bound.listen}, admin {bound.admin_listen}")
 
-        sig = await self.signals.get()
+        while (sig := await self.signals.get()) == signal.SIGHUP:
+            self.handle_sighup(supervisor, proxy)
+        self.notifier.stopping(f"checkpointing and stopping {supervisor.resident_count()} "
+                               "workers")
         log.info("got %s: checkpointing and stopping %d workers", signal.Signals(sig).name,
                  supervisor.resident_count())
         front.close()
@@ -105,6 +133,8 @@ class Router:
         second.cancel()
         for task in (reconcile, janitor):
             task.cancel()
+        if supervisor.env.direct is not None:
+            supervisor.env.direct.close()
         proxy.close()
         admin.should_exit = True
         with contextlib.suppress(Exception):
@@ -114,6 +144,30 @@ class Router:
         runfile.remove(config.data_dir, os.getpid())
         log.info("switchboard stopped")
         return 0
+
+    def handle_sighup(self, supervisor: Supervisor, proxy: Proxy) -> None:
+        """Reload the settings (switchboard/reload.py) and hand the new Config to every part
+        that reads it per request or per decision."""
+        self.notifier.reloading()
+        if self.load_config is None:
+            log.warning("SIGHUP: no configuration source to reload from; nothing changed")
+        else:
+            config, changed = reload.reloaded(self.config, self.load_config)
+            if changed:
+                self.config = config
+                supervisor.config = supervisor.env.config = proxy.config = config
+                proxy.trusted = TrustedProxies(config.trusted_proxies)
+                for peer in proxy.forwarding.peer_addresses if proxy.forwarding else ():
+                    proxy.trusted.add(peer)  # hosts tenants moved to or from (peers.py)
+                proxy.limits = dataclasses.replace(proxy.limits,
+                                                   max_body_bytes=config.max_body_bytes)
+                logging.getLogger().setLevel(config.log_level.upper())
+                direct = supervisor.env.direct
+                if direct is not None:
+                    direct.reload_command = shlex.split(config.direct_reload_command)
+                    direct.reload_delay_s = config.direct_reload_delay_s
+                    direct.drain_s = config.direct_drain_s
+        self.notifier.ready("configuration reloaded")
 
     async def start_admin(self, app: Any) -> serving.Server:
         server = serving.Server(app, host=self.config.admin_listen.host,
@@ -147,12 +201,29 @@ def publish_addresses(data_dir: Path, front: asyncio.Server,
     return bound
 
 
-def run(config: Config) -> int:
+def direct_map(config: Config, bound: str) -> DirectMap:
+    """The front server's map of resident workers (switchboard/direct.py); `bound` is the
+    router's listen address as bound (HOST:PORT)."""
+    host, _, port = bound.rpartition(":")
+    host = host.strip("[]")
+    router_host = "127.0.0.1" if host in ("", "0.0.0.0") else (
+        "[::1]" if host == "::" else f"[{host}]" if ":" in host else host)
+    return DirectMap(
+        config.direct_mode, config.data_dir / "direct", f"{router_host}:{port}",
+        base_domain=config.base_domain if config.routing == "host" else "",
+        reload_command=config.direct_reload_command,
+        reload_delay_s=config.direct_reload_delay_s, drain_s=config.direct_drain_s)
+
+
+def run(config: Config, load_config: Callable[[], Config] | None = None) -> int:
+    """Serve until stopped. `load_config` loads the settings again (from the same file,
+    environment and flags) when SIGHUP asks for a reload."""
     private.restrict_umask()  # before any file, socket or worker exists: all of them private
     logs.configure(config.log_format, config.log_level)
+    router = Router(config, load_config)
     try:
         import uvloop
 
-        return int(uvloop.run(Router(config).main()))
+        return int(uvloop.run(router.main()))
     except ImportError:
-        return asyncio.run(Router(config).main())
+        return asyncio.run(router.main())

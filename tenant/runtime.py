@@ -44,6 +44,7 @@ from contract.worker import (
     CHECKPOINT,
     CHECKPOINT_FAILED,
     CHECKPOINTED,
+    CONSOLE_OPEN,
     DURABILITY_LOST_EXIT,
     PING,
     PROTOCOL_VERSION,
@@ -53,8 +54,10 @@ from contract.worker import (
     WorkerSpec,
 )
 from snapshots.store import LocalStore
+from tenant.activity import ActivityMeter
 from tenant.app import TenantApp
 from tenant.checkpoint import Checkpointer, CheckpointFailed, CheckpointOutcome
+from tenant.console import ConsoleServer
 from tenant.context import DurabilityGuard, TenantContext, activate
 from tenant.control import open_channel
 from tenant.errors import JournalError, TenantError, TenantLocked
@@ -63,6 +66,7 @@ from tenant.limits import apply_resource_limits, set_death_signal
 from tenant.lock import TenantLock
 from tenant.output import OutputCapture
 from tenant.recovery import journal_signing, recover_state, store_for
+from tenant.requestlog import RequestLog
 from tenant.write_recovery import WriteRecovery
 
 log = logging.getLogger("switchboard.tenant")
@@ -96,7 +100,7 @@ def restore(app: TenantApp, spec: WorkerSpec, store: LocalStore) -> Restored:
         fsync_policy=spec.journal_fsync, signing=journal_signing(store, spec.tenant),
     )
     context = TenantContext(app, spec.tenant, recovered.state, journal=journal,
-                            journal_pos=recovered.journal_pos)
+                            journal_pos=recovered.journal_pos, code_version=spec.code_version)
     # Replayed commands and upgrades are not in any snapshot yet: the next checkpoint writes them.
     context.commands_since_checkpoint = recovered.replayed + (1 if recovered.rewritten else 0)
     return Restored(context, journal, recovered.generation, recovered.warnings,
@@ -175,8 +179,13 @@ class Worker:
         restored.context.on_busy_changed = self.busy_changed
         restored.journal.on_failure = restored.context.durability_lost
         restored.journal.on_fsync = self.fsync_latency.observe
-        server = self._make_server(DurabilityGuard(app.asgi, restored.context,
-                                                   retry_in_s=self.recovery.retry_in_s))
+        # ActivityMeter: the router hears of requests it did not relay (direct mode).
+        requests = RequestLog(ActivityMeter(DurabilityGuard(
+            app.asgi, restored.context, retry_in_s=self.recovery.retry_in_s), channel.send))
+        # The debug console (listens only once the router asks: console_open).
+        self.console = ConsoleServer(restored.context, self.checkpointer, requests,
+                                     channel.send, restored.context.code_version)
+        server = self._make_server(requests)
         sock = socket.socket(fileno=self.listen_fd)
         await server.start(sockets=[sock])
         loop = asyncio.get_running_loop()
@@ -195,6 +204,7 @@ class Worker:
         # Router gone (EOF), asked to stop, or SIGTERM: drain, checkpoint if dirty, exit.
         ticker.cancel()
         await server.drain(DRAIN_TIMEOUT_S)
+        await self.console.close()
         await self.recovery.close()
         if self.final_checkpoint_wanted:
             await self.final_checkpoint()
@@ -287,6 +297,9 @@ class Worker:
                 self.final_checkpoint_wanted = False
             self.stop_requested.set()
             return {}
+        if op == CONSOLE_OPEN:
+            return await self.console.open(str(request["path"]),
+                                           float(request.get("breakpoint_timeout_s", 300)))
         raise ValueError(f"unknown control op {op!r}")
 
 

@@ -387,3 +387,28 @@ def fill(directory: Path, leave_bytes: int) -> Path:
     with open(filler, "wb") as f:
         f.write(b"\0" * max(0, free - leave_bytes))
     return filler
+
+
+@pytest.fixture(scope="session")
+def nginx_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One real nginx (Debian's) for the session; each test adds and removes its own site
+    (harness.webservers)."""
+    from harness.webservers import Nginx
+
+    server = Nginx(tmp_path_factory.mktemp("nginx"))
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def apache_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One real Apache httpd (Debian's apache2) for the session, as nginx_server."""
+    from harness.webservers import Apache
+
+    server = Apache(tmp_path_factory.mktemp("apache"))
+    try:
+        yield server.start()
+    finally:
+        server.stop()
