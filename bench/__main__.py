@@ -22,6 +22,7 @@ from types import FrameType
 from bench import harness
 from bench.cases import Case, Context, Sizes
 from bench.cases.bigstate import bigstate
+from bench.cases.churn import eviction_churn
 from bench.cases.coldstart import cold_start
 from bench.cases.create import batch_create
 from bench.cases.journal import journal
@@ -37,6 +38,7 @@ CASES: dict[str, Case] = {
     "resident": resident,
     "mapped": mapped,
     "batch_create": batch_create,
+    "churn": eviction_churn,
     "journal": journal,
     "bigstate": bigstate,
     "soak": soak,

@@ -52,6 +52,7 @@ class Supervisor:
             make_room=self.make_room,
         )
         self.tenants: dict[str, TenantProcess] = {}
+        self._ahead: asyncio.Future[None] | None = None  # the eviction that keeps a slot free
         for record in records:
             self.adopt(record)
 
@@ -148,23 +149,55 @@ class Supervisor:
             self.counters.start_wait_seconds.observe(time.monotonic() - entered)
 
     async def make_room(self, starting: TenantProcess) -> None:
-        """Evict the least recently used idle tenant while the host is at max_resident."""
+        """Evict the least recently used idle tenant while the host is at max_resident.
+
+        A host that had to evict is churning (more tenants in use than slots): once
+        `starting` serves, the next victim is evicted in the background (`_evict_ahead`), so
+        the next cold start finds a slot free instead of waiting for a victim's checkpoint.
+        """
         deadline = time.monotonic() + self.config.start_timeout_s
+        evicted = False
         while self.resident_count() >= self.config.max_resident:
-            idle = [t for t in self.tenants.values()
-                    if t.idle and t is not starting and not t.operating]
-            if idle:
-                victim = min(idle, key=lambda t: t.last_active)
+            ahead = self._ahead
+            if ahead is not None and not ahead.done():
+                # A slot is being freed already: wait for it rather than evict a second.
+                await asyncio.wait({ahead}, timeout=max(0.0, deadline - time.monotonic()))
+                if time.monotonic() < deadline:
+                    continue
+            victim = self._victim(starting)
+            if victim is not None:
                 log.info("evicting %s to make room for %s", victim.name, starting.name,
                          extra={"tenant": victim.name})
                 if await victim.stop("evicted", when=_still_idle(victim)):
                     self.counters.evictions += 1
+                    evicted = True
                 continue
             if time.monotonic() > deadline:
                 raise TenantUnavailable(
                     f"{self.config.max_resident} tenants are resident and all are busy", 1,
                     kind="no_room")
             await asyncio.sleep(ROOM_POLL_S)
+        if evicted and (self._ahead is None or self._ahead.done()):
+            self._ahead = asyncio.ensure_future(self._evict_ahead(starting))
+            self.env.background.add(self._ahead)
+            self._ahead.add_done_callback(self.env.background.discard)
+
+    def _victim(self, starting: TenantProcess) -> TenantProcess | None:
+        """The least recently used idle tenant, other than the one starting."""
+        idle = [t for t in self.tenants.values()
+                if t.idle and t is not starting and not t.operating]
+        return min(idle, key=lambda t: t.last_active) if idle else None
+
+    async def _evict_ahead(self, starting: TenantProcess) -> None:
+        """After `starting` has started (never competing with its start for the CPU), evict
+        the least recently used idle tenant if the host is full, to keep one slot free."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(starting.wait_started(), self.config.start_timeout_s)
+        if self.resident_count() < self.config.max_resident:
+            return
+        victim = self._victim(starting)
+        if victim is not None and await victim.stop("evicted ahead", when=_still_idle(victim)):
+            self.counters.evictions += 1
 
     # ---- reconciliation ----
 

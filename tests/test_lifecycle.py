@@ -170,6 +170,27 @@ def test_at_most_max_resident_workers_run_and_evicted_tenants_keep_their_data(
     assert len(router.worker_pids()) <= 3
 
 
+def test_a_host_that_had_to_evict_frees_the_next_slot_ahead_of_the_next_cold_start(
+    make_router: MakeRouter,
+) -> None:
+    """Churn (more tenants in use than slots): after a start that had to evict, the least
+    recently used idle tenant is checkpointed and stopped in the background, so the next
+    cold start finds a slot free. A host that never had to evict keeps all its slots."""
+    router = make_router(app=COUNTER, max_resident=3).start()
+    names = ["t0", "t1", "t2", "t3"]
+    router.create(*names)
+    with router.client() as client:
+        for name in names[:3]:
+            add(client, name)
+        time.sleep(0.5)  # no churn yet: all three stay resident
+        assert sorted(t["name"] for t in router.ls() if t["state"] == "running") == names[:3]
+        add(client, "t3")  # evicts t0 to start; then t1 goes ahead of the next start
+        wait_until(lambda: [t["name"] for t in router.ls() if t["state"] == "running"]
+                   == ["t2", "t3"], 30, "t1 evicted ahead")
+        for name in names:  # nothing an eviction touched was lost
+            assert count_and_pid(client, name)[0] == 1
+
+
 # ---- Done when 6: SIGTERM and kill -9 of the router -------------------------------------------
 
 
