@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from contract.names import is_valid_name
-from ops import deploy_config, migrate
+from ops import attach, deploy_config, migrate
 from ops.errors import AdminError, CommandError
 from switchboard import __version__
 from switchboard.config import DEFAULT_DATA_DIR, Config, HostPort
@@ -169,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     # a parser with parents=[common] and a cmd_* handler below.
     deploy_config.add_commands(commands, common)
     migrate.add_commands(commands, common)
+    attach.add_commands(commands, common)  # attach, pin, unpin, upgrade
 
     # --- snapshot inspect|verify: files on this host, no server needed ---------------------
     snapshot = commands.add_parser("snapshot", help="inspect or verify snapshot files",

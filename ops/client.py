@@ -171,6 +171,27 @@ class AdminClient:
         finally:
             response.close()
 
+    # --- debugging (switchboard/debugapi.py) --------------------------------------------------
+
+    def attach(self, name: str, user: str, uid: int, read_only: bool) -> dict[str, Any]:
+        return self._json(self._request("POST", _tenant_path(name) + "/attach",
+                                        {"user": user, "uid": uid, "read_only": read_only}))
+
+    def pin(self, name: str, version: str) -> dict[str, Any]:
+        return self._json(self._request("POST", _tenant_path(name) + "/pin",
+                                        {"version": version}))
+
+    def unpin(self, name: str) -> dict[str, Any]:
+        return self._json(self._request("POST", _tenant_path(name) + "/unpin"))
+
+    def upgrade(self, name: str, to: str, timeout_s: float = 600.0) -> dict[str, Any]:
+        """A shadow restore, then the switch: as long as a restore of the tenant takes."""
+        return self._json(self._request("POST", _tenant_path(name) + "/upgrade", {"to": to},
+                                        timeout=httpx.Timeout(max(self._timeout, timeout_s))))
+
+    def code_versions(self) -> dict[str, Any]:
+        return self._json(self._request("GET", "/v1/code-versions"))
+
     def reclaim(self, name: str) -> dict[str, Any]:
         return self._json(self._request("POST", _tenant_path(name) + "/reclaim"))
 
@@ -282,7 +303,8 @@ class AdminClient:
             if stream:
                 response.read()
                 response.close()
-            raise AdminError(_error_text(response), response.status_code)
+            raise AdminError(_error_text(response), response.status_code,
+                             _error_details(response))
         return response
 
     def _json(self, response: httpx.Response) -> dict[str, Any]:
@@ -300,6 +322,16 @@ class AdminClient:
 
 def _tenant_path(name: str) -> str:
     return "/v1/tenants/" + quote(check_tenant_name(name), safe="")
+
+
+def _error_details(response: httpx.Response) -> str:
+    """An error's "details" (a traceback: switchboard/debugapi.py), else ""."""
+    try:
+        data = response.json()
+    except ValueError:
+        return ""
+    details = data.get("details") if isinstance(data, dict) else None
+    return details if isinstance(details, str) else ""
 
 
 def _error_text(response: httpx.Response) -> str:

@@ -14,10 +14,11 @@ from __future__ import annotations
 class AdminError(Exception):
     """An admin call failed. `status` is the HTTP status, or None when there was no answer."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, details: str = "") -> None:
         super().__init__(message)
         self.message = message
         self.status = status
+        self.details = details  # more than one line (a traceback), when the server gave one
 
 
 class CommandError(Exception):

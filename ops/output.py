@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from switchboard.config import Config
 
-TENANT_COLUMNS = ("NAME", "STATE", "PID", "ADDRESS", "RESTARTS", "LAST REQUEST", "IN-FLIGHT")
+TENANT_COLUMNS = ("NAME", "STATE", "PID", "ADDRESS", "RESTARTS", "LAST REQUEST", "IN-FLIGHT",
+                  "VERSION")
 
 
 def relative_time(moment: float | None, now: float | None = None) -> str:
@@ -58,6 +59,7 @@ def tenant_table(tenants: Sequence[Mapping[str, Any]], now: float | None = None)
             _or_dash(t.get("restarts")),
             relative_time(t.get("last_request_at"), now),
             _or_dash(t.get("in_flight")),
+            _or_dash(t.get("code_version")),
         )
         for t in tenants
     ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 from ops.output import format_bytes
@@ -18,8 +19,10 @@ WIDTH = 30
 
 
 class Progress:
-    def __init__(self, label: str, total: int | None, stream: TextIO | None = None) -> None:
+    def __init__(self, label: str, total: int | None, stream: TextIO | None = None,
+                 unit: Callable[[int], str] = format_bytes) -> None:
         self.label = label
+        self.unit = unit  # how an amount is shown: bytes by default, or a count of things
         self.total = total
         self.done = 0
         self.stream = stream if stream is not None else sys.stderr
@@ -40,11 +43,11 @@ class Progress:
             self.stream.flush()
 
     def _draw(self) -> None:
-        size = format_bytes(self.done)
+        size = self.unit(self.done)
         if self.total:
             share = min(1.0, self.done / self.total)
             bar = "#" * int(share * WIDTH)
-            total = format_bytes(self.total)
+            total = self.unit(self.total)
             line = f"{self.label} [{bar:<{WIDTH}}] {share:4.0%} {size} of {total}"
         else:
             line = f"{self.label} {size}"

@@ -46,6 +46,8 @@ class TenantInfo:
     dirty: bool | None = None  # changes no snapshot holds yet
     unsaved: bool | None = None  # dirty, and the last checkpoint failed
     start_ema_s: float | None = None  # moving average of its measured start times
+    code_version: str | None = None  # the code version it runs (None: the app as installed)
+    attached: list[str] = field(default_factory=list)  # debug consoles open: "user (uid N)"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -47,6 +47,7 @@ class TenantRecord:
     code_path: str | None = None  # pinned code directory, put first on sys.path
     owner: str | None = None  # the owning host's id in cluster mode, else None
     moved_to: str | None = None  # where the tenant lives now, once it has moved away
+    code_version: str | None = None  # pinned code version's name (switchboard/versions.py)
 
 
 def new_creation_id() -> str:
@@ -73,6 +74,10 @@ class Directory(Protocol):
     async def update(self, name: str, *, port: int | None = None, app: str | None = None,
                      code_path: str | None = None) -> TenantRecord:
         """Change where a tenant listens or which code it runs; None leaves a field as is."""
+        ...
+
+    async def set_code_version(self, name: str, version: str | None) -> TenantRecord:
+        """Pin the tenant to code version `version` (None: unpin)."""
         ...
 
     async def set_placement(self, name: str, *, owner: str | None, moved_to: str | None,

@@ -97,3 +97,20 @@ class TargetRefused(SwitchboardError):
 class TargetUnreachable(SwitchboardError):
     """No answer from a migration's target (refused, timed out, cut off, or a 5xx): whether a
     commit landed is not known; asking it to resolve tells."""
+
+
+class UnknownCodeVersion(SwitchboardError):
+    """A code version that is not in the config's code_versions (switchboard/versions.py)."""
+
+    def __init__(self, version: str, known: list[str]) -> None:
+        super().__init__(f"unknown code version {version!r}; configured: "
+                         f"{', '.join(known) or 'none (set [code_versions] in the config)'}")
+
+
+class UpgradeFailed(SwitchboardError):
+    """`upgrade` did not switch: the tenant stays on its version. `details` is the shadow
+    worker's traceback (or what else went wrong), for the operator to read."""
+
+    def __init__(self, message: str, details: str = "") -> None:
+        super().__init__(message)
+        self.details = details

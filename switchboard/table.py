@@ -11,6 +11,8 @@ Schema: after the first release the table grew an `id` (short, stable: it names 
 socket), `creation_id`, `epoch` and `owner`, and `port` became optional (a Unix-socket worker
 has none; a TCP one gets its port at its first start). Opening a first-release file rebuilds
 it in one transaction (existing tenants keep their port, get a fresh creation id and epoch 1).
+Later a `code_version` column came (a tenant's pin, switchboard/versions.py): a table without
+it gets it added, NULL (unpinned) for every tenant.
 """
 
 from __future__ import annotations
@@ -35,10 +37,12 @@ CREATE TABLE IF NOT EXISTS tenants (
     app TEXT,
     code_path TEXT,
     owner TEXT,
-    moved_to TEXT
+    moved_to TEXT,
+    code_version TEXT
 )
 """
-_COLUMNS = "id, name, creation_id, epoch, created_at, port, app, code_path, owner, moved_to"
+_COLUMNS = ("id, name, creation_id, epoch, created_at, port, app, code_path, owner, moved_to, "
+            "code_version")
 # The first release's table: no id (rowid), port NOT NULL, no creation_id/epoch/owner.
 _FIRST_RELEASE_COLUMNS = "rowid, name, created_at, port, app, code_path, moved_to"
 
@@ -67,6 +71,8 @@ class SqliteDirectory:
         tenants keep their rowid as id and their port, and get a fresh creation id, epoch 1."""
         present = {row[1] for row in self.db.execute("PRAGMA table_info(tenants)")}
         if "id" in present:
+            if "code_version" not in present:  # added by pinning (issue 12): NULL, unpinned
+                self.db.execute("ALTER TABLE tenants ADD COLUMN code_version TEXT")
             return
         rows = self.db.execute(f"SELECT {_FIRST_RELEASE_COLUMNS} FROM tenants").fetchall()
         self.db.execute("BEGIN IMMEDIATE")
@@ -152,6 +158,14 @@ class SqliteDirectory:
                                          (*changes.values(), name))
             if cursor.rowcount == 0:
                 raise UnknownTenant(name)
+        return self._row(name)
+
+    async def set_code_version(self, name: str, version: str | None) -> TenantRecord:
+        with _writing(f"pin tenant {name!r}"):
+            cursor = self.db.execute("UPDATE tenants SET code_version = ? WHERE name = ?",
+                                     (version, name))
+        if cursor.rowcount == 0:
+            raise UnknownTenant(name)
         return self._row(name)
 
     async def set_placement(self, name: str, *, owner: str | None, moved_to: str | None,

@@ -96,6 +96,8 @@ class TenantContext:
         self.journal = journal
         self.journal_pos = journal_pos  # seq of the last command applied to `state`
         self.code_version = code_version or app.app_version
+        self.epoch = 1  # the tenant's fencing token on this host (WorkerSpec.epoch)
+        self.host: str | None = None  # the owning host's id in cluster mode, else None
         self.clock = clock
         self.commands_since_checkpoint = 0
         # Set from a journal failure until a new journal is in place (`resume_writes`).
@@ -189,6 +191,12 @@ class TenantContext:
                 self.durability_lost(exc)
                 raise self._refuse(exc) from exc
         return result
+
+    def mark_dirty(self) -> None:
+        """Changes were made to `state` outside `execute` (the debug console): the next
+        checkpoint writes a snapshot even if no command ran. Not journaled: until that
+        checkpoint lands, a crash loses them."""
+        self.commands_since_checkpoint += 1
 
     def _refuse(self, error: BaseException) -> DurabilityLost:
         reason = f"cannot make writes durable: {describe_failure(error)}"

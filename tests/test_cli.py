@@ -197,7 +197,7 @@ def test_tenant_commands_print_tables(cli: Cli) -> None:
 
     header, row_a, row_b = cli.ok("ls").splitlines()
     assert header.split() == ["NAME", "STATE", "PID", "ADDRESS", "RESTARTS", "LAST", "REQUEST",
-                              "IN-FLIGHT"]
+                              "IN-FLIGHT", "VERSION"]
     assert row_a.split()[:3] == ["a", "stopped", "-"]
     assert row_b.split()[:3] == ["b", "stopped", "-"]
 
