@@ -101,6 +101,7 @@ def restore(app: TenantApp, spec: WorkerSpec, store: LocalStore) -> Restored:
     )
     context = TenantContext(app, spec.tenant, recovered.state, journal=journal,
                             journal_pos=recovered.journal_pos, code_version=spec.code_version)
+    context.epoch, context.host = spec.epoch, spec.host_id  # what /api/worker shows
     # Replayed commands and upgrades are not in any snapshot yet: the next checkpoint writes them.
     context.commands_since_checkpoint = recovered.replayed + (1 if recovered.rewritten else 0)
     return Restored(context, journal, recovered.generation, recovered.warnings,

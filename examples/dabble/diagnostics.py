@@ -31,6 +31,8 @@ async def worker(request: Request) -> Response:
         {
             "tenant": context.tenant,
             "pid": context.pid,
+            "host": context.host,
+            "epoch": context.epoch,
             "code_version": context.code_version,
             "schema_version": context.schema_version,
             "app_version": context.app.app_version,
