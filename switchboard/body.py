@@ -116,7 +116,7 @@ class Body:
         """Until the body is all in, cut short, or `timeout_s` has passed."""
         if self.complete or self.cut_short:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._client.loop
         self._waiter = waiter = loop.create_future()
         timer = loop.call_later(timeout_s, self._wake)
         try:

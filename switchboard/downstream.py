@@ -234,7 +234,7 @@ class ClientConnection(Endpoint):
             req.body = Body(self, req.chunked, expecting=expecting)
         self._queue.append(req)
         if self._handler is None or self._handler.done():
-            self._handler = asyncio.get_running_loop().create_task(self._handle_queue())
+            self._handler = self.loop.create_task(self._handle_queue())
 
     def on_body(self, data: bytes) -> None:
         req = self._parsing
@@ -403,7 +403,7 @@ class ClientConnection(Endpoint):
         self.closed = True
         if transport.can_write_eof():
             transport.write_eof()
-        self._linger = asyncio.get_running_loop().call_later(linger_s, self._end_linger)
+        self._linger = self.loop.call_later(linger_s, self._end_linger)
 
     def _end_linger(self) -> None:
         transport = self.transport

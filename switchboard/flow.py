@@ -28,6 +28,9 @@ class Endpoint(asyncio.Protocol):
     """One socket of the relay and its flow control (subclasses add the HTTP side)."""
 
     def __init__(self) -> None:
+        # The loop, asked once per connection: asyncio.get_running_loop() is a getpid()
+        # system call on Python 3.11, which per request was a tenth of the router's CPU.
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.closed = False  # the connection is closing or gone: nothing more is written
         self.peer: Endpoint | None = None
@@ -127,5 +130,5 @@ class Endpoint(asyncio.Protocol):
         if self.closed:
             return
         if self._closed_waiter is None:
-            self._closed_waiter = asyncio.get_running_loop().create_future()
+            self._closed_waiter = self.loop.create_future()
         await self._closed_waiter

@@ -37,7 +37,6 @@ also beyond `max_client_connections`), 504, and `GET /_switchboard/health` -> 20
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -296,7 +295,7 @@ class Proxy:
                                      close_client=close_client, http10=req.version == "1.0")
             # No answer within request_timeout_s: cut the worker off and answer 504 (an answer
             # that has started may stream for as long as it likes).
-            timer = asyncio.get_running_loop().call_later(
+            timer = conn.loop.call_later(
                 self.config.request_timeout_s, _cut_off_unanswered, conn)
             try:
                 reusable = await exchange

@@ -89,7 +89,7 @@ class UpstreamConnection(Endpoint):
         self._head_only = head_only
         self._http10 = http10
         self._headers, self._reason = [], b""
-        self._done = done = asyncio.get_running_loop().create_future()
+        self._done = done = self.loop.create_future()
         self.link(client)
         self.writelines(request)
         if self.closed:  # the worker hung up before we could ask
