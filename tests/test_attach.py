@@ -11,10 +11,12 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pexpect
 import pytest
 
@@ -197,3 +199,78 @@ def test_attach_to_an_unknown_tenant_or_a_bad_name_is_a_clear_error(
     wrong_break = router.cli("attach", "acme", "--break", "examples.dabble.commands:nope",
                              check=False)
     assert wrong_break.returncode == 1 and "has no 'nope'" in wrong_break.stderr
+
+
+@pytest.mark.slow
+def test_a_breakpoint_stops_tenant_a_in_pdb_while_tenant_b_is_not_delayed(
+    make_router: MakeRouter, tmp_path: Path,
+) -> None:
+    # Pings every 0.3 s (3 misses kill): a worker held at a breakpoint must not be killed.
+    router = make_router(env={"SWITCHBOARD_BREAKPOINT_TIMEOUT_S": "8",
+                              "SWITCHBOARD_PING_INTERVAL_S": "0.3",
+                              "SWITCHBOARD_PING_TIMEOUT_S": "0.3"}).start()
+    router.create("acme", "beta")
+    add_people(router, "acme", "ada")
+    add_people(router, "beta", "bea")
+    target = "examples.dabble.commands:create_record"
+    console = spawn_attach(router, tmp_path, "acme", "--break", target)
+    held: dict[str, object] = {}
+
+    def post_to_acme(name: str) -> threading.Thread:
+        def post() -> None:
+            with router.client(timeout=60) as client:
+                held[name] = client.post("/t/acme/api/tables/people/records",
+                                         json={"name": name}).status_code
+        thread = threading.Thread(target=post)
+        thread.start()
+        return thread
+
+    try:
+        console.expect("breakpoints: " + target)
+        console.expect(">>> ")
+        pid = router.info("acme")["pid"]
+        thread = post_to_acme("held")
+        console.expect("breakpoint on " + target)
+        console.expect(r"\(Pdb\) ")
+        console.sendline("p fields")  # the function's own frame: its arguments
+        console.expect("'held'")
+        console.expect(r"\(Pdb\) ")
+        # Tenant B runs the same code path, in its own process: not delayed.
+        started = time.monotonic()
+        add_people(router, "beta", "bob")
+        assert time.monotonic() - started < 2.0
+        # Tenant A's other requests wait while pdb has its loop.
+        with router.client(timeout=1) as client, pytest.raises(httpx.TimeoutException):
+            client.get("/t/acme/api/tables")
+        time.sleep(1.5)  # several health pings' worth: they are held, not missed
+        console.sendline("n")  # step
+        console.expect(r"\(Pdb\) ")
+        console.sendline("c")
+        console.expect("breakpoint released: continued")
+        thread.join(30)
+        assert held["held"] == 201
+        assert router.info("acme")["pid"] == pid
+
+        # breakpoint_on() from the prompt; left open, it is released at the deadline.
+        console.sendline(f"breakpoint_off({target!r})")
+        console.expect("True")
+        console.expect(">>> ")
+        console.sendline(f"breakpoint_on({target!r})")
+        console.expect(">>> ")
+        thread = post_to_acme("late")
+        console.expect(r"\(Pdb\) ")
+        console.expect("breakpoint released: the breakpoint's deadline passed", timeout=30)
+        thread.join(30)
+        assert held["late"] == 201
+        assert router.info("acme")["pid"] == pid  # not killed as unresponsive
+        console.sendline("")
+        console.sendcontrol("d")
+        console.expect(pexpect.EOF)
+    finally:
+        console.close(force=True)
+    assert people(router, "acme") == ["ada", "held", "late"]
+    assert people(router, "beta") == ["bea", "bob"]
+    log = (router.data_dir / "logs" / "acme.log").read_text()
+    assert "released after" in log and "deadline passed" in log
+    # The breakpoints went with the session: requests run straight through again.
+    add_people(router, "acme", "after")
