@@ -152,7 +152,11 @@ class ConsoleClient:
     def run(self, hello: dict[str, Any]) -> int:
         self.send(hello)
         self._reader.start()
-        welcome = self.frames.get(timeout=30)
+        try:
+            welcome = self.frames.get(timeout=30)
+        except queue.Empty:
+            raise CommandError("the tenant's worker did not greet the console within 30 s") \
+                from None
         if welcome.get("event") != "welcome":
             raise CommandError(str(welcome.get("error") or "the worker closed the console"))
         _write(_banner(welcome))

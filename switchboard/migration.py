@@ -211,7 +211,8 @@ class Migrator:
                     f"(requests held {pause_s * 1000:.0f} ms)",
             moved_to=target_router, epoch=reply.get("epoch"), pid=reply.get("pid"),
             started=reply.get("started"), pause_ms=round(pause_s * 1000, 1),
-            target_error=reply.get("error"))
+            target_error=reply.get("error"), snapshot_bytes=staged[2],
+            transfer_s=round(staged[3], 4))
         origin = self.peers.origins.get(name)
         if origin and origin != to_admin:
             self._tell_origin(name, origin, Identity(name, who.creation_id, who.epoch + 1),
@@ -219,8 +220,9 @@ class Migrator:
         self.peers.set_origin(name, None)
 
     async def _precopy(self, tenant: TenantProcess, who: Identity, client: TargetClient,
-                       say: Any) -> tuple[int, int]:
-        """Stream the newest snapshot; (its generation, the journal position it covers)."""
+                       say: Any) -> tuple[int, int, int, float]:
+        """Stream the newest snapshot; (its generation, the journal position it covers, its
+        size in bytes, the seconds the transfer took)."""
         name = tenant.name
         generations = self.layout.generations(name)
         generation = generations[-1] if generations else 0
@@ -259,7 +261,7 @@ class Migrator:
                 with contextlib.suppress(OSError):
                     link.unlink()
         await self._stall("staged")
-        return generation, int(reply.get("journal_pos", 0))
+        return generation, int(reply.get("journal_pos", 0)), total, took
 
     async def _commit(self, tenant: TenantProcess, who: Identity, journal_pos: int,
                       client: TargetClient, say: Any) -> dict[str, Any]:

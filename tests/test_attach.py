@@ -173,6 +173,22 @@ except OSError as exc:
 """)
         assert probe.returncode == 0, probe.stderr
         assert json.loads(probe.stdout) == {"connected": False, "errno": 13}  # EACCES
+        # Were the modes ever widened, the worker still refuses the uid (SO_PEERCRED).
+        os.chmod(router.data_dir, 0o711)
+        os.chmod(path.parent, 0o711)
+        os.chmod(path, 0o666)
+        probe = as_user(other_user, f"""
+import socket, json
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(20)
+s.connect({str(path)!r})
+s.sendall(b'{{"op": "hello", "user": "intruder"}}\\n')
+print(s.makefile("rb").readline().decode().strip())
+""")
+        assert probe.returncode == 0, probe.stderr
+        answer = json.loads(probe.stdout)
+        assert answer["event"] == "refused" and "may not attach" in answer["error"], answer
+        assert "console refused for uid" in (router.data_dir / "logs" / "acme.log").read_text()
         # The CLI run as that user refuses before it tries (it cannot even see the socket).
         entry = pwd.getpwnam(other_user)
         python = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
