@@ -27,6 +27,7 @@ from bench.cases.coldstart import cold_start
 from bench.cases.create import batch_create
 from bench.cases.journal import journal
 from bench.cases.memory import idle_worker, mapped, resident
+from bench.cases.migrate import migrate
 from bench.cases.proxy import proxy
 from bench.cases.soak import soak
 from bench.report import Figure, document, save, table
@@ -41,6 +42,7 @@ CASES: dict[str, Case] = {
     "churn": eviction_churn,
     "journal": journal,
     "bigstate": bigstate,
+    "migrate": migrate,
     "soak": soak,
 }
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
