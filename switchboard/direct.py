@@ -21,7 +21,7 @@ whose hot standby is the router (with the path prefix the router would take off)
 rewrite rule that sends the tenant's requests to it:
 
     <Proxy "balancer://switchboard-acme">
-        BalancerMember "http://127.0.0.1:20001" retry=0 upgrade=websocket
+        BalancerMember "http://127.0.0.1:20001" retry=1 upgrade=websocket
         BalancerMember "http://127.0.0.1:8000/t/acme" status=+H retry=0 upgrade=websocket
     </Proxy>
     RewriteRule "^/t/acme(/.*)$" "balancer://switchboard-acme$1" [P,L]       path mode
@@ -41,7 +41,9 @@ still forwards them to the running worker (and keeps it, if they make it busy ag
 within `direct_reload_delay_s` share one write and one run of `direct_reload_command`.
 
 What still reaches a gone worker (a crash, a stale connection) is refused at connect, and the
-site sends it to the router: nginx by error_page, Apache by the balancer's standby member.
+site sends it to the router: nginx by error_page, Apache by the balancer's standby member
+(the worker member is then left out for its `retry=1` second, else Apache would try it again
+instead of the standby).
 """
 
 from __future__ import annotations
@@ -175,7 +177,7 @@ class DirectMap:
             prefix = "" if self.base_domain else f"/t/{name}"
             lines.append(
                 f'<Proxy "{balancer}">\n'
-                f'    BalancerMember "{worker}" retry=0 upgrade=websocket\n'
+                f'    BalancerMember "{worker}" retry=1 upgrade=websocket\n'
                 f'    BalancerMember "http://{self.router}{prefix}" status=+H retry=0 '
                 f"upgrade=websocket\n</Proxy>\n")
             if self.base_domain:

@@ -54,13 +54,34 @@ def install(server: WebServer, router: RouterProcess, kind: str, site: str,
     return f"http://127.0.0.1:{port}"
 
 
+class BrowserLikeTransport(httpx.HTTPTransport):
+    """Sends a request again, once, when its connection was closed or reset before the
+    answer's head came back: what browsers do on a kept-alive connection. A server's reload
+    (nginx -s reload, Apache's graceful restart; direct mode reloads as tenants come and go)
+    closes its idle client connections, and a request may leave on one just as it closes
+    (the server never read it: the kernel answers with a reset). `resent` counts these."""
+
+    resent = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return super().handle_request(request)  # returns once the head has arrived
+        except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            if isinstance(exc, httpx.RemoteProtocolError) and (
+                    "without sending a response" not in str(exc)):
+                raise
+            BrowserLikeTransport.resent += 1
+            return super().handle_request(request)
+
+
 def client(base_url: str, tenant: str, *, host_mode: bool) -> httpx.Client:
     """A client whose paths are the tenant app's own: /t/<tenant> in path mode, the Host
     header in host mode."""
     if host_mode:
         return httpx.Client(base_url=base_url, headers={"Host": f"{tenant}.{BASE_DOMAIN}"},
-                            timeout=60, trust_env=False)
-    return httpx.Client(base_url=f"{base_url}/t/{tenant}", timeout=60, trust_env=False)
+                            timeout=60, trust_env=False, transport=BrowserLikeTransport())
+    return httpx.Client(base_url=f"{base_url}/t/{tenant}", timeout=60, trust_env=False,
+                        transport=BrowserLikeTransport())
 
 
 def demo_requests(http: httpx.Client) -> None:
