@@ -93,6 +93,7 @@ def recover_state(app: TenantApp, store: LocalStore, tenant: str,
     if loaded is None:
         recovered = RecoveredState(app.initial_state(), 0, None)
     else:
+        _refuse_if_fenced(store, tenant, loaded.header.epoch, loaded.header.creation_id)
         recovered = _from_snapshot(app, store, loaded)
     if through_seq is not None and recovered.journal_pos > through_seq:
         raise RestoreError(f"snapshot generation {recovered.generation} of {tenant} covers seq "
@@ -126,6 +127,17 @@ def recover_state(app: TenantApp, store: LocalStore, tenant: str,
             recovered.warnings.append(
                 f"dropped a torn record at the end of {torn_path} (offset {offset})")
     return recovered
+
+
+def _refuse_if_fenced(store: LocalStore, tenant: str, epoch: int, creation_id: str) -> None:
+    """DESIGN.md "Between hosts": a worker never starts for a tenant whose files were written
+    at a newer epoch than its own (the same creation id): another host owns it now, and this
+    host's record of it is older than what it has seen (an old tenant table put back?)."""
+    identity = store.identity
+    if creation_id and creation_id == identity.creation_id and epoch > identity.epoch:
+        raise RestoreError(
+            f"{tenant}'s snapshot was written at epoch {epoch}, newer than this host's epoch "
+            f"{identity.epoch} for it: a newer owner has had it; not starting an older one")
 
 
 def _from_snapshot(app: TenantApp, store: LocalStore, loaded: LoadedState) -> RecoveredState:

@@ -326,3 +326,27 @@ def test_the_docs_list_every_migration_route() -> None:
     for plain, prefix, suffix, method in routes:
         path = plain or prefixes[prefix] + suffix
         assert f"| `{method} {path}" in documented, (method, path)
+
+
+def test_a_worker_never_starts_at_an_older_epoch_than_its_files(make_router: MakeRouter) -> None:
+    """An old tenant table put back (epoch 1) under files written at epoch 3: no worker."""
+    a, b = hosts(make_router, 2)
+    a.create("acme")
+    add_records(a, "acme", 2)
+    a.stop()
+    backup = a.data_dir.parent / "tenants-epoch-1.sqlite"
+    shutil.copy(a.data_dir / "tenants.sqlite", backup)
+    a.start()
+    migrate(a, "acme", "--to", b.admin_url)
+    migrate(b, "acme", "--back")
+    add_records(a, "acme", 1)
+    assert a.cli("checkpoint", "acme").stdout.strip() == "2"  # stamped with epoch 3
+    a.stop()
+    for suffix in ("-wal", "-shm"):
+        (a.data_dir / f"tenants.sqlite{suffix}").unlink(missing_ok=True)
+    shutil.copy(backup, a.data_dir / "tenants.sqlite")
+    a.start()
+    assert a.info("acme")["epoch"] == 1
+    with a.client() as client:
+        assert client.get("/t/acme/api/tables").status_code == 503
+    assert "newer owner" in str(a.info("acme")["last_error"])
