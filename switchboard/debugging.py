@@ -23,6 +23,7 @@ from contract import worker as wire
 from snapshots.layout import DataLayout
 from switchboard import attach, listen, shadow, versions
 from switchboard.api import TenantInfo
+from switchboard.config import Config
 from switchboard.directory import Directory
 from switchboard.errors import ConfigError, TenantUnavailable, UpgradeFailed
 from switchboard.process import TenantProcess
@@ -36,7 +37,10 @@ class DebugOperations:
         self.supervisor = supervisor
         self.directory = directory
         self.layout = layout
-        self.config = supervisor.config
+
+    @property
+    def config(self) -> Config:
+        return self.supervisor.config  # as reloaded (SIGHUP), not as it was at start
 
     def code_versions(self) -> dict[str, Any]:
         return {"default": self.config.default_code_version or None,

@@ -105,7 +105,9 @@ class Router:
         bound = publish_addresses(config.data_dir, front, admin)
         moving.started(bound.listen, bound.admin_listen)
         if config.use_zygote:
-            spawner.prestart_zygote(config.app)
+            # The default code version's (switchboard/versions.py); others start on first use.
+            spawner.prestart_zygote(config.app,
+                                    config.code_versions.get(config.default_code_version))
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(signum, self.signals.put_nowait, signum)
         setproctitle.setproctitle(f"switchboard: router {bound.listen} admin {bound.admin_listen}")

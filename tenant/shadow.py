@@ -109,9 +109,12 @@ def main(argv: list[str]) -> int:
     spec = WorkerSpec.from_json(argv[0])
     if spec.code_path:
         sys.path.insert(0, spec.code_path)
+    import setproctitle
+
     from tenant.limits import set_death_signal
     from tenant.runtime import configure_logging
 
+    setproctitle.setproctitle(f"switchboard: shadow {spec.tenant} {spec.code_version}")
     set_death_signal(os.getppid())
     configure_logging(spec)
     return asyncio.run(run_shadow(spec, int(argv[1]), int(argv[2])))
