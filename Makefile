@@ -14,15 +14,18 @@ $(BIN)/switchboard: pyproject.toml
 
 install: $(BIN)/switchboard
 
-# Debian packages the integration tests and benchmarks drive for real (nginx as the front server,
-# wrk as the load generator, chromium as the browser that runs the demo page's script, strace
-# to see a worker fsync its journal before it acknowledges).
-# Installed only when missing.
+# Debian packages the integration tests and benchmarks drive for real (nginx and apache2 as the
+# front servers, wrk as the load generator, chromium as the browser that runs the demo page's
+# script, strace to see a worker fsync its journal before it acknowledges, systemd for
+# `systemd-analyze verify` of the generated unit). Installed only when missing; the tests run
+# their own nginx and Apache on free ports (RUNLEVEL=1: apache2 is not started as a service).
 system-deps:
 	@command -v nginx >/dev/null && command -v wrk >/dev/null && command -v chromium >/dev/null \
-	  && command -v strace >/dev/null || \
+	  && command -v strace >/dev/null && command -v apachectl >/dev/null \
+	  && command -v systemd-analyze >/dev/null || \
 	  { apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk chromium strace; }
+	    DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq nginx-light wrk \
+	      chromium strace apache2 systemd; }
 
 run: install
 	$(BIN)/python -m ops.demo --data-dir $(DATA)
