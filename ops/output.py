@@ -134,6 +134,10 @@ def tenant_status(info: Mapping[str, Any], now: float | None = None) -> str:
             lines[note] = relative_time(info[key], now) if key == "retry_at" else info[key]
     if info.get("busy"):
         lines["busy with"] = info["busy"]
+    if info.get("code_version"):
+        lines["code version"] = info["code_version"]
+    if info.get("attached"):
+        lines["console attached"] = ", ".join(info["attached"])
     return key_values(lines)
 
 

@@ -91,6 +91,8 @@ def test_pinned_tenant_serves_its_version_and_a_failing_upgrade_leaves_it_servin
     header, *rows = router.cli("ls").stdout.splitlines()
     assert header.split()[-1] == "VERSION" and rows[0].split()[-1] == "v2"
     assert names(router, "acme") == ["ada"]
+    status = router.cli("status", "acme").stdout.splitlines()
+    assert [line.split()[-1] for line in status if line.startswith("code version")] == ["v2"]
 
     # v3's schema upgrade raises: the shadow restore fails, acme stays on v2 and serves.
     router.cli("checkpoint", "acme")  # a snapshot at schema 1 for v3 to upgrade
