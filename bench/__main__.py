@@ -25,6 +25,7 @@ from bench.cases.bigstate import bigstate
 from bench.cases.churn import eviction_churn
 from bench.cases.coldstart import cold_start
 from bench.cases.create import batch_create
+from bench.cases.deploy import deploy
 from bench.cases.journal import journal
 from bench.cases.memory import idle_worker, mapped, resident
 from bench.cases.migrate import migrate
@@ -35,6 +36,7 @@ from bench.report import Figure, document, save, table
 CASES: dict[str, Case] = {
     "cold_start": cold_start,
     "proxy": proxy,
+    "deploy": deploy,
     "idle_worker": idle_worker,
     "resident": resident,
     "mapped": mapped,
