@@ -63,6 +63,7 @@ class ConsoleServer:
         self.path: Path | None = None
         self._server: asyncio.AbstractServer | None = None
         self._unused_timer: asyncio.TimerHandle | None = None
+        self._expect_until = 0.0  # loop time: a client asked for by console_open may come
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def open(self, path: str, breakpoint_timeout_s: float) -> dict[str, Any]:
@@ -74,8 +75,9 @@ class ConsoleServer:
             install_routing()
         if self._unused_timer is not None:
             self._unused_timer.cancel()
-        self._unused_timer = asyncio.get_running_loop().call_later(
-            CONNECT_TIMEOUT_S, self._close_if_unused)
+        loop = asyncio.get_running_loop()
+        self._expect_until = loop.time() + CONNECT_TIMEOUT_S
+        self._unused_timer = loop.call_later(CONNECT_TIMEOUT_S, self._close_if_unused)
         return {"socket": str(self.path), "pid": os.getpid(), "code_version": self.code_version}
 
     async def _listen(self, path: Path) -> asyncio.AbstractServer:
@@ -145,6 +147,8 @@ class ConsoleServer:
         finally:
             with contextlib.suppress(ConnectionError, OSError):
                 writer.close()
+            # The last session ended and no other client was asked for: stop listening (one
+            # still expected is left to the timer, which closes if it never comes).
             if not self.sessions and self._server is not None and (
-                    self._unused_timer is None or self._unused_timer.cancelled()):
+                    asyncio.get_running_loop().time() >= self._expect_until):
                 self._stop_listening()

@@ -67,6 +67,16 @@ class _Routed(io.TextIOBase):
     def fileno(self) -> int:
         return self.original.fileno()
 
+    def isatty(self) -> bool:
+        return self.original.isatty()
+
+    @property
+    def buffer(self) -> Any:  # code that writes bytes to sys.stdout.buffer
+        return self.original.buffer
+
+    def __getattr__(self, name: str) -> Any:  # anything else a stream offers
+        return getattr(self.original, name)
+
     @property
     def encoding(self) -> str:  # type: ignore[override]
         return getattr(self.original, "encoding", "utf-8")

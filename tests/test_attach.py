@@ -91,6 +91,9 @@ def test_attach_evaluates_runs_a_command_and_the_change_survives_kill_9(
     finally:
         console.close(force=True)
     assert console.exitstatus == 0, console.before
+    # The last session gone, the worker stops listening: no console socket is left.
+    wait_until(lambda: not list((router.data_dir / "console").glob("*.sock")), 10,
+               "the console socket removed after detach")
     assert people(router, "acme") == ["ada", "bob", "cy", "dora"]
     pid = router.info("acme")["pid"]
     os.kill(pid, signal.SIGKILL)

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from switchboard.errors import UnknownTenant
+from switchboard.table import SqliteDirectory
 from tests.conftest import ROOT, SWITCHBOARD, Router
 
 MakeRouter = Callable[..., Router]
@@ -152,3 +155,26 @@ def test_bad_versions_and_tenants_are_clear_errors(
                              text=True, env=env, cwd=ROOT, timeout=60)
     assert refused.returncode == 1
     assert "default_code_version 'v7' is not one of code_versions (v2)" in refused.stderr
+
+
+@pytest.mark.anyio
+async def test_a_tenant_table_without_the_pin_column_gets_it(tmp_path: Path) -> None:
+    path = tmp_path / "tenants.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE tenants (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, "
+               "creation_id TEXT NOT NULL, epoch INTEGER NOT NULL DEFAULT 1, "
+               "created_at REAL NOT NULL, port INTEGER UNIQUE, app TEXT, code_path TEXT, "
+               "owner TEXT, moved_to TEXT)")
+    db.execute("INSERT INTO tenants (name, creation_id, created_at) VALUES ('acme', 'c1', 1.0)")
+    db.commit()
+    db.close()
+    directory = SqliteDirectory(path)
+    try:
+        record = await directory.get("acme")
+        assert (record.name, record.creation_id, record.code_version) == ("acme", "c1", None)
+        assert (await directory.set_code_version("acme", "v2")).code_version == "v2"
+        assert (await directory.set_code_version("acme", None)).code_version is None
+        with pytest.raises(UnknownTenant):
+            await directory.set_code_version("nosuch", "v2")
+    finally:
+        directory.close()
