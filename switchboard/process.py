@@ -672,6 +672,8 @@ class TenantProcess:
             self._note_ping(reply)
             self.env.counters.fsync_seconds.merge(reply.get("fsync"))
         except TimeoutError:
+            if attach.pings_paused(self.debug):
+                return  # the worker said it would block (a breakpoint): not a miss
             self.ping_misses += 1
             self.log.warning("tenant %s missed a health ping (%d in a row)", self.name,
                         self.ping_misses)
