@@ -7,7 +7,7 @@ included at http level by the site `switchboard deploy-config nginx --direct` pr
 
     upstream switchboard_t_acme {             one per resident tenant, connections kept alive
         server 127.0.0.1:20001 max_fails=0;   or `server unix:<data-dir>/run/7.sock ...`
-        keepalive 8;
+        keepalive 32;
     }
     map $switchboard_tenant $switchboard_worker {
         default "";                           not resident: the site sends it to the router
@@ -59,7 +59,7 @@ from pathlib import Path
 log = logging.getLogger("switchboard.direct")
 
 RELOAD_TIMEOUT_S = 30.0
-NGINX_KEEPALIVE = 8  # idle connections each nginx worker keeps to one tenant's worker
+NGINX_KEEPALIVE = 32  # idle connections each nginx worker keeps to one tenant's worker, at most
 
 Address = str | int  # a Unix socket path, or a loopback port
 

@@ -1,4 +1,4 @@
-"""Direct mode through the real servers: nginx (path mode) and Apache (host mode) send a
+"""Direct mode through the real servers: nginx and Apache, in path and host mode, send a
 resident tenant's requests straight to its worker with the site `deploy-config --direct`
 prints and the map the router keeps (switchboard/direct.py); the router sees only what is
 not resident.
@@ -71,8 +71,9 @@ def until_direct(router: Router, http: httpx.Client, tenant: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("kind", "host_mode"), [("nginx", False), ("apache", True)],
-                         ids=["nginx-path", "apache-host"])
+@pytest.mark.parametrize(("kind", "host_mode"), [
+    ("nginx", False), ("nginx", True), ("apache", False), ("apache", True),
+], ids=["nginx-path", "nginx-host", "apache-path", "apache-host"])
 def test_resident_tenants_bypass_the_router(
         kind: str, host_mode: bool, make_router: Any, nginx_server: WebServer,
         apache_server: WebServer) -> None:
