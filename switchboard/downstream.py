@@ -68,6 +68,9 @@ class Request:
 
 
 Serve = Callable[["ClientConnection", Request], Awaitable[bool]]
+# The proxy's synchronous path (switchboard.proxy.Proxy.serve_at_once): True when it took the
+# request and will call `ClientConnection.served(keep_going)` once the answer is relayed.
+ServeAtOnce = Callable[["ClientConnection", Request], bool]
 
 
 class _Refused(Exception):
@@ -79,8 +82,11 @@ class ClientConnection(Endpoint):
     False when the connection must close afterwards."""
 
     def __init__(self, serve: Serve, limits: EdgeLimits,
-                 connections: set[ClientConnection], trusted: TrustedProxies) -> None:
+                 connections: set[ClientConnection], trusted: TrustedProxies,
+                 serve_at_once: ServeAtOnce | None = None) -> None:
         super().__init__()
+        self._serve_at_once = serve_at_once
+        self._at_once = False  # the queue's first request is being served without a task
         self.address = b"127.0.0.1"  # the client's IP address, for X-Forwarded-For
         self.trusted = False  # the peer is in trusted_proxies: its forwarding headers count
         self.writes = 0  # write calls so far: did a failed request get any answer?
@@ -233,8 +239,11 @@ class ClientConnection(Endpoint):
                             for name, value in req.headers)
             req.body = Body(self, req.chunked, expecting=expecting)
         self._queue.append(req)
-        if self._handler is None or self._handler.done():
-            self._handler = self.loop.create_task(self._handle_queue())
+        if self._at_once or (self._handler is not None and not self._handler.done()):
+            return  # queued behind the request being served
+        if self._serve_at_once is not None and len(self._queue) == 1 and self._try_at_once(req):
+            return
+        self._handler = self.loop.create_task(self._handle_queue())
 
     def on_body(self, data: bytes) -> None:
         req = self._parsing
@@ -344,6 +353,39 @@ class ClientConnection(Endpoint):
                 self.close()
 
     # ---- answering ----
+
+    def _try_at_once(self, req: Request) -> bool:
+        assert self._serve_at_once is not None
+        writes = self.writes
+        self._at_once = True
+        try:
+            taken = self._serve_at_once(self, req)
+        except Exception:  # as in _handle_queue: one request lost, never a hung connection
+            log.exception("request %r failed in the router", req.url[:200])
+            self._at_once = False
+            self._queue.clear()
+            if self.writes == writes:
+                self.fail(502, "the router failed to handle this request (see its log)")
+            else:
+                self.abort()
+            return True
+        self._at_once = taken
+        return taken
+
+    def served(self, keep_going: bool | None) -> None:
+        """The synchronous path is done with the queue's first request: `keep_going` as
+        `serve` returns it, or None to hand the request to the handler task after all (the
+        worker connection was stale: the task retries it as any request is retried)."""
+        self._at_once = False
+        if keep_going is not None:
+            req = self._queue.popleft()
+            self._idle_since = 0.0
+            if not keep_going or not req.keep_alive:
+                self.close_after_write()
+                return
+            self.release_reading(BODY_FULL)
+        if self._queue and not self.closed:  # pipelined requests, or the handed-over one
+            self._handler = self.loop.create_task(self._handle_queue())
 
     async def _handle_queue(self) -> None:
         while self._queue and not self.closed:

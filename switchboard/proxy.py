@@ -37,6 +37,7 @@ also beyond `max_client_connections`), 504, and `GET /_switchboard/health` -> 20
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -97,6 +98,12 @@ class Admission(Protocol[TenantT]):
     async def acquire(self, name: str) -> TenantT:
         """A serving tenant with one more request in flight; raises UnknownTenant or
         TenantUnavailable."""
+        ...
+
+    def serving_now(self, name: str) -> TenantT | None:
+        """The tenant if its worker can take a request this moment, else None (unknown,
+        stopped, starting, moved: `acquire` deals with those). Admits nothing: the caller
+        calls the tenant's `begin_request()` if it sends it one."""
         ...
 
     def release(self, tenant: TenantT, bytes_in: int, bytes_out: int) -> None:
@@ -166,7 +173,8 @@ class Proxy:
 
     def protocol(self) -> ClientConnection:
         self.sweeper.start()  # once; the loop runs by the time connections come
-        return ClientConnection(self.handle, self.limits, self.connections, self.trusted)
+        return ClientConnection(self.handle, self.limits, self.connections, self.trusted,
+                                self.serve_at_once)
 
     def close(self) -> None:
         """Close every worker and client connection (the router is stopping)."""
@@ -186,6 +194,66 @@ class Proxy:
             return await self.serve(client, req)
         finally:
             self.counters.count_response(client.status, time.monotonic() - started)
+
+    def serve_at_once(self, client: ClientConnection, req: Request) -> bool:
+        """The hot path, with no task and no coroutine: a request without a body to a tenant
+        whose worker is serving, over an idle pooled connection, is written to the worker
+        from the parser's callback, and its answer relayed from the worker connection's.
+        False (nothing done) for anything else: starts, waits, bodies, upgrades, forwarding
+        and the router's own URLs take `handle`. Ends with `client.served(...)`."""
+        if req.body is not None or req.upgrade:
+            return False
+        try:
+            route = self.route(req)
+        except (BadName, NotRouted):
+            return False
+        tenant = self.supervisor.serving_now(route.tenant)
+        if tenant is None:
+            return False
+        conn = self.pool.take_idle(tenant.address, tenant.worker)
+        if conn is None:
+            return False
+        started = time.monotonic()
+        client.status = 0
+        tenant.begin_request()
+        exchange = conn.exchange(client, [self.request_head(client, req, route)],
+                                 head_only=req.method == b"HEAD", close_client=not req.keep_alive,
+                                 http10=req.version == "1.0")
+        timer = conn.loop.call_later(self.config.request_timeout_s, _cut_off_unanswered, conn)
+        exchange.add_done_callback(
+            lambda done: self._answered_at_once(client, req, route, tenant, conn, timer, started,
+                                                done.result()))
+        return True
+
+    def _answered_at_once(self, client: ClientConnection, req: Request, route: Route,
+                          tenant: Any, conn: UpstreamConnection, timer: asyncio.TimerHandle,
+                          started: float, reusable: bool) -> None:
+        """The end of `serve_at_once`'s exchange: as `relay` ends one, without a body."""
+        timer.cancel()
+        client.status = conn.status
+        keep_going: bool | None = False
+        try:
+            if conn.timed_out:
+                client.fail(504, f"tenant {route.tenant} sent no answer within "
+                                 f"{self.config.request_timeout_s:g}s")
+            elif not conn.answered:
+                if not conn.got_bytes and req.method in IDEMPOTENT:
+                    keep_going = None  # a stale pooled connection, or a worker just gone
+                    return
+                client.fail(502, f"tenant {route.tenant}'s worker closed the connection")
+            else:
+                req.bytes_out = conn.bytes_out
+                if reusable:
+                    self.pool.put(conn)
+                else:
+                    conn.unlink()
+                    conn.close()
+                keep_going = not conn.client_must_close and not client.closed
+        finally:
+            self.supervisor.release(tenant, 0, req.bytes_out)
+            if keep_going is not None:  # a handed-over request is counted when it is served
+                self.counters.count_response(client.status, time.monotonic() - started)
+            client.served(keep_going)
 
     async def serve(self, client: ClientConnection, req: Request) -> bool:
         try:

@@ -101,6 +101,10 @@ class Supervisor:
         tenant.begin_request()
         return tenant
 
+    def serving_now(self, name: str) -> TenantProcess | None:
+        tenant = self.tenants.get(name)
+        return tenant if tenant is not None and tenant.serving else None
+
     def release(self, tenant: TenantProcess, bytes_in: int, bytes_out: int) -> None:
         tenant.end_request(bytes_in, bytes_out)
 

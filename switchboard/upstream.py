@@ -261,15 +261,9 @@ class UpstreamPool:
     async def get(self, address: Address, worker: Any) -> tuple[UpstreamConnection, bool]:
         """A connection to `worker` at `address`, and whether it was reused (a reused one may
         be stale). Idle connections to an earlier worker at the same address are closed here."""
-        conns = self._idle.get(address)
-        while conns:
-            conn = conns.pop()
-            conn.pool = None
-            if conn.worker is not worker:
-                conn.close()
-            elif not conn.closed and conn.transport is not None and (
-                    not conn.transport.is_closing()):
-                return conn, True
+        conn = self.take_idle(address, worker)
+        if conn is not None:
+            return conn, True
         loop = asyncio.get_running_loop()
         if isinstance(address, str):
             _, conn = await loop.create_unix_connection(
@@ -281,6 +275,20 @@ class UpstreamPool:
             _, conn = await loop.create_connection(
                 lambda: UpstreamConnection(address, worker), "127.0.0.1", address)
         return conn, False
+
+    def take_idle(self, address: Address, worker: Any) -> UpstreamConnection | None:
+        """An idle connection to `worker` at `address` (it may be stale), or None. Idle
+        connections to an earlier worker at the same address are closed here."""
+        conns = self._idle.get(address)
+        while conns:
+            conn = conns.pop()
+            conn.pool = None
+            if conn.worker is not worker:
+                conn.close()
+            elif not conn.closed and conn.transport is not None and (
+                    not conn.transport.is_closing()):
+                return conn
+        return None
 
     def put(self, conn: UpstreamConnection) -> None:
         conn.unlink()
