@@ -118,7 +118,17 @@ def test_direct_changes_mark_dirty_and_are_checkpointed_at_detach_read_only_refu
     console = spawn_attach(router, tmp_path, "acme")
     try:
         console.expect(">>> ")
+        console.sendline("await asyncio.sleep(60)")
+        time.sleep(0.5)
+        console.sendintr()  # Ctrl-C interrupts the running statement, the console goes on
+        console.expect("KeyboardInterrupt")
+        console.expect(">>> ")
         console.sendline('state["tables"]["people"]["records"][1]["fields"]["name"] = "ADA"')
+        console.expect(">>> ")
+        console.sendline("checkpoint()")  # the direct change, saved now
+        console.expect("'changed': True")
+        console.expect(">>> ")
+        console.sendline('state["tables"]["people"]["records"][1]["fields"]["name"] = "ADA!"')
         console.expect(">>> ")
         console.sendcontrol("d")
         console.expect(pexpect.EOF)
@@ -127,7 +137,7 @@ def test_direct_changes_mark_dirty_and_are_checkpointed_at_detach_read_only_refu
     assert "checkpointed generation" in (router.data_dir / "logs" / "acme.log").read_text()
     os.kill(router.info("acme")["pid"], signal.SIGKILL)  # only the snapshot holds ADA
     wait_until(lambda: router.info("acme")["state"] != "running", 30, "the kill seen")
-    assert people(router, "acme") == ["ADA"]
+    assert people(router, "acme") == ["ADA!"]
 
     console = spawn_attach(router, tmp_path, "acme", "--read-only")
     try:
@@ -149,7 +159,7 @@ def test_direct_changes_mark_dirty_and_are_checkpointed_at_detach_read_only_refu
         console.expect(pexpect.EOF)
     finally:
         console.close(force=True)
-    assert people(router, "acme") == ["ADA"]
+    assert people(router, "acme") == ["ADA!"]
 
 
 def test_console_socket_is_private_and_a_second_user_cannot_connect(
