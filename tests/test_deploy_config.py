@@ -205,3 +205,10 @@ def test_reload_keeps_settings_that_need_a_restart() -> None:
         env={}, overrides={"idle_timeout_s": 5, "listen": "127.0.0.1:9999"}))
     assert changed == ["idle_timeout_s"]
     assert fresh.idle_timeout_s == 5 and fresh.listen == current.listen
+
+
+def test_direct_mode_setting_is_checked() -> None:
+    from switchboard.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="direct_mode must be 'nginx', 'apache' or ''"):
+        load(env={}, overrides={"direct_mode": "lighttpd"})

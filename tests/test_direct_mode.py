@@ -220,3 +220,20 @@ def test_direct_map_batches_changes_into_one_reload(tmp_path: Path) -> None:
     direct = asyncio.run(scenario())
     assert direct.reloads == 3  # start, the 21 publishes, the 10 withdrawals
     assert marker.read_text().count("x") == 3
+
+
+def test_a_failing_reload_command_is_logged_and_the_map_still_written(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        direct = DirectMap("apache", tmp_path / "direct", "127.0.0.1:8000",
+                           base_domain="example.com", reload_command="sh -c 'echo nope; exit 3'",
+                           reload_delay_s=0.01, drain_s=0.0)
+        await direct.start()
+        direct.publish("acme", 20001)
+        await asyncio.sleep(0.3)
+
+    asyncio.run(scenario())
+    text = (tmp_path / "direct" / "apache.conf").read_text()
+    assert 'BalancerMember "http://127.0.0.1:20001" retry=1' in text
+    assert 'RewriteCond "%{HTTP_HOST}" "^acme\\.example\\.com(:[0-9]+)?$" [NC]' in text
+    assert "failed (exit 3): nope" in caplog.text
