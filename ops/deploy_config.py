@@ -19,6 +19,7 @@ switchboard.toml lines, and a setting the current configuration lacks is named o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import re
 import shlex
@@ -126,7 +127,8 @@ def template_values(request: DeployRequest, config: Config) -> dict[str, Any]:
     tls = bool(request.tls_cert)
     listen = request.listen or (443 if tls else 80)
     data_dir = config.data_dir.resolve()
-    direct_name = DIRECT_FILES.get(request.kind, DIRECT_FILES["nginx"])
+    direct_name = DIRECT_FILES.get(request.kind) or DIRECT_FILES.get(
+        config.direct_mode, DIRECT_FILES["nginx"])  # systemd: the router's web server
     read_timeout_s = math.ceil(config.start_timeout_s + config.request_timeout_s)
     values: dict[str, Any] = {
         "command_line": command_line(request),
@@ -304,7 +306,7 @@ def cmd_deploy_config(args: argparse.Namespace) -> int:
         config_file=args.config,
     )
     if request.kind == "systemd" and config.direct_mode:
-        request = DeployRequest(**{**request.__dict__, "direct": True})
+        request = dataclasses.replace(request, direct=True)  # its reload note
     sys.stdout.write(render(request, config))
     for problem in missing_settings(request, config):
         print(f"switchboard: note: {problem}", file=sys.stderr)
