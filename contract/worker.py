@@ -19,6 +19,12 @@ Worker -> router, unsolicited events:
    "restore_s": float, "restore_bytes": int}           (restore: load_app excluded; bytes: the
                                                        snapshot file restored from, 0 if none)
   {"event": "boot_failed", "error": str}               restore or import failed; the worker exits
+  {"event": "parked", "journal_pos": int,              spec.park only (a migration's target,
+   "restore_s": float}                                 switchboard/receiving.py): the snapshot is
+                                                       restored; the worker waits for the one
+                                                       request {"id": n, "op": "resume"}, then
+                                                       replays the journal after journal_pos,
+                                                       answers it and goes on to `ready`
   {"event": "checkpointed", "generation": int, "journal_pos": int,  any checkpoint that landed,
    "duration_s": float, "bytes": int}                  the one written at stop included (bytes:
                                                        the snapshot file's size)
@@ -44,7 +50,11 @@ Worker -> router, unsolicited events:
                                                        began (Unix seconds). Sent at most once
                                                        per ACTIVITY_INTERVAL_S, and only when
                                                        one of them changed (so one last time
-                                                       after a burst ends). In direct mode the
+                                                       after a burst ends; at once when the
+                                                       last open request ends after a report
+                                                       that said some were open, so the router
+                                                       never holds a stale in_flight for a
+                                                       tick). In direct mode the
                                                        front server reaches the worker without
                                                        the router: this is how the router's
                                                        idle accounting still sees the requests
@@ -112,11 +122,13 @@ ATTACHED = "attached"
 PAUSED = "paused"
 ACTIVITY = "activity"
 ACTIVITY_INTERVAL_S = 1.0
+PARKED = "parked"
 # requests, router -> worker
 PING = "ping"
 CHECKPOINT = "checkpoint"
 STOP = "stop"
 CONSOLE_OPEN = "console_open"
+RESUME = "resume"  # a parked worker's only request (spec.park)
 
 BOOT_FAILED_EXIT = 3
 DURABILITY_LOST_EXIT = 75  # EX_TEMPFAIL
@@ -154,6 +166,9 @@ class WorkerSpec:
     log_file: str | None = None
     log_max_bytes: int = 10 * 1024 * 1024
     log_backups: int = 3
+    # Restore the snapshot, report `parked`, and replay the journal only at `resume`: a
+    # migration's target warms its worker up before the switch (switchboard/receiving.py).
+    park: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -239,6 +239,9 @@ def _serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--advertise-url", metavar="URL",
                         help="this router as other hosts reach it (forwarding, moved_to; "
                              "default http://<listen>)")
+    parser.add_argument("--advertise-admin-url", metavar="URL",
+                        help="this admin API as other hosts reach it (default "
+                             "http://<admin-listen>)")
 
 
 def _ls_options(ls: argparse.ArgumentParser) -> None:
@@ -400,6 +403,7 @@ def serve_config_with_sources(args: argparse.Namespace) -> tuple[Config, dict[st
             "snapshot_key_file": args.snapshot_key_file,
             "allow_unsigned": args.allow_unsigned,
             "advertise_url": args.advertise_url,
+            "advertise_admin_url": args.advertise_admin_url,
         },
     )
 

@@ -28,6 +28,7 @@
                                      folder a web server may be let into for direct mode)
             <id>.sock                a Unix-socket worker's listening socket, by the tenant's
                                      short numeric id (paths stay under the 108-byte limit)
+            in-<token>.sock          a migration's parked worker, until the switch renames it
         console/                     0700, always (never group-accessible, unlike run/)
             <id>.sock                0600; a worker's debug console while an attach is asked
                                      for (contract/console.py), by the tenant's numeric id
@@ -264,6 +265,13 @@ class DataLayout:
     def incoming_dir(self, name: str) -> Path:
         """Where a migration of `name` to this host is staged (snapshot, then journal tail)."""
         return self.migrations_dir / "incoming" / validate_tenant_name(name)
+
+    def incoming_socket_path(self, token: str) -> Path:
+        """Where a migration's parked worker listens until the switch (then renamed to its
+        socket_path): run/in-<token>.sock, short like the others."""
+        if not token.isalnum():
+            raise ValueError(f"a socket token is letters and digits, not {token!r}")
+        return self.run_dir / f"in-{token}.sock"
 
     def ensure_migrations_dir(self) -> Path:
         """migrations/ and migrations/incoming/, created if missing (0700)."""

@@ -185,13 +185,16 @@ class Migrator:
 
         # 2. switch
         outgoing = Outgoing(name, who.creation_id, who.epoch, to_admin, target_router)
+        await asyncio.to_thread(self._write_marker, outgoing)  # before anything stops
         switch_started = time.monotonic()
+        phases: dict[str, float] = {}
         async with tenant.lock:
             if tenant.record.epoch != who.epoch or tenant.state is S.MOVED:
+                self._remove_marker(name)
                 raise MigrationRefused(f"{name} changed while it was being copied; run again")
-            self._write_marker(outgoing)
             try:
                 await tenant.stop_for_move(self.config.migrate_drain_timeout_s)
+                phases["stop"] = _ms_since(switch_started)
                 await self._stall("stopped")
                 if self.layout.generations(name)[-1:] != ([staged[0]] if staged[0] else []):
                     # A checkpoint came after the pre-copy (an idle stop...): its journal may
@@ -199,25 +202,31 @@ class Migrator:
                     say("precopy", "a checkpoint came in between: copying the newest snapshot")
                     staged = await self._precopy(tenant, who, client, say)
                 reply = await self._commit(tenant, who, staged[1], client, say)
+                phases["commit"] = _ms_since(switch_started) - phases["stop"]
             except BaseException:
                 if tenant.held is None:
                     self._remove_marker(name)
                 raise
             await self._stall("committed")
             await self._mark_moved(tenant, outgoing)
-        pause_s = time.monotonic() - switch_started
-        self.peers.add(target_router)
+        switch_ended = time.monotonic()
+        pause_s = switch_ended - switch_started
+        log.info("switched %s in %.0f ms: worker stopped %.0f, tail shipped and target started "
+                 "%.0f (there: %s)", name, pause_s * 1000, phases["stop"], phases["commit"],
+                 reply.get("phases_ms"), extra={"tenant": name})
+        await asyncio.to_thread(self.peers.add, target_router)
         say("done", f"moved to {target_router} at epoch {reply.get('epoch')} "
                     f"(requests held {pause_s * 1000:.0f} ms)",
             moved_to=target_router, epoch=reply.get("epoch"), pid=reply.get("pid"),
             started=reply.get("started"), pause_ms=round(pause_s * 1000, 1),
             target_error=reply.get("error"), snapshot_bytes=staged[2],
-            transfer_s=round(staged[3], 4))
+            transfer_s=round(staged[3], 4), phases_ms={**phases, "target": reply.get("phases_ms")},
+            switch_monotonic_s=[switch_started, switch_ended])  # CLOCK_MONOTONIC, for bench/
         origin = self.peers.origins.get(name)
         if origin and origin != to_admin:
             self._tell_origin(name, origin, Identity(name, who.creation_id, who.epoch + 1),
                               target_router)
-        self.peers.set_origin(name, None)
+        await asyncio.to_thread(self.peers.set_origin, name, None)
 
     async def _precopy(self, tenant: TenantProcess, who: Identity, client: TargetClient,
                        say: Any) -> tuple[int, int, int, float]:
@@ -454,6 +463,10 @@ class Migrator:
                     "since it moved are not in it", name, tenant.record.epoch, moved_to,
                     extra={"tenant": name})
         return tenant.info()
+
+
+def _ms_since(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 1)
 
 
 def events_bytes(say: Any, sent: int, total: int) -> None:

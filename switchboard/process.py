@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import errno
 import logging
 import math
@@ -28,6 +29,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from contract import worker as wire
@@ -304,32 +306,36 @@ class TenantProcess:
             except BaseException:
                 self._transition(S.STOPPED)
                 raise
-            self.worker = handle
-            self._oom_watch = procfs.OomWatch.of(handle.pid)
-            self.started_at = time.time()
-            self.last_active = time.monotonic()
-            self.retry_at = None
-            self.ping_misses = 0
-            self.rss_bytes = None
-            self.uss_bytes = None
-            self.kill_reason = None
-            self.writes_unavailable = None
-            self.busy_work = None
-            self.busy_since = None
-            self.worker_in_flight = 0
-            self.debug = None
-            self.last_error = None  # healthy again: an earlier failure is history (last_exit)
-            self._transition(S.RUNNING)
-            if self.env.direct is not None:
-                self.env.direct.publish(self.name, self.address)
-            self.env.counters.starts += 1
-            self.env.counters.start_seconds.observe(time.monotonic() - requested)
-            took = time.monotonic() - started
-            self.start_ema_s = took if self.start_ema_s is None else (
-                START_EMA_WEIGHT * took + (1 - START_EMA_WEIGHT) * self.start_ema_s)
-            self.log.info("tenant %s started on %s (pid %s) in %.1f ms", self.name, self.address,
-                     handle.pid, took * 1000)
-            handle.exited.add_done_callback(lambda _: self._exit_seen(handle))
+            self._running(handle, requested, started)
+
+    def _running(self, handle: WorkerHandle, requested: float, started: float) -> None:
+        """Caller holds the lock: `handle` reported ready; it is this tenant's worker now."""
+        self.worker = handle
+        self._oom_watch = procfs.OomWatch.of(handle.pid)
+        self.started_at = time.time()
+        self.last_active = time.monotonic()
+        self.retry_at = None
+        self.ping_misses = 0
+        self.rss_bytes = None
+        self.uss_bytes = None
+        self.kill_reason = None
+        self.writes_unavailable = None
+        self.busy_work = None
+        self.busy_since = None
+        self.worker_in_flight = 0
+        self.debug = None
+        self.last_error = None  # healthy again: an earlier failure is history (last_exit)
+        self._transition(S.RUNNING)
+        if self.env.direct is not None:
+            self.env.direct.publish(self.name, self.address)
+        self.env.counters.starts += 1
+        self.env.counters.start_seconds.observe(time.monotonic() - requested)
+        took = time.monotonic() - started
+        self.start_ema_s = took if self.start_ema_s is None else (
+            START_EMA_WEIGHT * took + (1 - START_EMA_WEIGHT) * self.start_ema_s)
+        self.log.info("tenant %s started on %s (pid %s) in %.1f ms", self.name, self.address,
+                 handle.pid, took * 1000)
+        handle.exited.add_done_callback(lambda _: self._exit_seen(handle))
 
     @property
     def code_version(self) -> str | None:
@@ -382,13 +388,17 @@ class TenantProcess:
         except BootFailure:
             await handle.kill_and_reap()
             raise
+        self._note_ready(ready)
+        return handle
+
+    def _note_ready(self, ready: dict[str, Any]) -> None:
+        """What a worker's `ready` event says (contract/worker.py)."""
         self.generation = ready.get("generation")
         _observe(self.env.counters.restore_seconds, ready.get("restore_s"))
         _observe(self.env.counters.restore_bytes, ready.get("restore_bytes"))
         self.warnings = list(ready.get("warnings") or []) or None
         for warning in self.warnings or ():
             self.log.warning("tenant %s: %s", self.name, warning)
-        return handle
 
     async def _bind(self) -> socket.socket:
         """Bind the worker's socket (switchboard/listen.py). A TCP tenant gets its port at its
@@ -575,10 +585,68 @@ class TenantProcess:
     def set_record(self, record: TenantRecord) -> None:
         """A new placement (caller holds `lock`): moved away (state `moved`), or back here."""
         self.record = record
+        self._address = None
         if record.moved_to and self.state is not S.MOVED:
             self._transition(S.MOVED)
         elif not record.moved_to and self.state is S.MOVED:
             self._transition(S.STOPPED)
+
+    async def spawn_parked(self, socket_path: Path, timeout_s: float) -> WorkerHandle:
+        """A migration's target (switchboard/receiving.py): start a worker for this tenant,
+        not yet owned here, listening on `socket_path`, that restores the staged snapshot and
+        waits (contract/worker.py `park`), so the switch does not wait for that restore.
+        BootFailure when it does not get that far within `timeout_s`."""
+        loop = asyncio.get_running_loop()
+        parked: asyncio.Future[dict[str, Any]] = loop.create_future()
+
+        def on_event(message: dict[str, Any]) -> None:
+            if message.get("event") != wire.PARKED:
+                self._on_event(message)
+            elif not parked.done():
+                parked.set_result(message)
+
+        try:
+            sock = listen.bind_unix(socket_path, self.env.worker_gid)
+        except OSError as exc:
+            raise BootFailure(f"cannot listen on {socket_path}: {exc.strerror}") from exc
+        spec = dataclasses.replace(self._spec(), socket_path=str(socket_path), park=True)
+        try:
+            handle = await self.env.spawner.spawn(spec, sock, on_event)
+        except (OSError, WorkerError) as exc:
+            raise BootFailure(f"cannot start a worker: {exc}") from exc
+        finally:
+            sock.close()
+        await asyncio.wait({parked, handle.ready}, timeout=timeout_s,
+                           return_when=asyncio.FIRST_COMPLETED)
+        if parked.done():
+            return handle
+        await handle.kill_and_reap()
+        failure = handle.ready.exception() if handle.ready.done() else None
+        raise BootFailure(str(failure) if failure else
+                          f"the worker did not restore within {timeout_s:g}s")
+
+    async def resume_parked(self, handle: WorkerHandle) -> bool:
+        """Caller holds `lock`; the tenant is this host's now, stopped, and its journal tail is
+        in place: the parked worker replays it and serves. False when it cannot (it is gone;
+        the next request starts a worker as usual)."""
+        if self.state is not S.STOPPED or handle.exited.done():
+            await handle.kill_and_reap()
+            return False
+        requested = time.monotonic()
+        self._transition(S.STARTING)
+        timeout = self.env.config.start_timeout_s
+        try:
+            await handle.request(wire.RESUME, timeout)
+            ready = await asyncio.wait_for(asyncio.shield(handle.ready), timeout)
+        except (WorkerError, BootFailure, TimeoutError) as exc:
+            self.log.error("tenant %s: its parked worker did not resume (%s); it starts anew",
+                           self.name, exc or type(exc).__name__)
+            await handle.kill_and_reap()
+            self._transition(S.STOPPED)
+            return False
+        self._note_ready(ready)
+        self._running(handle, requested, requested)
+        return True
 
     async def checkpoint(self) -> CheckpointResult:
         async with self.lock:

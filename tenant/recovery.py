@@ -55,6 +55,7 @@ class RecoveredState:
     rewritten: bool = False  # upgraded, or recovered from an older generation: checkpoint soon
     snapshot_bytes: int = 0  # the size of the snapshot file it started from
     warnings: list[str] = field(default_factory=list)
+    accept_unsigned: bool = True  # whether journal records may come from unsigned segments
 
 
 def store_for(spec: WorkerSpec) -> LocalStore:
@@ -101,13 +102,21 @@ def recover_state(app: TenantApp, store: LocalStore, tenant: str,
                            f"{through_seq}")
     # Once signed, always signed: nothing after a signed snapshot may come from an unsigned
     # segment, and pickle apps take unsigned records only on the operator's word.
-    accept_unsigned = ((loaded is None or not loaded.signed)
-                       and (app.codec in DATA_CODECS or store.allow_unsigned))
+    recovered.accept_unsigned = ((loaded is None or not loaded.signed)
+                                 and (app.codec in DATA_CODECS or store.allow_unsigned))
+    replay_journal(app, store, tenant, recovered, through_seq)
+    return recovered
+
+
+def replay_journal(app: TenantApp, store: LocalStore, tenant: str, recovered: RecoveredState,
+                   through_seq: int | None = None) -> None:
+    """Apply the journal's records after `recovered.journal_pos` to its state (recover_state
+    does; a parked worker does it again once a migration's journal tail is in place)."""
     try:
         replay = read_records(store.layout.journal_dir(tenant), after_seq=recovered.journal_pos,
                               through_seq=through_seq,
                               signing=journal_signing(store, tenant,
-                                                      accept_unsigned=accept_unsigned))
+                                                      accept_unsigned=recovered.accept_unsigned))
         for record in replay.records:
             app.apply(recovered.state, record.name, record.args, record.now)
             recovered.journal_pos = record.seq
@@ -126,7 +135,6 @@ def recover_state(app: TenantApp, store: LocalStore, tenant: str,
         else:
             recovered.warnings.append(
                 f"dropped a torn record at the end of {torn_path} (offset {offset})")
-    return recovered
 
 
 def _refuse_if_fenced(store: LocalStore, tenant: str, epoch: int, creation_id: str) -> None:

@@ -46,12 +46,14 @@ from contract.worker import (
     CHECKPOINTED,
     CONSOLE_OPEN,
     DURABILITY_LOST_EXIT,
+    PARKED,
     PING,
     PROTOCOL_VERSION,
     READY,
     STOP,
     FsyncLatency,
     WorkerSpec,
+    decode,
 )
 from snapshots.store import LocalStore
 from tenant.activity import ActivityMeter
@@ -65,7 +67,13 @@ from tenant.journal import Journal
 from tenant.limits import apply_resource_limits, set_death_signal
 from tenant.lock import TenantLock
 from tenant.output import OutputCapture
-from tenant.recovery import journal_signing, recover_state, store_for
+from tenant.recovery import (
+    RecoveredState,
+    journal_signing,
+    recover_state,
+    replay_journal,
+    store_for,
+)
 from tenant.requestlog import RequestLog
 from tenant.write_recovery import WriteRecovery
 
@@ -92,9 +100,12 @@ class Restored:
     snapshot_bytes: int = 0  # the snapshot file it started from (0: none)
 
 
-def restore(app: TenantApp, spec: WorkerSpec, store: LocalStore) -> Restored:
-    """Recover the state (tenant/recovery.py) and open the journal for appending after it."""
-    recovered = recover_state(app, store, spec.tenant)
+def restore(app: TenantApp, spec: WorkerSpec, store: LocalStore,
+            recovered: RecoveredState | None = None) -> Restored:
+    """Recover the state (tenant/recovery.py; or take the one a parked worker recovered) and
+    open the journal for appending after it."""
+    if recovered is None:
+        recovered = recover_state(app, store, spec.tenant)
     journal = Journal.open(
         store.layout.journal_dir(spec.tenant), next_seq=recovered.journal_pos + 1,
         fsync_policy=spec.journal_fsync, signing=journal_signing(store, spec.tenant),
@@ -154,8 +165,11 @@ class Worker:
         try:
             app = load_app(self.spec.app)
             restore_started = time.monotonic()
-            restored = restore(app, self.spec, store)
-            restore_s = time.monotonic() - restore_started
+            if self.spec.park:
+                restored, restore_s = await self.parked_restore(app, store)
+            else:
+                restored = restore(app, self.spec, store)
+                restore_s = time.monotonic() - restore_started
         except Exception as exc:
             return await self.boot_failed(_describe(exc), exc)
         for warning in restored.warnings:
@@ -213,6 +227,27 @@ class Worker:
         for task in (control_task, stop_task):
             task.cancel()
         return self.exit_code
+
+    async def parked_restore(self, app: TenantApp, store: LocalStore) -> tuple[Restored, float]:
+        """spec.park (contract/worker.py): restore the snapshot now, report `parked`, and
+        replay the journal only once the router's `resume` comes (a migration's journal tail
+        is in place by then). Returns the restore and the seconds it worked (not waited)."""
+        started = time.monotonic()
+        recovered = recover_state(app, store, self.spec.tenant)
+        gc.freeze()  # as after any restore: no full collection over the state while it waits
+        worked = time.monotonic() - started
+        self.channel.send({"event": PARKED, "journal_pos": recovered.journal_pos,
+                           "restore_s": worked})
+        line = await self.channel.reader.readline()
+        if not line:
+            raise TenantError("the router went away while the worker was parked")
+        request = decode(line)
+        started = time.monotonic()
+        replay_journal(app, store, self.spec.tenant, recovered)
+        restored = restore(app, self.spec, store, recovered)
+        self.channel.send({"id": request.get("id"), "ok": True,
+                           "journal_pos": recovered.journal_pos})
+        return restored, worked + time.monotonic() - started
 
     def _make_server(self, asgi: Any) -> Server:
         return Server(
