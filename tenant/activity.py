@@ -4,7 +4,8 @@
 In direct mode the front server sends a resident tenant's requests straight to its worker, so
 the router sees none of them; without this report it would swap out a tenant in full use.
 The cost per request is two integer updates and a clock read; at most one frame per
-ACTIVITY_INTERVAL_S goes to the router, and none while nothing happens.
+ACTIVITY_INTERVAL_S goes to the router, and none while nothing happens, except one at once
+when the last open request ends after a report that said some were open.
 """
 
 from __future__ import annotations
@@ -46,7 +47,13 @@ class ActivityMeter:
             await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1
-            self._schedule()
+            if not self.in_flight and self._reported[1]:
+                # The router last heard "in flight": tell it now that nothing is, so the
+                # tenant counts as idle (evictable) without waiting for the next tick.
+                self.close()
+                self.report()
+            else:
+                self._schedule()
 
     def _schedule(self) -> None:
         if self._timer is None:

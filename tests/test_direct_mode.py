@@ -237,3 +237,36 @@ def test_a_failing_reload_command_is_logged_and_the_map_still_written(
     assert 'BalancerMember "http://127.0.0.1:20001" retry=1' in text
     assert 'RewriteCond "%{HTTP_HOST}" "^acme\\.example\\.com(:[0-9]+)?$" [NC]' in text
     assert "failed (exit 3): nope" in caplog.text
+
+
+def test_the_worker_reports_its_own_requests() -> None:
+    """The `activity` event (contract/worker.py) as tenant/activity.py sends it: counts per
+    report, open requests kept reported while they last, `in_flight: 0` at once when the
+    last one ends, and silence while nothing happens."""
+    from tenant.activity import ActivityMeter
+
+    sent: list[dict[str, Any]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope.get("path") == "/slow":
+            await asyncio.sleep(0.4)
+
+    async def scenario() -> None:
+        meter = ActivityMeter(app, sent.append, interval_s=0.05)
+        for _ in range(3):
+            await meter({"type": "http", "path": "/"}, None, None)
+        await meter({"type": "lifespan"}, None, None)  # not a request
+        await asyncio.sleep(0.12)
+        assert [(m["requests"], m["in_flight"]) for m in sent] == [(3, 0)]
+        slow = asyncio.ensure_future(meter({"type": "websocket", "path": "/slow"}, None, None))
+        await asyncio.sleep(0.2)  # open across reports: reported open each tick
+        assert [(m["requests"], m["in_flight"]) for m in sent[1:]][:2] == [(1, 1), (0, 1)]
+        await slow
+        # At once when it ended, not a tick later.
+        assert [m["in_flight"] for m in sent[-2:]] == [1, 0]
+        after = len(sent)
+        await asyncio.sleep(0.2)
+        assert len(sent) == after  # nothing happened: nothing sent
+        assert all(m["event"] == "activity" and m["last_request_at"] > 0 for m in sent)
+
+    asyncio.run(scenario())
