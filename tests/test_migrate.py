@@ -24,7 +24,7 @@ import pytest
 
 from harness import wait_until
 from harness.net import free_port
-from tests.conftest import ROOT, SWITCHBOARD, Router
+from tests.conftest import COUNTER, ROOT, SWITCHBOARD, Router, tmpfs
 
 MakeRouter = Callable[..., Router]
 KEYS = ("admin.key", "snapshot.key")
@@ -35,7 +35,7 @@ def host_sharing_keys(make_router: MakeRouter, first: Router, name: str,
                       **kw: Any) -> Router:
     """A second host whose data dir holds `first`'s admin.key and snapshot.key."""
     data_dir = first.data_dir.parent / name
-    data_dir.mkdir(mode=0o700)
+    data_dir.mkdir(mode=0o700, exist_ok=True)
     for key in KEYS:
         shutil.copy(first.data_dir / key, data_dir / key)
         (data_dir / key).chmod(0o600)
@@ -166,6 +166,21 @@ def test_forwarding_carries_websockets(make_router: MakeRouter) -> None:
         assert ws.recv(timeout=30) == "through two routers"
 
 
+def test_forwarded_requests_keep_their_forwarding_headers(make_router: MakeRouter) -> None:
+    """B believes A's X-Forwarded-* (hosts that exchanged a tenant trust each other): the
+    worker sees the client, then A, and the Host the client used."""
+    a, b = hosts(make_router, 2, app=COUNTER)
+    a.create("acme")
+    migrate(a, "acme", "--to", b.admin_url)
+    with a.client() as client:
+        seen = client.get("/t/acme/headers", headers={"host": "shop.example"}).json()
+    headers = dict(seen["headers"])
+    assert headers["x-forwarded-for"] == "127.0.0.1, 127.0.0.1"
+    assert headers["x-forwarded-host"] == "shop.example"
+    assert seen["root_path"] == "/t/acme"
+    assert seen["link"] == "http://shop.example/t/acme/count"
+
+
 def test_redirect_mode_answers_307(make_router: MakeRouter) -> None:
     a, b = hosts(make_router, 2, env={"SWITCHBOARD_FORWARD_MODE": "redirect"})
     a.create("acme")
@@ -232,6 +247,52 @@ def test_failed_moves_leave_the_tenant_serving_where_it_was(make_router: MakeRou
     assert serves(a, "acme") and [t["name"] for t in stranger.ls()] == []
     ids += add_records(a, "acme", 2)
     assert record_ids(a.url, "acme") == set(ids)
+
+
+@pytest.mark.slow
+def test_a_full_target_refuses_and_the_source_keeps_serving(make_router: MakeRouter,
+                                                            tmp_path: Path) -> None:
+    a = make_router("a").start()
+    a.create("acme")
+    ids = add_records(a, "acme", 3)
+    with a.client() as client:  # a snapshot of about 4 MB
+        for _ in range(10):
+            assert client.post("/t/acme/api/tables/big/records",
+                               json={"text": "x" * 400_000}).status_code == 201
+    with tmpfs(tmp_path / "small", "3m"):
+        small = host_sharing_keys(make_router, a, "small")
+        full = migrate(a, "acme", "--to", small.admin_url, check=False)
+        assert full.returncode == 1
+        assert "cannot stage" in full.stderr and "still serves on the source" in full.stderr
+        assert small.ls() == [] and serves(a, "acme")
+        ids += add_records(a, "acme", 1)
+        assert record_ids(a.url, "acme") == set(ids)
+        small.kill_group()
+
+
+@pytest.mark.slow
+def test_a_checkpoint_between_copy_and_switch_is_copied_too(make_router: MakeRouter) -> None:
+    """A checkpoint after the pre-copy may prune the journal the switch would ship: the
+    newest snapshot goes then (a longer pause), and nothing is lost."""
+    a = make_router("a", env={STALL_ENV: "staged:4"}).start()
+    b = host_sharing_keys(make_router, a, "b")
+    a.create("acme")
+    ids = add_records(a, "acme", 3)
+    command = subprocess.Popen([str(SWITCHBOARD), "migrate", "acme", "--to", b.admin_url],
+                               env=a.env(), cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: "migration stalls" in a.log(), 60, "the pre-copy to finish")
+        ids += add_records(a, "acme", 2)
+        assert a.cli("checkpoint", "acme").stdout.strip() != "unchanged"
+        _, stderr = command.communicate(timeout=60)
+    finally:
+        if command.poll() is None:
+            command.kill()
+            command.communicate()
+    assert command.returncode == 0, stderr
+    assert "a checkpoint came in between" in stderr
+    assert record_ids(b.url, "acme") == set(ids) == record_ids(a.url, "acme")
 
 
 @pytest.mark.slow
