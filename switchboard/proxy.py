@@ -76,6 +76,8 @@ FORWARDING_PREFIXES = (b"x-forwarded-", b"x-switchboard-")
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 BODY_GRACE_S = 1.0  # a worker answered before the body was in: wait this long for the rest
 UNAVAILABLE_LOG_EVERY_S = 10.0  # one log line per tenant this often for its run of 503s
+HOPS_HEADER = b"x-switchboard-hops"  # routers a forwarded request went through (trusted only)
+MAX_FORWARD_HOPS = 8  # more: 508, a loop between hosts
 
 
 class Tenant(Protocol):
@@ -296,7 +298,15 @@ class Proxy:
         if remote.redirect:
             client.fail(307, f"{route.tenant} moved", [(b"location", remote.location(req.url))])
             return False
-        return await self.relay(client, req, Route(route.tenant, req.url, ""), remote)
+        sent = header_value(req.headers, HOPS_HEADER) if client.trusted else b""
+        hops = int(sent) if sent.isdigit() else 0
+        if hops >= MAX_FORWARD_HOPS:  # hosts that each think the other has it
+            log.error("request for %s forwarded %d times: a loop between hosts? (%s)",
+                      route.tenant, hops, remote.url, extra={"tenant": route.tenant})
+            client.fail(508, f"{route.tenant} is forwarded in a loop between hosts")
+            return False
+        return await self.relay(client, req, Route(route.tenant, req.url, ""), remote,
+                                hops=hops + 1)
 
     def answer_unrouted(self, client: ClientConnection, req: Request) -> bool:
         """The router's own URLs: the health check, else a 404."""
@@ -334,10 +344,10 @@ class Proxy:
             client.fail(400, "malformed request body (chunked framing)")
 
     async def relay(self, client: ClientConnection, req: Request, route: Route,
-                    tenant: Any) -> bool:
+                    tenant: Any, *, hops: int = 0) -> bool:
         if self.cannot_send(client, req):
             return False
-        head = self.request_head(client, req, route)
+        head = self.request_head(client, req, route, hops)
         body = req.body
         worker = tenant.worker
         close_client = not req.keep_alive or req.upgrade
@@ -413,7 +423,8 @@ class Proxy:
             return not conn.client_must_close and not client.closed and body_done
         return False
 
-    def request_head(self, client: ClientConnection, req: Request, route: Route) -> bytes:
+    def request_head(self, client: ClientConnection, req: Request, route: Route,
+                     hops: int = 0) -> bytes:
         connection_tokens: set[bytes] = set()
         forwarded_for: list[bytes] = []
         forwarded_proto = forwarded_host = host = b""
@@ -451,4 +462,7 @@ class Proxy:
             lines.append(b"transfer-encoding: chunked")
         elif req.content_length is not None:
             lines.append(b"content-length: %d" % req.content_length)
+        if hops:  # forwarded to another host's router (forward): one more hop
+            lines = [line for line in lines if not line.startswith(HOPS_HEADER + b":")]
+            lines.append(HOPS_HEADER + b": %d" % hops)
         return b"\r\n".join(lines) + b"\r\n\r\n"

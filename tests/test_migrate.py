@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sqlite3
 import subprocess
 import threading
 import time
@@ -411,3 +412,22 @@ def test_a_worker_never_starts_at_an_older_epoch_than_its_files(make_router: Mak
     with a.client() as client:
         assert client.get("/t/acme/api/tables").status_code == 503
     assert "newer owner" in str(a.info("acme")["last_error"])
+
+
+@pytest.mark.slow
+def test_a_forwarding_loop_ends_in_508(make_router: MakeRouter) -> None:
+    """Two hosts that each think the other has the tenant (here: B's table edited by hand)
+    stop the request after a few hops instead of passing it back and forth for ever."""
+    a, b = hosts(make_router, 2)
+    a.create("acme")
+    migrate(a, "acme", "--to", b.admin_url)
+    port = b.port
+    b.stop()
+    with sqlite3.connect(b.data_dir / "tenants.sqlite") as db:
+        db.execute("UPDATE tenants SET moved_to = ? WHERE name = 'acme'", (a.url,))
+    b.extra_args = ["--listen", f"127.0.0.1:{port}"]  # where A forwards to
+    b.start()
+    with a.client() as client:
+        answer = client.get("/t/acme/api/tables")
+    assert answer.status_code == 508
+    assert "forwarded 8 times" in a.log() + b.log()
