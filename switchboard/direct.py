@@ -7,7 +7,7 @@ included at http level by the site `switchboard deploy-config nginx --direct` pr
 
     upstream switchboard_t_acme {             one per resident tenant, connections kept alive
         server 127.0.0.1:20001 max_fails=0;   or `server unix:<data-dir>/run/7.sock ...`
-        keepalive 8;
+        keepalive 32;
     }
     map $switchboard_tenant $switchboard_worker {
         default "";                           not resident: the site sends it to the router
