@@ -206,6 +206,10 @@ def publish_addresses(data_dir: Path, front: asyncio.Server,
 def direct_map(config: Config, bound: str) -> DirectMap:
     """The front server's map of resident workers (switchboard/direct.py); `bound` is the
     router's listen address as bound (HOST:PORT)."""
+    if config.worker_transport == "unix" and not config.worker_group:
+        log.warning("direct mode with worker_transport = \"unix\" and no worker_group: the "
+                    "web server cannot open the workers' sockets and sends every request to "
+                    "the router; set worker_transport = \"tcp\"")
     host, _, port = bound.rpartition(":")
     host = host.strip("[]")
     router_host = "127.0.0.1" if host in ("", "0.0.0.0") else (

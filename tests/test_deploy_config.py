@@ -212,3 +212,11 @@ def test_direct_mode_setting_is_checked() -> None:
 
     with pytest.raises(ConfigError, match="direct_mode must be 'nginx', 'apache' or ''"):
         load(env={}, overrides={"direct_mode": "lighttpd"})
+
+
+def test_direct_mode_over_private_unix_sockets_is_warned_about(make_router: Any) -> None:
+    """direct_mode with the default worker_transport: the web server could not open the
+    sockets, so every request would take the fallback; the router says what to set."""
+    router: Router = make_router(env={"SWITCHBOARD_DIRECT_MODE": "nginx"}).start()
+    assert 'set worker_transport = \\"tcp\\"' in router.log()
+    assert (router.data_dir / "direct" / "nginx.conf").exists()
