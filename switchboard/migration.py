@@ -44,7 +44,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,7 @@ S = TenantState
 RESOLVE_TRIES = 3
 RESOLVE_RETRY_S = 2.0
 STALL_ENV = "SWITCHBOARD_TEST_MIGRATE_STALL"
+Say = Callable[..., None]  # say(step, message, **fields): one event of the run, logged too
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,7 @@ class Migrator:
             events.put_nowait(None)
 
     async def _migrate(self, tenant: TenantProcess, to_admin: str, client: TargetClient,
-                       say: Any) -> None:
+                       say: Say) -> None:
         name = tenant.name
         try:
             target = await client.host()
@@ -229,7 +230,7 @@ class Migrator:
         await asyncio.to_thread(self.peers.set_origin, name, None)
 
     async def _precopy(self, tenant: TenantProcess, who: Identity, client: TargetClient,
-                       say: Any) -> tuple[int, int, int, float]:
+                       say: Say) -> tuple[int, int, int, float]:
         """Stream the newest snapshot; (its generation, the journal position it covers, its
         size in bytes, the seconds the transfer took)."""
         name = tenant.name
@@ -273,7 +274,7 @@ class Migrator:
         return generation, int(reply.get("journal_pos", 0)), total, took
 
     async def _commit(self, tenant: TenantProcess, who: Identity, journal_pos: int,
-                      client: TargetClient, say: Any) -> dict[str, Any]:
+                      client: TargetClient, say: Say) -> dict[str, Any]:
         name = tenant.name
         segments = segments_after(self.layout.journal_dir(name), journal_pos)
         bundle = self.layout.ensure_transfers_dir() / f"migrate-{name}-{time.time_ns()}.tail"
@@ -469,5 +470,5 @@ def _ms_since(started: float) -> float:
     return round((time.monotonic() - started) * 1000, 1)
 
 
-def events_bytes(say: Any, sent: int, total: int) -> None:
+def events_bytes(say: Say, sent: int, total: int) -> None:
     say("bytes", "", bytes=sent, total=total)
