@@ -26,6 +26,10 @@ system-deps:
 	  { apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq nginx-light wrk \
 	      chromium strace apache2 systemd; }
+	@# PostgreSQL for cluster mode's tests (docs/cluster.md): they run their own initdb + pg_ctl.
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || \
+	  { apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq postgresql; }
 
 run: install
 	$(BIN)/python -m ops.demo --data-dir $(DATA)

@@ -94,7 +94,8 @@ so no worker outlives its router even when the router was killed with SIGKILL.
 
 Exit status: 0 after a stop, BOOT_FAILED_EXIT when it could not restore, DURABILITY_LOST_EXIT
 when its journal failed and it could not read its durable state back to go on serving it, or
-its last journal fsync at stop failed (the next start restores from disk), anything else (or a
+its last journal fsync at stop failed (the next start restores from disk), FENCED_EXIT when
+it was fenced in cluster mode (another host owns the tenant now), anything else (or a
 signal) is a crash. A journal failure alone does not end the worker (see writes_unavailable).
 """
 
@@ -132,6 +133,9 @@ RESUME = "resume"  # a parked worker's only request (spec.park)
 
 BOOT_FAILED_EXIT = 3
 DURABILITY_LOST_EXIT = 75  # EX_TEMPFAIL
+# Cluster mode: the tenant's epoch moved on (another host owns it) or this host's lease is not
+# live; the worker stopped acknowledging and exited. Not a crash: "not mine any more".
+FENCED_EXIT = 76
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,9 @@ class WorkerSpec:
     epoch: int = 1  # the tenant's fencing token (DESIGN.md "Between hosts")
     creation_id: str = ""  # which tenant of this name: epochs compare only within one
     host_id: str | None = None  # this host's id in cluster mode, else None
+    # Cluster mode: the PostgreSQL URL the worker keeps its journal and snapshots at
+    # (tenant/pgjournal.py), on its own connection opened after the fork; None: local files.
+    cluster_url: str | None = None
     # Limits the worker sets on itself before it restores (0: none). An allocation past the
     # address-space limit raises MemoryError in the worker instead of waking the OOM killer.
     max_address_space_bytes: int = 0

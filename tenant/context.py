@@ -42,7 +42,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tenant.app import TenantApp
-from tenant.errors import CommandRejected, DurabilityLost, JournalError, JournalWriteError
+from tenant.errors import (
+    ClusterWriteRefused,
+    CommandRejected,
+    DurabilityLost,
+    JournalError,
+    JournalWriteError,
+)
 
 STATE_READY_TIMEOUT_S = 30.0  # a request waits this long for a rebuild, then gets 503
 MAX_WORK_NAME_CHARS = 200  # a `busy` name travels in every busy event and ping reply
@@ -189,6 +195,8 @@ class TenantContext:
                 await self.journal.append_prepared(prepared)
             except JournalWriteError as exc:
                 self.durability_lost(exc)
+                raise self._refuse(exc) from exc
+            except ClusterWriteRefused as exc:  # not committed in PostgreSQL (tenant/pgstore)
                 raise self._refuse(exc) from exc
         return result
 

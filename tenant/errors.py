@@ -74,6 +74,17 @@ class JournalWriteError(JournalError):
     raises too, because a retried fsync can report success over data the kernel dropped."""
 
 
+class ClusterWriteRefused(TenantError):
+    """Cluster mode (tenant/pgstore.py): PostgreSQL did not commit this command (it cannot be
+    reached now). Answered with 503; the worker goes on and retries the commit."""
+
+
+class Fenced(ClusterWriteRefused):
+    """Cluster mode: the tenant's epoch in PostgreSQL moved on (another host owns it now), or
+    this host's lease is not live. Nothing this worker holds may be acknowledged any more: it
+    answers 503 and exits with FENCED_EXIT (contract/worker.py)."""
+
+
 class DurabilityLost(TenantError):
     """This command is not durable: the journal failed (a write or fsync), or has not been
     started again since it did. The message is the reason a user reads: "cannot make writes

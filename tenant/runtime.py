@@ -33,7 +33,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from contract.logs import JsonFormatter
 from contract.serving import Server
@@ -46,6 +46,7 @@ from contract.worker import (
     CHECKPOINTED,
     CONSOLE_OPEN,
     DURABILITY_LOST_EXIT,
+    FENCED_EXIT,
     PARKED,
     PING,
     PROTOCOL_VERSION,
@@ -77,6 +78,9 @@ from tenant.recovery import (
 from tenant.requestlog import RequestLog
 from tenant.write_recovery import WriteRecovery
 
+if TYPE_CHECKING:
+    from tenant.pgjournal import ClusterSide
+
 log = logging.getLogger("switchboard.tenant")
 
 DRAIN_TIMEOUT_S = 5.0  # a stopping worker gives responses in flight this long to finish
@@ -101,15 +105,25 @@ class Restored:
 
 
 def restore(app: TenantApp, spec: WorkerSpec, store: LocalStore,
-            recovered: RecoveredState | None = None) -> Restored:
+            recovered: RecoveredState | None = None, cluster: ClusterSide | None = None
+            ) -> Restored:
     """Recover the state (tenant/recovery.py; or take the one a parked worker recovered) and
-    open the journal for appending after it."""
+    open the journal for appending after it. In cluster mode the local files were just put
+    there from PostgreSQL and its journal tail is applied on top (tenant/pgjournal.py)."""
     if recovered is None:
         recovered = recover_state(app, store, spec.tenant)
-    journal = Journal.open(
-        store.layout.journal_dir(spec.tenant), next_seq=recovered.journal_pos + 1,
-        fsync_policy=spec.journal_fsync, signing=journal_signing(store, spec.tenant),
-    )
+        if cluster is not None:
+            cluster.replay_tail(app, recovered)
+    journal_dir = store.layout.journal_dir(spec.tenant)
+    if cluster is not None:
+        journal: Journal = cluster.open_journal(
+            journal_dir, next_seq=recovered.journal_pos + 1,
+            signing=journal_signing(store, spec.tenant))
+    else:
+        journal = Journal.open(
+            journal_dir, next_seq=recovered.journal_pos + 1,
+            fsync_policy=spec.journal_fsync, signing=journal_signing(store, spec.tenant),
+        )
     context = TenantContext(app, spec.tenant, recovered.state, journal=journal,
                             journal_pos=recovered.journal_pos, code_version=spec.code_version)
     context.epoch, context.host = spec.epoch, spec.host_id  # what /api/worker shows
@@ -168,7 +182,12 @@ class Worker:
             if self.spec.park:
                 restored, restore_s = await self.parked_restore(app, store)
             else:
-                restored = restore(app, self.spec, store)
+                cluster = None
+                if self.spec.cluster_url is not None:  # the durable copy is in PostgreSQL
+                    from tenant.pgjournal import ClusterSide
+                    cluster = ClusterSide(self.spec, store)
+                    cluster.materialize()
+                restored = restore(app, self.spec, store, cluster=cluster)
                 restore_s = time.monotonic() - restore_started
         except Exception as exc:
             return await self.boot_failed(_describe(exc), exc)
@@ -194,6 +213,8 @@ class Worker:
         restored.context.on_busy_changed = self.busy_changed
         restored.journal.on_failure = restored.context.durability_lost
         restored.journal.on_fsync = self.fsync_latency.observe
+        if hasattr(restored.journal, "on_fenced"):  # cluster mode (tenant/pgjournal.py)
+            restored.journal.on_fenced = self.fenced
         # ActivityMeter: the router hears of requests it did not relay (direct mode).
         requests = RequestLog(ActivityMeter(DurabilityGuard(
             app.asgi, restored.context, retry_in_s=self.recovery.retry_in_s), channel.send))
@@ -270,6 +291,15 @@ class Worker:
         """The app's declared work in progress changed (TenantContext.busy): tell the router,
         which keeps a busy worker resident."""
         self.channel.send({"event": BUSY, "work": work})
+
+    def fenced(self, error: BaseException) -> None:
+        """Cluster mode: another host owns the tenant now (or this host's lease is gone).
+        Writes already get 503; stop serving at once, without a checkpoint, and exit with
+        FENCED_EXIT so the router knows this is not a crash."""
+        log.error("tenant %s: fenced: %s", self.spec.tenant, error)
+        self.exit_code = FENCED_EXIT
+        self.final_checkpoint_wanted = False
+        self.stop_requested.set()
 
     def cannot_recover(self, error: BaseException) -> None:
         """The journal failed and the durable state cannot be read back to serve it: exit, so

@@ -412,3 +412,31 @@ def apache_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         yield server.start()
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """One real PostgreSQL for the whole session (harness/postgres.py: initdb + pg_ctl as the
+    postgres user, fsync on, a small max_connections). Missing binaries fail, never skip."""
+    from harness.postgres import LocalPostgres
+    server = LocalPostgres(max_connections=150).start()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def cluster_db(postgres: Any) -> str:
+    """A fresh, upgraded database on the session's PostgreSQL; its URL."""
+    import uuid
+
+    import psycopg
+
+    from switchboard.cluster.schema import upgrade
+    name = "t" + uuid.uuid4().hex[:12]
+    with psycopg.connect(postgres.url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}".encode())
+    url = postgres.url.rsplit("/", 1)[0] + "/" + name
+    upgrade(url)
+    return url
