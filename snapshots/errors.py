@@ -5,6 +5,8 @@ SnapshotError            base class; catch this to handle any snapshot problem
                          missing or of the wrong type, payload length mismatch, checksum
                          mismatch, truncated, trailing bytes. The message names the file and
                          exactly what is wrong. The store falls back to an older generation.
+    SegmentCorrupt       one segment of a segmented snapshot (snapshots/segments.py) fails
+                         its checksum or is missing, found when it is loaded (lazily).
   SnapshotRefused        a file this restore must not load, whatever its integrity; the store
                          falls back to an older generation, as for a corrupt one, and says why:
     SnapshotNotSigned    "not signed by this deployment": a signed file whose MAC does not
@@ -47,6 +49,14 @@ class SnapshotCorrupt(SnapshotError):
         super().__init__(f"{source}: corrupt snapshot: {problem}")
         self.source = source
         self.problem = problem
+
+
+class SegmentCorrupt(SnapshotCorrupt):
+    """A segment's bytes are missing or fail their checksum; `name` is the segment's."""
+
+    def __init__(self, source: str, name: str, problem: str) -> None:
+        super().__init__(source, f"segment {name!r}: {problem}")
+        self.segment = name
 
 
 class SnapshotRefused(SnapshotError):

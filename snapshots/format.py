@@ -54,16 +54,11 @@ deployment" (SnapshotNotSigned), distinct from a corrupt one (SnapshotCorrupt); 
 then does (fall back a generation) and which unsigned files it accepts is the store's policy
 (snapshots/store.py). A writer without a key writes version 2 without mac: unsigned.
 
-The segment index (version 2; room for segmented snapshots, DESIGN.md "Later"): a list of
-entries, one per independently packed segment of the state,
-
-    {"name": str (the top-level part of the state), "offset": int (from the start of the
-     payload), "length": int, "checksum": "blake2b-256:<hex>" (of those bytes), "codec": str}
-
-with offset + length <= payload_length. Version 2 writers leave it empty, and the payload is
-then the whole state. A writer that fills it writes a new format version, so this code stops at
-SnapshotVersionError rather than load a segmented payload as a whole state; this reader checks
-the entries' shape and otherwise ignores them.
+The segment index (version 2): a list of entries, one per independently packed segment of
+the state, whose shape and meaning snapshots/segments.py documents (segmented snapshots,
+issue 16). An unsegmented file leaves it empty, and its payload is then the whole state. This
+module checks the entries' shape (`snapshots.segments.index_entry_problem`); reading a
+segmented file's segments is the store's job (snapshots/segment_files.py).
 
 Any other key is kept in SnapshotHeader.extra and written back unchanged, so a reader
 tolerates keys added by later writers of the same version.
@@ -115,6 +110,7 @@ from snapshots.codec import gc_paused
 from snapshots.errors import SnapshotCorrupt, SnapshotNotSigned, SnapshotVersionError
 from snapshots.layout import validate_tenant_name
 from snapshots.mac import MAC_BYTES, WriterIdentity, macs_equal, snapshot_mac
+from snapshots.segments import index_entry_problem
 
 MAGIC = b"SBSNAP\r\n"
 FORMAT_VERSION = 2
@@ -149,9 +145,6 @@ _REQUIRED_V2: dict[str, tuple[type, ...]] = {
     "epoch": (int,),
     "creation_id": (str,),
     "index": (list,),
-}
-_INDEX_ENTRY: dict[str, tuple[type, ...]] = {
-    "name": (str,), "offset": (int,), "length": (int,), "checksum": (str,), "codec": (str,),
 }
 _KNOWN_KEYS = {
     1: frozenset(_REQUIRED) | {"index"},
@@ -425,23 +418,9 @@ def _fields_problem(fields: Mapping[str, Any], version: int) -> str | None:
         if not isinstance(mac, bytes) or len(mac) != MAC_BYTES:
             return f"header field 'mac' is not {MAC_BYTES} bytes"
     for position, entry in enumerate(fields["index"]):
-        problem = _index_entry_problem(entry, fields["payload_length"])
+        problem = index_entry_problem(entry, fields["payload_length"])
         if problem is not None:
             return f"segment index entry {position}: {problem}"
-    return None
-
-
-def _index_entry_problem(entry: Any, payload_length: int) -> str | None:
-    if not isinstance(entry, dict):
-        return f"is a {type(entry).__name__}, not a map"
-    problem = _types_problem(entry, _INDEX_ENTRY, "field")
-    if problem is not None:
-        return problem
-    offset, length = entry["offset"], entry["length"]
-    if offset < 0 or length < 0 or offset + length > payload_length:
-        return f"bytes {offset}..{offset + length} are outside the {payload_length}-byte payload"
-    if _CHECKSUM_RE.fullmatch(entry["checksum"]) is None:
-        return f"checksum {entry['checksum']!r} is not 'blake2b-256:<64 hex>'"
     return None
 
 

@@ -7,6 +7,9 @@ comes from it):
     <data-dir>/tenants/<tenant>/snapshots/<generation:012d>.snap.tmp   a save in progress, or
                                                                       left by a crash
 
+    <data-dir>/tenants/<tenant>/snapshots/<hex64>.seg               a segment of a segmented
+                                                                      generation (below)
+
 Generations count up from 1; the newest keep_generations are kept. The tenant's folder also
 holds other packages' files (the journal), so this module only ever touches its snapshots/
 folder.
@@ -45,6 +48,26 @@ but the one load_newest_valid_state starts to hash a big payload while it decode
 before it returns.
 One save per tenant at a time: save holds an flock on the snapshots folder and fails at once
 if another save holds it.
+
+Segmented snapshots (snapshots/segments.py: the index; snapshots/segment_files.py: the
+segment files, incremental saves, pruning, the self-contained copy a migration ships).
+`save_segmented` writes the segments given as bytes and refers to the ones given as index
+entries (unchanged since they were saved), then the generation file, whose payload is empty
+and whose index names every segment. A restore of a segmented generation decodes nothing:
+`load_newest_valid_state` returns a LoadedState whose `state` is a SegmentedIndex (every
+segment file it names checked by size; a missing one skips the generation as corrupt), and the
+caller reads each segment's verified bytes with `snapshots.segments.read_segment` when it
+needs it (tenant/segments.py).
+
+What a second store (PostgreSQL, issue 14) implements to follow, besides the protocol below:
+- `save_segmented(tenant, segments, *, groups, ...)`: the same atomicity (every segment it
+  refers to is durable before the generation that names it becomes visible) and the same
+  content addressing (an entry's `ref` is the hex of its checksum; the store decides where
+  the bytes live, e.g. a table keyed by (tenant, ref));
+- a restore result for a segmented generation: a SegmentedIndex whose entries it can read
+  back (entry.path is LocalStore's locator; another store's reader may key on entry.ref);
+- pruning that never drops a segment a kept generation names;
+- a way to hand a migration the self-contained copy (`segment_files.self_contained`).
 
 Fault injection: `LocalStore(layout, fault=hook)` calls `hook(step)` at each step of a save, with
 step one of SAVE_STEPS, in that order. Tests pass a hook that kills the process there (SIGKILL)
@@ -91,6 +114,8 @@ from snapshots.format import (
 )
 from snapshots.layout import TEMP_SUFFIX, DataLayout
 from snapshots.mac import WriterIdentity
+from snapshots.segment_files import SegmentSource, collect, open_index, write_segments
+from snapshots.segments import GROUPS_KEY, SegmentEntry, is_segmented
 
 # The steps of a save where a fault hook is called, in order:
 #   after_temp_write   the temp file holds the whole snapshot, not fsynced
@@ -98,6 +123,9 @@ from snapshots.mac import WriterIdentity
 #   after_rename       the new name is in the folder, the folder not fsynced
 #   before_dir_fsync   just before the folder's fsync (same files as after_rename)
 SAVE_STEPS = ("after_temp_write", "after_fsync", "after_rename", "before_dir_fsync")
+# A segmented save calls these first: after each segment file is in place (not the folder),
+# and once every one is and the folder is fsynced; then SAVE_STEPS for the generation file.
+SEGMENT_SAVE_STEPS = ("after_segment_write", "after_segments")
 FaultHook = Callable[[str], None]
 
 # Codecs that run no code named by their input: an unsigned file of one of these may be
@@ -120,6 +148,11 @@ class SnapshotInfo:
     # (stale temp files removed, a prune that failed).
     pruned: tuple[int, ...] = ()
     notes: tuple[str, ...] = ()
+    # Set by save and save_segmented: the bytes this save wrote (the generation file and,
+    # segmented, the segment files it wrote; not the ones it refers to).
+    written_bytes: int = 0
+    # Set by save_segmented: the new generation's index entries, each with its file's path.
+    entries: tuple[SegmentEntry, ...] = ()
 
 
 @dataclass
@@ -161,6 +194,18 @@ class SnapshotStore(Protocol):
         tenant: str,
         payload: Payload,
         *,
+        codec: str,
+        app_version: str,
+        schema_version: int,
+        journal_pos: int,
+    ) -> SnapshotInfo: ...
+
+    def save_segmented(
+        self,
+        tenant: str,
+        segments: list[tuple[str, SegmentSource]],
+        *,
+        groups: list[str],
         codec: str,
         app_version: str,
         schema_version: int,
@@ -280,15 +325,62 @@ class LocalStore:
             path = self.path_for(tenant, generation)
             _write_durably(path, dir_fd, header, payload, self.fault or _no_fault)
             pruned = self._prune(tenant, dir_fd, generation, notes)
+        size = header.header_bytes + header.payload_length
         return SnapshotInfo(
             tenant=tenant,
             generation=generation,
             path=path,
-            size=header.header_bytes + header.payload_length,
+            size=size,
             header=header,
             pruned=pruned,
             notes=tuple(notes),
+            written_bytes=size,
         )
+
+    def save_segmented(
+        self,
+        tenant: str,
+        segments: list[tuple[str, SegmentSource]],
+        *,
+        groups: list[str],
+        codec: str,
+        app_version: str,
+        schema_version: int,
+        journal_pos: int,
+    ) -> SnapshotInfo:
+        """Write a segmented generation: `segments` in the state's order, each (name, its
+        packed bytes) when it changed, or (name, its SegmentEntry) to refer to the segment
+        file an earlier generation wrote. `groups`: the top-level keys that are groups of
+        segments. Same guarantees and errors as save; older generations and every segment
+        file a kept generation names are untouched."""
+        directory = self.snapshot_dir(tenant)
+        if codec not in CODEC_NAMES:
+            raise CodecError(f"unknown codec {codec!r}; known codecs: {', '.join(CODEC_NAMES)}")
+        try:
+            make_dirs(directory, mode=0o700)
+        except OSError as exc:
+            raise SnapshotWriteError(f"cannot create {directory}: {exc}") from exc
+        fault = self.fault or _no_fault
+        with _locked_dir(directory, tenant) as dir_fd:
+            notes = _remove_stale_tmp(directory)
+            try:
+                existing = self._scan(tenant)
+            except OSError as exc:
+                raise SnapshotWriteError(f"cannot list {directory}: {exc}") from exc
+            generation = existing[0][0] + 1 if existing else 1
+            entries, written = write_segments(directory, dir_fd, segments, codec, fault)
+            header = make_header(
+                tenant, generation, codec, app_version, schema_version, journal_pos, b"",
+                index=[e.to_dict() for e in entries], extra={GROUPS_KEY: list(groups)},
+                identity=self.identity,
+            )
+            path = self.path_for(tenant, generation)
+            _write_durably(path, dir_fd, header, b"", fault)
+            pruned = self._prune(tenant, dir_fd, generation, notes)
+        return SnapshotInfo(tenant=tenant, generation=generation, path=path,
+                            size=header.header_bytes, header=header, pruned=pruned,
+                            notes=tuple(notes), written_bytes=header.header_bytes + written,
+                            entries=tuple(entries))
 
     def _prune(
         self, tenant: str, dir_fd: int, just_written: int, notes: list[str]
@@ -311,6 +403,8 @@ class LocalStore:
                 notes.append(f"could not prune {path}: {exc}")
                 continue
             pruned.append(generation)
+        kept = [path for generation, path in existing if generation not in pruned]
+        notes.extend(collect(directory, kept))
         if pruned:
             # Only so a pruned file does not come back after a crash; harmless if it does.
             try:
@@ -405,6 +499,9 @@ class LocalStore:
                     if header.tenant != tenant:
                         return None, f"header names tenant {header.tenant!r}"
                     signed = self.admit(header, snapshot.source, codec, generation=generation)
+                    if is_segmented(header):  # nothing decoded yet: see the module docstring
+                        return LoadedState(header=header, state=open_index(header, path),
+                                           path=path, signed=signed), None
                     try:
                         decoder = codec_factory(header.codec)
                     except SnapshotError:

@@ -19,6 +19,10 @@ the data to put in an export file, plain data the msgpack codec packs, independe
 state is laid out in memory; `import_data(data)` builds a state from it. Both are optional: the
 default exports the state itself and imports the data as the state. The data an import gets is
 at the export's schema version; the upgrade functions then run as for an old snapshot.
+
+Segments: `segment_groups=(...)` makes the state segmented (tenant/segments.py: each top-level
+value of the root is a segment, and each value of a key named in segment_groups is one), loaded
+lazily and checkpointed incrementally; None (the default) keeps one segment, the whole state.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tenant.errors import CommandRejected, UpgradeError
+from tenant.segments import tracking
 
 CommandFn = Callable[..., Any]
 UpgradeFn = Callable[[Any], Any]
@@ -48,6 +53,7 @@ class TenantApp:
         asgi: ASGIApp | None = None,
         export_data: DataHook | None = None,
         import_data: DataHook | None = None,
+        segment_groups: tuple[str, ...] | None = None,
     ) -> None:
         if codec not in {"msgpack", "pickle"}:
             raise ValueError(f"codec must be 'msgpack' or 'pickle', not {codec!r}")
@@ -59,6 +65,7 @@ class TenantApp:
         self.asgi = asgi
         self.export_data = export_data  # state -> plain data; None: the state itself
         self.import_data = import_data  # plain data -> state; None: the data itself
+        self.segment_groups = segment_groups  # None: not segmented (tenant/segments.py)
         self.commands: dict[str, CommandFn] = {}
         self.upgrades: dict[int, UpgradeFn] = {}
 
@@ -90,7 +97,8 @@ class TenantApp:
         fn = self.commands.get(name)
         if fn is None:
             raise CommandRejected(f"unknown command {name!r}")
-        return fn(state, now, **args)
+        with tracking():  # a segmented state marks what the command reaches
+            return fn(state, now, **args)
 
     def upgrade_state(self, state: Any, from_version: int) -> Any:
         """Run the upgrade functions from `from_version` up to `schema_version`, in order."""

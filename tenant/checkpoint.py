@@ -23,6 +23,12 @@ unavailable after a journal failure (the context is not durable): the state may 
 refused commands, and the journal keeps every acknowledged write anyway
 (tenant/write_recovery.py). The final checkpoint at stop follows the same rules.
 
+Segmented state (tenant/segments.py): a checkpoint takes the changed marks when it takes its
+position (`Plan`), the child packs and writes only the changed segments and refers to the
+others (`SnapshotStore.save_segmented`), and the parent records where each segment now is once
+the generation landed; a failed checkpoint puts the marks back. `bytes` of the outcome is what
+the checkpoint wrote.
+
 The forked child dies with the worker (PR_SET_PDEATHSIG SIGKILL): a crashed worker's snapshot
 in progress is dropped (its temp file is never a generation; the journal has every write).
 It keeps the tenant's lock (tenant/lock.py) while it lives, as a writer of the tenant's folder:
@@ -48,6 +54,7 @@ from snapshots.store import SnapshotStore
 from tenant.context import TenantContext
 from tenant.errors import JournalError, JournalWriteError, TenantError
 from tenant.limits import set_death_signal
+from tenant.segments import Plan, Segments
 
 RETRY_FIRST_S = 2.0
 RETRY_MAX_S = 60.0
@@ -127,24 +134,36 @@ class Checkpointer:
                 return CheckpointOutcome(False, self.generation, ctx.journal_pos)
             child: tuple[int, int] | None = None
             started = time.monotonic()
+            plan: Plan | None = None
             with ctx.holding_writes():
                 await self._settle_journal()
                 position, covered = ctx.journal_pos, ctx.commands_since_checkpoint
                 self._rotate()
                 self.running = True
                 try:
+                    if isinstance(ctx.state, Segments):
+                        plan = Plan(ctx.state)
                     if fork:
-                        child = self._fork_child(position)  # it has its copy: writes go on
+                        child = self._fork_child(position, plan)  # it has its copy: writes go on
                     else:
-                        generation = self._write(position)
+                        written = self._write(position, plan)
                 except BaseException:
                     self.running = False
+                    if plan is not None:
+                        plan.failed()
                     raise
             try:
                 if child is not None:
-                    generation = await self._await_child(*child)
+                    written = await self._await_child(*child)
+            except BaseException:
+                if plan is not None:
+                    plan.failed()
+                raise
             finally:
                 self.running = False
+            if plan is not None:
+                plan.saved(written["index"])
+            generation = int(written["generation"])
             ctx.commands_since_checkpoint -= covered
             self.generation = generation
             oldest = self.store.oldest_kept_journal_pos(ctx.tenant)
@@ -152,16 +171,7 @@ class Checkpointer:
                 with contextlib.suppress(OSError):  # the next checkpoint prunes them
                     self.journal.prune(oldest)
             took = time.monotonic() - started
-            return CheckpointOutcome(True, generation, position, took, self._size(generation))
-
-    def _size(self, generation: int) -> int:
-        """The size of the snapshot file of `generation` (0 if it cannot be read: only the
-        router's metrics want it)."""
-        try:
-            kept = self.store.generations(self.context.tenant)
-        except OSError:
-            return 0
-        return next((info.size for info in kept if info.generation == generation), 0)
+            return CheckpointOutcome(True, generation, position, took, int(written["bytes"]))
 
     def _refuse_unless_durable(self) -> None:
         ctx = self.context
@@ -199,23 +209,33 @@ class Checkpointer:
         except JournalError:
             pass
 
-    def _write(self, position: int) -> int:
+    def _write(self, position: int, plan: Plan | None) -> dict[str, Any]:
+        """Write the snapshot; {"generation", "bytes" (written), "index" (segmented: each
+        segment's entry and its file's path, else [])}."""
         ctx = self.context
         try:
-            payload = self.codec.dumps(ctx.state)
-            info = self.store.save(
-                ctx.tenant,
-                payload,
-                codec=self.codec.name,
-                app_version=ctx.code_version,
-                schema_version=ctx.schema_version,
-                journal_pos=position,
-            )
+            if plan is not None:
+                info = self.store.save_segmented(
+                    ctx.tenant, plan.sources(self.codec.dumps), groups=plan.groups,
+                    codec=self.codec.name, app_version=ctx.code_version,
+                    schema_version=ctx.schema_version, journal_pos=position,
+                )
+                index = [{**entry.to_dict(), "path": entry.path} for entry in info.entries]
+            else:
+                info = self.store.save(
+                    ctx.tenant,
+                    self.codec.dumps(ctx.state),
+                    codec=self.codec.name,
+                    app_version=ctx.code_version,
+                    schema_version=ctx.schema_version,
+                    journal_pos=position,
+                )
+                index = []
         except Exception as exc:
             raise CheckpointFailed(f"checkpoint of {ctx.tenant} failed: {exc}") from exc
-        return info.generation
+        return {"generation": info.generation, "bytes": info.written_bytes, "index": index}
 
-    def _fork_child(self, position: int) -> tuple[int, int]:
+    def _fork_child(self, position: int, plan: Plan | None) -> tuple[int, int]:
         """Fork the child that writes the snapshot at `position`: (its pid, the pipe it
         reports on). It runs on a copy-on-write view of the state as of this call."""
         read_fd, write_fd = os.pipe()
@@ -229,8 +249,8 @@ class Checkpointer:
                 for fd in self.close_in_child:
                     os.close(fd)  # so the router sees EOF at once if the worker dies
                 gc.disable()  # a collection would touch (and copy) every page of the heap
-                generation = self._write(position)
-                os.write(write_fd, json.dumps({"generation": generation}).encode())
+                written = self._write(position, plan)
+                os.write(write_fd, json.dumps(written).encode())
                 status = 0
             except BaseException as exc:  # reported to the parent, then _exit
                 with contextlib.suppress(OSError):
@@ -240,11 +260,11 @@ class Checkpointer:
         os.close(write_fd)
         return pid, read_fd
 
-    async def _await_child(self, pid: int, read_fd: int) -> int:
+    async def _await_child(self, pid: int, read_fd: int) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         message, status = await loop.run_in_executor(None, _collect_child, pid, read_fd)
         if "generation" in message and status == 0:
-            return int(message["generation"])
+            return message
         reason = message.get("error") or _describe_status(status)
         raise CheckpointFailed(str(reason))
 

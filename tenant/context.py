@@ -49,6 +49,7 @@ from tenant.errors import (
     JournalError,
     JournalWriteError,
 )
+from tenant.segments import mark_all
 
 STATE_READY_TIMEOUT_S = 30.0  # a request waits this long for a rebuild, then gets 503
 MAX_WORK_NAME_CHARS = 200  # a `busy` name travels in every busy event and ping reply
@@ -204,6 +205,7 @@ class TenantContext:
         """Changes were made to `state` outside `execute` (the debug console): the next
         checkpoint writes a snapshot even if no command ran. Not journaled: until that
         checkpoint lands, a crash loses them."""
+        mark_all(self.state)
         self.commands_since_checkpoint += 1
 
     def _refuse(self, error: BaseException) -> DurabilityLost:

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from snapshots.codec import get_codec
-from snapshots.errors import SnapshotError
+from snapshots.errors import SegmentCorrupt, SnapshotError
 from snapshots.exportfile import encode_export, read_export, write_export
 from snapshots.layout import DataLayout
 from snapshots.mac import WriterIdentity, find_key_file, load_key_if_present
@@ -51,6 +51,7 @@ from tenant.app import TenantApp
 from tenant.errors import RestoreError, TenantError, UpgradeError
 from tenant.journal_format import read_records
 from tenant.recovery import RecoveredState, journal_signing, recover_state
+from tenant.segments import plain
 
 # A checkpoint may prune the files being read; a read that loses that race starts over.
 _READ_ATTEMPTS = 3
@@ -66,11 +67,14 @@ def load_state(app: TenantApp, layout: DataLayout, tenant: str, *,
     """
     for attempt in range(_READ_ATTEMPTS):
         try:
-            return recover_state(app, store or LocalStore(layout), tenant)
-        except FileNotFoundError:
+            recovered = recover_state(app, store or LocalStore(layout), tenant)
+            # Every segment of a segmented state, now: a checkpoint may prune its files later.
+            recovered.state = plain(recovered.state)
+            return recovered
+        except (FileNotFoundError, SegmentCorrupt) as exc:
             if attempt == _READ_ATTEMPTS - 1:
                 raise RestoreError(
-                    f"the files of {tenant} kept changing while being read; try again"
+                    f"the files of {tenant} kept changing while being read ({exc}); try again"
                 ) from None
     raise AssertionError("unreachable")
 

@@ -38,9 +38,11 @@ from typing import Any
 
 from contract.worker import WorkerSpec
 from snapshots.codec import get_codec
-from snapshots.errors import CodecError, SnapshotError, UnsafeCodec
+from snapshots.errors import CodecError, SegmentCorrupt, SnapshotError, UnsafeCodec
 from snapshots.mac import WriterIdentity, load_key
+from snapshots.segments import SegmentedIndex
 from snapshots.store import DATA_CODECS, REFUSED, LoadedState, LocalStore
+from tenant import segments
 from tenant.app import TenantApp
 from tenant.errors import JournalError, RestoreError, TenantError
 from tenant.journal_format import JournalSigning, read_records
@@ -80,6 +82,20 @@ def journal_signing(store: LocalStore, tenant: str, *, accept_unsigned: bool = T
 
 def recover_state(app: TenantApp, store: LocalStore, tenant: str,
                   through_seq: int | None = None) -> RecoveredState:
+    """_recover_state; in a worker (tenant.segments.on_fault set: it moves a damaged segment's
+    file aside), a segment found damaged while the journal is replayed makes it start over,
+    so the restore falls back to a generation that does not need that file."""
+    for _ in range(store.keep_generations + 1):
+        try:
+            return _recover_state(app, store, tenant, through_seq)
+        except SegmentCorrupt:
+            if segments.on_fault is None:
+                raise
+    return _recover_state(app, store, tenant, through_seq)
+
+
+def _recover_state(app: TenantApp, store: LocalStore, tenant: str,
+                   through_seq: int | None = None) -> RecoveredState:
     """The tenant's state from `store`'s data dir: its snapshots, then its journal (up to
     `through_seq` when given: a worker whose journal failed rebuilds its state without the
     records it refused; a snapshot past that position is a RestoreError). The store's key
@@ -96,6 +112,11 @@ def recover_state(app: TenantApp, store: LocalStore, tenant: str,
     else:
         _refuse_if_fenced(store, tenant, loaded.header.epoch, loaded.header.creation_id)
         recovered = _from_snapshot(app, store, loaded)
+    # A segmented app's root is lazy (tenant/segments.py): the replay loads what it touches.
+    if (loaded is not None and app.segment_groups is not None
+            and not isinstance(loaded.state, SegmentedIndex)):
+        recovered.rewritten = True  # the next checkpoint writes it segmented
+    recovered.state = segments.adopt(recovered.state, app.segment_groups)
     if through_seq is not None and recovered.journal_pos > through_seq:
         raise RestoreError(f"snapshot generation {recovered.generation} of {tenant} covers seq "
                            f"{recovered.journal_pos}, past the journal's last kept seq "
@@ -153,7 +174,7 @@ def _from_snapshot(app: TenantApp, store: LocalStore, loaded: LoadedState) -> Re
     state = loaded.state
     upgraded = header.schema_version != app.schema_version
     if upgraded:
-        state = app.upgrade_state(state, header.schema_version)
+        state = app.upgrade_state(segments.plain(state), header.schema_version)
     # An unsigned file this deployment could sign: the next checkpoint rewrites it signed.
     resign = not loaded.signed and store.key is not None
     recovered = RecoveredState(state, header.journal_pos, header.generation,

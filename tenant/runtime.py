@@ -65,6 +65,7 @@ from tenant.context import DurabilityGuard, TenantContext, activate
 from tenant.control import open_channel
 from tenant.errors import JournalError, TenantError, TenantLocked
 from tenant.journal import Journal
+from tenant.lazyload import LazyLoader, watch_faults
 from tenant.limits import apply_resource_limits, set_death_signal
 from tenant.lock import TenantLock
 from tenant.output import OutputCapture
@@ -178,6 +179,7 @@ class Worker:
         channel = self.channel
         try:
             app = load_app(self.spec.app)
+            watch_faults(self.spec.tenant)  # a damaged segment: tenant/lazyload.py
             restore_started = time.monotonic()
             if self.spec.park:
                 restored, restore_s = await self.parked_restore(app, store)
@@ -216,8 +218,10 @@ class Worker:
         if hasattr(restored.journal, "on_fenced"):  # cluster mode (tenant/pgjournal.py)
             restored.journal.on_fenced = self.fenced
         # ActivityMeter: the router hears of requests it did not relay (direct mode).
-        requests = RequestLog(ActivityMeter(DurabilityGuard(
-            app.asgi, restored.context, retry_in_s=self.recovery.retry_in_s), channel.send))
+        self.lazy = LazyLoader(DurabilityGuard(
+            app.asgi, restored.context, retry_in_s=self.recovery.retry_in_s),
+            restored.context, self.segment_fault)  # segments load after the first response
+        requests = RequestLog(ActivityMeter(self.lazy, channel.send))
         # The debug console (listens only once the router asks: console_open).
         self.console = ConsoleServer(restored.context, self.checkpointer, requests,
                                      channel.send, restored.context.code_version)
@@ -233,12 +237,14 @@ class Worker:
             "warnings": restored.warnings, "protocol": PROTOCOL_VERSION,
             "restore_s": restore_s, "restore_bytes": restored.snapshot_bytes,
         })
+        self.lazy.start()
         control_task = asyncio.ensure_future(channel.serve(self.handle_control))
         ticker = asyncio.ensure_future(server.run())
         stop_task = asyncio.ensure_future(self.stop_requested.wait())
         await asyncio.wait({control_task, stop_task, ticker}, return_when=asyncio.FIRST_COMPLETED)
         # Router gone (EOF), asked to stop, or SIGTERM: drain, checkpoint if dirty, exit.
         ticker.cancel()
+        self.lazy.close()
         await server.drain(DRAIN_TIMEOUT_S)
         await self.console.close()
         await self.recovery.close()
@@ -300,6 +306,12 @@ class Worker:
         self.exit_code = FENCED_EXIT
         self.final_checkpoint_wanted = False
         self.stop_requested.set()
+
+    def segment_fault(self, error: BaseException) -> None:
+        """A segment of the state failed its checksum (tenant/lazyload.py): exit without a
+        checkpoint (the state misses that segment); the next start falls back a generation."""
+        self.final_checkpoint_wanted = False
+        self.cannot_recover(error)
 
     def cannot_recover(self, error: BaseException) -> None:
         """The journal failed and the durable state cannot be read back to serve it: exit, so

@@ -35,6 +35,9 @@ app = TenantApp(
     asgi=build_asgi(),
     export_data=export_data,
     import_data=import_data,
+    # One segment per table, plus the sessions (tenant/segments.py): a cold start loads only
+    # the tables a request reads, and a checkpoint writes only the tables that changed.
+    segment_groups=("tables",),
 )
 for _command in commands.COMMANDS:
     app.command()(_command)
