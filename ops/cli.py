@@ -242,6 +242,13 @@ def _serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--advertise-admin-url", metavar="URL",
                         help="this admin API as other hosts reach it (default "
                              "http://<admin-listen>)")
+    parser.add_argument("--cluster", metavar="postgresql://USER@HOST:PORT/DB",
+                        help="cluster mode: directory, journals and snapshots in PostgreSQL "
+                             "(docs/cluster.md; SWITCHBOARD_CLUSTER_URL)")
+    parser.add_argument("--host-id", metavar="ID", help="this host's id in the cluster "
+                                                        "(default: the hostname)")
+    parser.add_argument("--lease-ttl", metavar="SECONDS", type=_seconds,
+                        help="cluster host lease, renewed every third of it (default 10)")
 
 
 def _ls_options(ls: argparse.ArgumentParser) -> None:
@@ -404,6 +411,9 @@ def serve_config_with_sources(args: argparse.Namespace) -> tuple[Config, dict[st
             "allow_unsigned": args.allow_unsigned,
             "advertise_url": args.advertise_url,
             "advertise_admin_url": args.advertise_admin_url,
+            "cluster_url": getattr(args, "cluster", None),
+            "host_id": getattr(args, "host_id", None),
+            "lease_ttl_s": getattr(args, "lease_ttl", None),
         },
     )
 

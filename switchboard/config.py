@@ -125,6 +125,12 @@ class Config:
     migrate_drain_timeout_s: float = 10.0  # the switch waits this long for in-flight requests
     migrate_checkpoint_records: int = 1000  # pre-copy checkpoints first past this many records
 
+    # Cluster mode (docs/cluster.md): the directory, journals and snapshots in PostgreSQL at
+    # cluster_url ("": standalone); this host's id (""; the hostname) and its lease's seconds.
+    cluster_url: str = ""
+    host_id: str = ""
+    lease_ttl_s: float = 10.0
+
     # Code versions (switchboard/versions.py): name -> a directory put first on the workers'
     # sys.path, e.g. [code_versions] v2 = "/srv/app-v2"; tenants run default_code_version
     # ("" : the app as installed) unless pinned. A breakpoint's pdb is released after
@@ -286,6 +292,11 @@ def load_with_sources(
             f"direct_mode must be 'nginx', 'apache' or '' (off), not {config.direct_mode!r}")
     if config.max_resident < 1:
         raise ConfigError("max_resident must be at least 1")
+    if config.cluster_url and not config.cluster_url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"cluster_url must be postgresql://USER@HOST:PORT/DB, not "
+                          f"{config.cluster_url!r}")
+    if config.lease_ttl_s < 1:
+        raise ConfigError("lease_ttl_s must be at least 1 second")
     if config.default_code_version and config.default_code_version not in config.code_versions:
         raise ConfigError(f"default_code_version {config.default_code_version!r} is not one of "
                           f"code_versions ({', '.join(config.code_versions) or 'none'})")

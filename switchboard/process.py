@@ -80,6 +80,11 @@ class ProcessEnv:
     closing: bool = False
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     direct: DirectMap | None = None  # direct mode: the front server's map of resident workers
+    # Cluster mode (switchboard/cluster/routing.py): before a start, make this host the
+    # tenant's owner (claim) or mark it moved to its live owner (raises TenantUnavailable
+    # "moved"); and find a tenant another host created.
+    take_ownership: Callable[[TenantProcess], Awaitable[None]] | None = None
+    look_up: Callable[[str], Awaitable[TenantRecord | None]] | None = None
 
     def run_in_background(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -293,6 +298,8 @@ class TenantProcess:
             if self.serving:
                 return
             self.refuse_if_unavailable()
+            if self.env.take_ownership is not None:
+                await self.env.take_ownership(self)
             await self.env.make_room(self)
             self.refuse_if_unavailable()  # rm or shutdown may have come while making room
             self._transition(S.STARTING)
@@ -362,6 +369,7 @@ class TenantProcess:
             journal_fsync=config.journal_fsync, keep_generations=config.keep_generations,
             log_format="json" if config.log_format != "text" else "text",
             log_level=config.log_level, epoch=self.record.epoch, host_id=self.record.owner,
+            cluster_url=config.cluster_url or None,
             creation_id=self.record.creation_id,
             max_address_space_bytes=config.max_worker_address_space_bytes,
             max_open_files=config.max_worker_open_files,
@@ -476,6 +484,11 @@ class TenantProcess:
         handle.close()
         if self.env.direct is not None:
             self.env.direct.discard(self.name)
+        if handle.exit_status == wire.FENCED_EXIT:  # cluster mode: not mine any more, no crash
+            self._transition(S.STOPPED)
+            self.last_exit = "fenced: another host owns it now (or this host lost its lease)"
+            self.log.warning("tenant %s: worker %s", self.name, self.last_exit)
+            return
         self.restarts += 1
         self.env.counters.crashes += 1
         self._transition(S.STOPPED)
@@ -550,6 +563,23 @@ class TenantProcess:
             self._transition(S.STOPPED)
             self.log.info("tenant %s stopped (%s)", self.name, why)
         return True
+
+    def placed(self, record: TenantRecord) -> None:
+        """Cluster mode (switchboard/cluster/routing.py): `record` is where the tenant lives
+        now. With moved_to (its live owner's router) it is forwarded there (MOVED); without,
+        a MOVED tenant may be started (claimed) here again on its next request."""
+        self.record = record
+        if record.moved_to and self.state in (S.STOPPED, S.FAILED):
+            self._transition(S.MOVED)
+        elif not record.moved_to and self.state is S.MOVED:
+            self._transition(S.STOPPED)
+
+    async def lose(self, why: str) -> bool:
+        """Cluster mode: this host does not own the tenant any more (or lost its lease): stop
+        the worker without a final checkpoint (its writes would be fenced anyway)."""
+        async with self.lock:
+            self._note_exit_if_gone()
+            return await self._stop_locked(why, final_checkpoint=False)
 
     async def remove(self) -> None:
         """`rm`: refuse every start from now on and stop the worker. The caller deletes the

@@ -20,7 +20,7 @@ import shlex
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from contract import serving
 from snapshots.layout import DataLayout
@@ -29,6 +29,7 @@ from switchboard.config import Config
 from switchboard.debugapi import debug_routes
 from switchboard.debugging import DebugOperations
 from switchboard.direct import DirectMap
+from switchboard.directory import Directory
 from switchboard.edge import TrustedProxies
 from switchboard.errors import ConfigError
 from switchboard.migration_api import Moving
@@ -39,6 +40,9 @@ from switchboard.spawner import Spawner
 from switchboard.supervisor import Supervisor
 from switchboard.table import SqliteDirectory
 from switchboard.upstream import IDLE_UPSTREAM_S
+
+if TYPE_CHECKING:
+    from switchboard.cluster.pgdirectory import PgDirectory
 
 log = logging.getLogger("switchboard.server")
 
@@ -73,7 +77,15 @@ class Router:
         except (ConfigError, OSError) as exc:
             log.error("cannot start: %s", exc)
             return 1
-        directory = SqliteDirectory(config.data_dir / "tenants.sqlite")
+        if config.cluster_url:  # cluster mode: the directory is in PostgreSQL (docs/cluster.md)
+            from switchboard.cluster import node as cluster
+            try:
+                directory: Directory = await cluster.open_directory(config)
+            except ConfigError as exc:
+                log.error("cannot start: %s", exc)
+                return 1
+        else:
+            directory = SqliteDirectory(config.data_dir / "tenants.sqlite")
         spawner = Spawner(use_zygote=config.use_zygote, zygote_wait_s=config.zygote_wait_s)
         supervisor = Supervisor(config, directory, spawner, await directory.list(), layout,
                                 worker_gid)
@@ -104,6 +116,17 @@ class Router:
                 return 1
         bound = publish_addresses(config.data_dir, front, admin)
         moving.started(bound.listen, bound.admin_listen)
+        node = None
+        if config.cluster_url:
+            try:
+                node = await cluster.join(config, cast("PgDirectory", directory), supervisor,
+                                          router_url=moving.peers.router_url,
+                                          admin_url=moving.peers.admin_url)
+            except ConfigError as exc:
+                log.error("cannot start: %s", exc)
+                front.close()
+                directory.close()
+                return 1
         if config.use_zygote:
             # The default code version's (switchboard/versions.py); others start on first use.
             spawner.prestart_zygote(config.app,
@@ -135,6 +158,8 @@ class Router:
         second.cancel()
         for task in (reconcile, janitor):
             task.cancel()
+        if node is not None:  # the workers stored their last snapshots: hand over at once
+            await node.leave()
         if supervisor.env.direct is not None:
             supervisor.env.direct.close()
         proxy.close()

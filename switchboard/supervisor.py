@@ -95,11 +95,20 @@ class Supervisor:
         TenantUnavailable (503: still starting past the timeout, backing off, or failed)."""
         tenant = self.tenants.get(name)
         if tenant is None:
-            raise UnknownTenant(name)
+            tenant = await self._look_up(name)
         if not tenant.serving:
             await self.wait_until_serving(tenant)
         tenant.begin_request()
         return tenant
+
+    async def _look_up(self, name: str) -> TenantProcess:
+        """A tenant not mapped here: in cluster mode, one another host created (its record
+        is adopted); else UnknownTenant."""
+        look_up = self.env.look_up
+        record = None if look_up is None else await look_up(name)
+        if record is None:
+            raise UnknownTenant(name)
+        return self.tenants.get(name) or self.adopt(record)
 
     def serving_now(self, name: str) -> TenantProcess | None:
         tenant = self.tenants.get(name)

@@ -1,0 +1,96 @@
+"""Cluster mode wired into `switchboard serve` (switchboard/server.py calls these two).
+
+`open_directory` upgrades the schema (switchboard/cluster/schema.py) and returns the
+PostgreSQL directory. `ClusterNode.start` registers this host's lease, hooks the routing
+decisions into the supervisor (switchboard/cluster/routing.py) and runs the lease renewal
+and the view refresh; `leave` (a clean shutdown, after the workers stopped and stored their
+last snapshots) ends the lease at once, so other hosts take its tenants over without
+waiting for it to expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+
+from switchboard.cluster import schema
+from switchboard.cluster.leases import LeaseKeeper
+from switchboard.cluster.pgdirectory import PgDirectory
+from switchboard.cluster.routing import ClusterRouting
+from switchboard.config import Config
+from switchboard.errors import ConfigError, StorageFailed
+from switchboard.supervisor import Supervisor
+
+log = logging.getLogger("switchboard.cluster")
+
+
+async def open_directory(config: Config) -> PgDirectory:
+    """The cluster's directory, its schema brought up to date. ConfigError when PostgreSQL
+    cannot be reached or its schema is newer than this code."""
+    import psycopg
+
+    try:
+        before, after = await asyncio.to_thread(schema.upgrade, config.cluster_url)
+    except psycopg.Error as exc:
+        raise ConfigError(f"cannot reach the cluster database: {exc}") from exc
+    except schema.SchemaTooNew as exc:
+        raise ConfigError(str(exc)) from exc
+    if before != after:
+        log.info("cluster database schema upgraded from version %d to %d", before, after)
+    return PgDirectory(config.cluster_url)
+
+
+def host_id_of(config: Config) -> str:
+    return config.host_id or socket.gethostname()
+
+
+class ClusterNode:
+    def __init__(self, config: Config, directory: PgDirectory, supervisor: Supervisor) -> None:
+        self.config = config
+        self.directory = directory
+        self.supervisor = supervisor
+        self.host_id = host_id_of(config)
+        self._tasks: list[asyncio.Task[None]] = []
+        self.lease: LeaseKeeper | None = None
+
+    async def start(self, router_url: str, admin_url: str) -> None:
+        """Register this host (StorageFailed when PostgreSQL refuses) and start serving."""
+        supervisor = self.supervisor
+        lease = LeaseKeeper(
+            self.directory, self.host_id, router_url=router_url, admin_url=admin_url,
+            ttl_s=self.config.lease_ttl_s, max_resident=self.config.max_resident,
+            resident=supervisor.resident_count, on_lost=self._lost)
+        self.lease = lease
+        self.routing = ClusterRouting(self.directory, supervisor, lease)
+        await lease.register()
+        supervisor.env.take_ownership = self.routing.take_ownership
+        supervisor.env.look_up = self.routing.look_up
+        self._tasks = [asyncio.ensure_future(lease.run()),
+                       asyncio.ensure_future(self.routing.watch())]
+
+    async def _lost(self, why: str) -> None:
+        await self.routing.lose_all(why)
+
+    def stop_renewing(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+    async def leave(self) -> None:
+        """After the workers stopped: end this host's lease now."""
+        self.stop_renewing()
+        with contextlib.suppress(StorageFailed, TimeoutError):
+            await asyncio.wait_for(self.directory.declare_dead(self.host_id), 5)
+        await self.directory.close_async()
+
+
+async def join(config: Config, directory: PgDirectory, supervisor: Supervisor, *,
+               router_url: str, admin_url: str) -> ClusterNode:
+    """Start this host's part in the cluster; ConfigError when it cannot register."""
+    node = ClusterNode(config, directory, supervisor)
+    try:
+        await node.start(router_url, admin_url)
+    except StorageFailed as exc:
+        raise ConfigError(f"cannot join the cluster: {exc}") from exc
+    return node

@@ -1,0 +1,146 @@
+"""Which host serves a tenant, in cluster mode (DESIGN.md "Between hosts"; docs/cluster.md).
+
+Any host's router serves any tenant. Before a tenant starts here (`take_ownership`, called by
+switchboard/process.py under the tenant's lock):
+
+    owner in the directory                    this host
+    this host                                 starts it at the directory's epoch
+    another host with a live lease            forwards (the tenant is MOVED to that host's
+                                              router; switchboard/forwarding.py relays)
+    none, and this host is at max_resident    forwards to the live host with the most room
+    with nothing idle to evict
+    none, or a host whose lease expired       claims it (epoch + 1, one conditional UPDATE:
+                                              of concurrent claimers one wins, the others
+                                              forward to it) and restores it from PostgreSQL
+
+`watch` keeps this host's view current, every WATCH_INTERVAL_S at most: a tenant forwarded to
+a host whose lease has since expired goes back to stopped (its next request claims it), a
+worker running here for a tenant another host now owns is stopped at once, and tenants other
+hosts created are mapped. A request for a tenant not mapped yet looks it up (`look_up`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+
+from switchboard.cluster.leases import LeaseKeeper
+from switchboard.cluster.pgdirectory import HostRecord, PgDirectory
+from switchboard.directory import EpochConflict, TenantRecord
+from switchboard.errors import StorageFailed, TenantUnavailable, UnknownTenant
+from switchboard.process import TenantProcess
+from switchboard.states import LIVE, TenantState
+from switchboard.supervisor import Supervisor
+
+log = logging.getLogger("switchboard.cluster")
+S = TenantState
+WATCH_INTERVAL_S = 0.5
+CLAIM_TRIES = 3
+
+
+class ClusterRouting:
+    def __init__(self, directory: PgDirectory, supervisor: Supervisor, lease: LeaseKeeper
+                 ) -> None:
+        self.directory = directory
+        self.supervisor = supervisor
+        self.lease = lease
+        self.host_id = lease.host_id
+
+    # ---- the start path ----
+
+    async def take_ownership(self, process: TenantProcess) -> None:
+        name = process.name
+        if not self.lease.live:
+            raise TenantUnavailable(f"host {self.host_id} holds no live cluster lease now", 1)
+        try:
+            for _ in range(CLAIM_TRIES):
+                record, owner = await self.directory.owner_of(name)
+                if record.owner == self.host_id:
+                    process.record = dataclasses.replace(record, moved_to=None)
+                    return
+                if owner is not None and owner.alive:
+                    self._forward(process, record, owner)
+                if record.owner is None and self._full():
+                    roomiest = await self._roomiest_other_host()
+                    if roomiest is not None:
+                        self._forward(process, record, roomiest)
+                try:
+                    process.record = await self.directory.claim(name, self.host_id,
+                                                                expect_epoch=record.epoch)
+                except EpochConflict:
+                    continue  # someone else changed it: decide again on the new record
+                log.info("host %s claimed tenant %s at epoch %d", self.host_id, name,
+                         process.record.epoch, extra={"tenant": name})
+                return
+        except StorageFailed as exc:
+            raise TenantUnavailable(f"{name}: {exc}", 1) from exc
+        except UnknownTenant:
+            process.removed = True
+            raise
+        raise TenantUnavailable(f"{name}: its owner keeps changing", 1)
+
+    def _forward(self, process: TenantProcess, record: TenantRecord, host: HostRecord) -> None:
+        process.placed(dataclasses.replace(record, moved_to=host.router_url))
+        raise TenantUnavailable(f"{process.name} lives on host {host.id}", None, kind="moved")
+
+    def _full(self) -> bool:
+        supervisor = self.supervisor
+        return (supervisor.resident_count() >= supervisor.config.max_resident
+                and not any(t.idle for t in supervisor))
+
+    async def _roomiest_other_host(self) -> HostRecord | None:
+        others = [h for h in await self.directory.hosts()
+                  if h.alive and h.id != self.host_id and h.resident < h.max_resident]
+        return max(others, key=lambda h: h.max_resident - h.resident, default=None)
+
+    async def look_up(self, name: str) -> TenantRecord | None:
+        try:
+            return await self.directory.get(name)
+        except UnknownTenant:
+            return None
+        except StorageFailed as exc:
+            raise TenantUnavailable(f"{name}: {exc}", 1) from exc
+
+    # ---- keeping the view current ----
+
+    async def lose_all(self, why: str) -> None:
+        """The lease is gone: stop every worker here (they serve nothing now)."""
+        running = [t for t in self.supervisor if t.state in LIVE]
+        await asyncio.gather(*(t.lose(why) for t in running), return_exceptions=True)
+
+    async def watch(self) -> None:
+        while True:
+            await asyncio.sleep(min(WATCH_INTERVAL_S, self.lease.ttl_s / 3))
+            try:
+                await self.refresh()
+            except StorageFailed as exc:
+                log.warning("cannot refresh the cluster view: %s", exc)
+
+    async def refresh(self) -> None:
+        records = await self.directory.list()
+        hosts = {h.id: h for h in await self.directory.hosts()}
+        supervisor = self.supervisor
+        for record in records:
+            process = supervisor.tenants.get(record.name)
+            if process is None:
+                supervisor.adopt(record)
+                continue
+            if record.epoch < process.record.epoch:
+                continue  # read before this host's own claim: older than what it knows
+            owner = hosts.get(record.owner) if record.owner else None
+            if process.state is S.MOVED:
+                if owner is not None and owner.alive and owner.id != self.host_id:
+                    if process.record.moved_to != owner.router_url or (
+                            process.record.epoch != record.epoch):
+                        process.placed(dataclasses.replace(record, moved_to=owner.router_url))
+                else:  # its owner is gone (or none): the next request decides again
+                    process.placed(dataclasses.replace(record, moved_to=None))
+            elif process.state is S.STOPPED and not process.operating:
+                process.record = record  # `ls` shows the owner as the directory has it
+            elif process.state in LIVE and not process.operating and (
+                    record.owner != self.host_id or record.epoch != process.record.epoch):
+                log.warning("tenant %s is owned by %s at epoch %d now: stopping its worker here",
+                            record.name, record.owner, record.epoch, extra={"tenant": record.name})
+                supervisor.env.run_in_background(
+                    process.lose(f"host {record.owner} owns it now (epoch {record.epoch})"))
