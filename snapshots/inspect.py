@@ -21,6 +21,10 @@ never decoded. Only signed and unsigned are OK. `check_generations` judges a ten
 together, as a restore does: an unsigned file after one signed by this key is not_signed
 (planted: a writer with the key never goes back to unsigned). `verify(path)` is the integrity
 check alone.
+
+A segmented file (snapshots/segments.py) is intact when its header and payload are and every
+segment it names is there and matches its checksum (and, msgpack, decodes); `describe` lists
+its segments (name, bytes, where they are) instead of decoding a whole state.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import collections
 import datetime as dt
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from snapshots.codec import CODEC_NAMES, get_codec
@@ -39,6 +44,8 @@ from snapshots.errors import (
     SnapshotVersionError,
 )
 from snapshots.format import SnapshotHeader, authenticate, read_header, read_snapshot
+from snapshots.segment_files import open_index
+from snapshots.segments import SegmentedIndex, is_segmented, read_segment
 from snapshots.store import DATA_CODECS
 
 # A dict root may have a key per record; past this many keys the summary stops listing them.
@@ -172,6 +179,14 @@ def describe(path: str | os.PathLike[str], key: bytes | None = None) -> dict[str
     }
     try:
         _, payload = read_snapshot(path)
+        if is_segmented(header):
+            index = open_index(header, Path(source))
+            info["segments"] = _segments(index)
+            info["segments_bytes"] = index.stored_bytes
+            info["summary"] = {"segments": len(index.entries), "groups": list(index.groups)}
+            for entry in index.entries:
+                read_segment(entry)
+            return info
     except SnapshotCorrupt as exc:
         info.update(valid=False, problem=exc.problem)
         return info
@@ -215,12 +230,22 @@ def verify(path: str | os.PathLike[str]) -> None:
     header, payload = read_snapshot(path)
     if header.codec not in CODEC_NAMES:
         raise CodecError(f"{source}: unknown codec {header.codec!r}")
+    parts = ([read_segment(e) for e in open_index(header, Path(source)).entries]
+             if is_segmented(header) else [payload])
     if header.codec == "pickle":
         return
     try:
-        get_codec(header.codec, allow_pickle=False).loads(payload)
+        for part in parts:
+            get_codec(header.codec, allow_pickle=False).loads(part)
     except CodecError as exc:
         raise CodecError(f"{source}: {exc}") from exc
+
+
+def _segments(index: SegmentedIndex) -> list[dict[str, Any]]:
+    """describe's "segments": each one's name, size and where its bytes are."""
+    return [{"name": e.name, "bytes": e.length, "codec": e.codec,
+             "stored": f"segment file {e.ref}.seg" if e.ref else "in this file"}
+            for e in index.entries]
 
 
 def summarize(state: Any) -> dict[str, Any]:

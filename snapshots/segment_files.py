@@ -142,7 +142,8 @@ def _write_file(path: Path, data: bytes) -> None:
 
 def referenced(headers: Iterable[SnapshotHeader]) -> set[str]:
     """The segment files the given generations name."""
-    return {e["ref"] for h in headers for e in h.index if isinstance(e, dict) and e.get("ref")}
+    return {e["ref"] for h in headers for e in (h.index or [])
+            if isinstance(e, dict) and e.get("ref")}
 
 
 def collect(directory: Path, generation_files: list[Path]) -> list[str]:

@@ -48,17 +48,25 @@ what protects them is the admin signature over the body's digest (nothing change
 and the snapshot and journal MACs under the shared snapshot.key (checked by the target: the
 snapshot at pre-copy, the segments when its worker restores them).
 
+Segmented snapshots (issue 16): the pre-copy ships one self-contained file, the staged
+generation with every segment its index names inside it (`ship_snapshot`; the format is in
+snapshots/segment_files.py), so the target restores it without any other file; its first
+checkpoint writes the segments as its own segment files.
+
 `TargetClient` makes these calls (httpx, imported only when a move runs: never on the proxy's
 path); `write_bundle` / `read_bundle` write and read the bundle.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 import os
 import re
 import struct
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +84,28 @@ _SIZE = struct.Struct(">Q")
 SEGMENT_NAME = re.compile(r"(\d{20})\.journal")  # tenant/journal_format.py names segments so
 CONNECT_TIMEOUT_S = 5.0
 CALL_TIMEOUT_S = 600.0
+SHIP_TIMEOUT_S = 600.0  # making the self-contained copy of a segmented snapshot
+
+
+async def ship_snapshot(source: Path, out: Path, key_file: Path) -> None:
+    """Put at `out` (a new file) the snapshot to pre-copy: a hard link to `source`, or for a
+    segmented generation a self-contained copy signed with `key_file`'s key. Runs
+    `python -m snapshots.segment_files ship` (the router never imports the snapshot reader).
+    TransferFailed when it cannot (a damaged segment: the copy is not made)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "snapshots.segment_files", "ship", str(source), str(out),
+        "--key-file", str(key_file), stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        _, err = await asyncio.wait_for(process.communicate(), SHIP_TIMEOUT_S)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+        raise
+    if process.returncode != 0:
+        raise TransferFailed(err.decode(errors="replace").strip()[-500:]
+                             or f"shipping {source.name} failed")
 
 
 # --- the journal bundle --------------------------------------------------------------------

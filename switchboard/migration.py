@@ -61,7 +61,13 @@ from switchboard.errors import (
     TargetUnreachable,
     TransferFailed,
 )
-from switchboard.handover import Identity, TargetClient, segments_after, write_bundle
+from switchboard.handover import (
+    Identity,
+    TargetClient,
+    segments_after,
+    ship_snapshot,
+    write_bundle,
+)
 from switchboard.peers import Peers
 from switchboard.process import TenantProcess
 from switchboard.signing import load_key
@@ -239,7 +245,8 @@ class Migrator:
         link: Path | None = None
         if generation:
             link = self.layout.ensure_transfers_dir() / f"migrate-{name}-{time.time_ns()}.snap"
-            os.link(self.layout.snapshot_path(name, generation), link)
+            await ship_snapshot(self.layout.snapshot_path(name, generation), link,
+                                self.config.snapshot_key_path)  # segments inside: handover.py
         try:
             total = link.stat().st_size if link is not None else 0
             say("precopy", f"copying snapshot generation {generation} ({total} bytes)",
@@ -311,8 +318,8 @@ class Migrator:
                 await asyncio.sleep(RESOLVE_RETRY_S)
             except TargetRefused as exc:
                 raise TransferFailed(f"the target cannot resolve the switch: {exc}") from None
-        tenant.held = f"migrating to {client.base}: waiting for it to say whether the switch " \
-                      "landed"
+        tenant.held = tenant.last_error = (
+            f"migrating to {client.base}: waiting for it to say whether the switch landed")
         outgoing = self._read_marker(tenant.name)
         if outgoing is not None:
             self._spawn(self._keep_resolving(outgoing))
@@ -328,6 +335,8 @@ class Migrator:
         except EpochConflict:
             record = await self.directory.get(tenant.name)
         tenant.set_record(record)
+        if tenant.held is not None and tenant.last_error == tenant.held:
+            tenant.last_error = None
         tenant.held = None
         self._remove_marker(tenant.name)
         log.info("tenant %s is served by %s now (epoch %d); forwarding to it", tenant.name,
@@ -374,8 +383,8 @@ class Migrator:
             if tenant.state is S.MOVED:
                 self._remove_marker(name)
                 continue
-            tenant.held = f"migrating to {outgoing.target_admin}: asking it whether the " \
-                          "switch landed"
+            tenant.held = tenant.last_error = (
+                f"migrating to {outgoing.target_admin}: asking it whether the switch landed")
             log.warning("tenant %s was being switched to %s when this router stopped; asking "
                         "it before serving", name, outgoing.target_admin, extra={"tenant": name})
             self._spawn(self._keep_resolving(outgoing))
@@ -399,6 +408,8 @@ class Migrator:
                 await self._mark_moved(tenant, outgoing)
                 self.peers.add(outgoing.target_router)
             else:
+                if tenant.last_error == tenant.held:
+                    tenant.last_error = None
                 tenant.held = None
                 self._remove_marker(outgoing.name)
                 log.info("the switch of %s to %s did not land: serving it here", outgoing.name,

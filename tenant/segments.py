@@ -18,6 +18,8 @@ declares nothing has one segment, its whole state, exactly as before.
   writes the marked segments and refers to the others (snapshots/segment_files.py). So a
   command must reach its segments through the state it is given, and keep no reference to a
   segment's value between commands (the rule the Prevayler model already makes).
+- Segment keys are non-empty str without "/". A state with other keys at those levels stays
+  one segment (a whole-state snapshot, as for an app that declares nothing).
 - `TenantContext.mark_dirty` (the debug console changed the state outside a command) marks
   every loaded segment.
 
@@ -150,7 +152,15 @@ def adopt(state: Any, groups: tuple[str, ...] | None) -> Any:
         return _lazy_root(state, groups)
     if not isinstance(state, Mapping):
         raise TypeError(f"a segmented app's state is a mapping, not {type(state).__name__}")
+    if not all(_nameable(k) for k in state) or not all(
+            isinstance(state[g], Mapping) and all(_nameable(k) for k in state[g])
+            for g in groups if g in state):
+        return state  # keys that cannot name segments: kept as one segment, as before
     return Segments(state, groups=groups)
+
+
+def _nameable(key: object) -> bool:
+    return isinstance(key, str) and bool(key) and "/" not in key
 
 
 def _lazy_root(index: SegmentedIndex, groups: tuple[str, ...]) -> Segments:

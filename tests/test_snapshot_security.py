@@ -490,7 +490,7 @@ def test_planted_pickle_snapshot_in_a_msgpack_app_runs_no_code(
                                json={"n": n}).status_code == 201
         router.cli("stop", "acme")  # the final checkpoint writes the newest valid generation
         snapshots = router.data_dir / "tenants" / "acme" / "snapshots"
-        valid = sorted(snapshots.iterdir())
+        valid = sorted(snapshots.glob("*.snap"))  # (not the segment files they name)
         marker = tmp_path / "MARKER"
         evil = planted(snapshots / f"{99:012d}.snap", evil_pickle(marker))
         # And an unsigned msgpack one, valid data: an injection that runs no code.
