@@ -30,6 +30,7 @@ from bench.cases.journal import journal
 from bench.cases.memory import idle_worker, mapped, resident
 from bench.cases.migrate import migrate
 from bench.cases.proxy import proxy
+from bench.cases.segments import segments
 from bench.cases.soak import soak
 from bench.report import Figure, document, save, table
 
@@ -45,6 +46,7 @@ CASES: dict[str, Case] = {
     "journal": journal,
     "bigstate": bigstate,
     "migrate": migrate,
+    "segments": segments,
     "soak": soak,
 }
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
