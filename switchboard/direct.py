@@ -40,10 +40,12 @@ finish with the worker; requests that arrive in the meantime go through the rout
 still forwards them to the running worker (and keeps it, if they make it busy again). Changes
 within `direct_reload_delay_s` share one write and one run of `direct_reload_command`.
 
-What still reaches a gone worker (a crash, a stale connection) is refused at connect, and the
-site sends it to the router: nginx by error_page, Apache by the balancer's standby member
-(the worker member is then left out for its `retry=1` second, else Apache would try it again
-instead of the standby).
+What still reaches a gone worker (a crash) is refused at connect, and the site sends it to
+the router: Apache by the balancer's standby member (the worker member is then left out for
+its `retry=1` second, else Apache would try it again instead of the standby); nginx by
+error_page, for an idempotent request without a body (nginx cannot send a streamed body a
+second time: such a request gets 503 with Retry-After, not applied, and the client sends it
+again). A request the dying worker had already read gets 502, as from the router.
 """
 
 from __future__ import annotations

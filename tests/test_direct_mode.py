@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
+from harness.net import connectable
 from harness.webservers import WebServer
 from switchboard.direct import DirectMap
 from tests.conftest import Router, wait_until
@@ -124,6 +125,20 @@ def test_resident_tenants_bypass_the_router(
             after_kill = http.get("/api/tables/people/records")
             assert after_kill.status_code == 200, (after_kill.text, server.log()[-2000:])
             assert after_kill.json()["total"] == 1
+            # A write to a killed worker: served (Apache's standby member sends it on, body
+            # and all), or refused with 503 + Retry-After and not applied (nginx cannot send
+            # a streamed body twice); then served when sent again. Never a hang or a 502.
+            until_direct(router, http, "acme")
+            info = router.info("acme")
+            os.kill(info["pid"], signal.SIGKILL)
+            wait_until(lambda: not connectable(info["port"]), 10, "the worker's port closed")
+            write = http.post("/api/tables/people/records", json={"name": "Grace"})
+            if write.status_code == 503:
+                assert kind == "nginx" and write.headers["retry-after"] == "1", write.text
+                assert http.get("/api/tables/people/records").json()["total"] == 1
+                write = http.post("/api/tables/people/records", json={"name": "Grace"})
+            assert write.status_code == 201, (write.text, server.log()[-2000:])
+            assert http.get("/api/tables/people/records").json()["total"] == 2
     finally:
         server.remove_site(site)
 
