@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from contract.names import is_valid_name
-from ops import attach, deploy_config, migrate
+from ops import attach, cluster, deploy_config, migrate
 from ops.errors import AdminError, CommandError
 from switchboard import __version__
 from switchboard.config import DEFAULT_DATA_DIR, Config, HostPort
@@ -170,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy_config.add_commands(commands, common)
     migrate.add_commands(commands, common)
     attach.add_commands(commands, common)  # attach, pin, unpin, upgrade
+    cluster.add_commands(commands, common)  # hosts, failover, db upgrade
 
     # --- snapshot inspect|verify: files on this host, no server needed ---------------------
     snapshot = commands.add_parser("snapshot", help="inspect or verify snapshot files",

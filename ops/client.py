@@ -272,6 +272,13 @@ class AdminClient:
 
     # --- plumbing ----------------------------------------------------------------------------
 
+    def cluster_hosts(self) -> list[dict[str, Any]]:
+        hosts: list[dict[str, Any]] = self._request("GET", "/v1/cluster/hosts").json()
+        return hosts
+
+    def failover(self, host: str) -> dict[str, Any]:
+        return self._json(self._request("POST", "/v1/cluster/failover", {"host": host}))
+
     def _request(self, method: str, path: str, payload: Any = None, *,
                  content: bytes | None = None, content_type: str | None = None,
                  stream: bool = False, timeout: httpx.Timeout | None = None) -> httpx.Response:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 from contract import serving
 from snapshots.layout import DataLayout
 from switchboard import listen, logs, private, reload, runfile
+from switchboard.cluster.api import ClusterApi
 from switchboard.config import Config
 from switchboard.debugapi import debug_routes
 from switchboard.debugging import DebugOperations
@@ -92,6 +93,7 @@ class Router:
         service = TenantOperations(supervisor, directory, layout)
         proxy = Proxy(config, supervisor, supervisor.counters)
         moving = Moving(config, supervisor, directory, layout, service, proxy)
+        cluster_api = ClusterApi()  # /v1/cluster/*: answers 409 unless in cluster mode
         loop = asyncio.get_running_loop()
         try:
             front = await loop.create_server(proxy.protocol, config.listen.host, config.listen.port,
@@ -99,7 +101,7 @@ class Router:
             admin = await self.start_admin(build_admin_app(
                 service, Verifier(keys, nonces=nonces), max_import_bytes=config.max_import_bytes,
                 staging_dir=layout.ensure_transfers_dir, metrics_token=config.metrics_token,
-                extra_routes=[*moving.routes, *debug_routes(
+                extra_routes=[*moving.routes, *cluster_api.routes(), *debug_routes(
                     DebugOperations(supervisor, directory, layout))]))
         except OSError as exc:
             log.error("cannot listen: %s", exc)
@@ -122,6 +124,7 @@ class Router:
                 node = await cluster.join(config, cast("PgDirectory", directory), supervisor,
                                           router_url=moving.peers.router_url,
                                           admin_url=moving.peers.admin_url)
+                cluster_api.directory = node.directory
             except ConfigError as exc:
                 log.error("cannot start: %s", exc)
                 front.close()

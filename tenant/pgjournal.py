@@ -16,13 +16,15 @@ as a cache it restores and checkpoints with; PostgreSQL is the durable copy:
   longer than REFUSE_AFTER_S gets ClusterWriteRefused (503). Such a record may still commit
   later: it was never acknowledged, and the worker's state holds it either way.
 - Checkpoints: after each landed local checkpoint (`prune`, which the checkpointer calls), an
-  uploader thread stores that snapshot in PostgreSQL on its own connection, fenced.
+  uploader thread stores that snapshot in PostgreSQL on its own connection, fenced; a
+  segmented generation goes as one self-contained file with its segments inside.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +34,8 @@ from pathlib import Path
 import psycopg
 
 from contract.worker import WorkerSpec
+from snapshots.errors import SnapshotError
+from snapshots.segment_files import self_contained
 from snapshots.store import LocalStore
 from tenant.app import TenantApp
 from tenant.errors import ClusterWriteRefused, Fenced, JournalError, RestoreError, TenantError
@@ -251,8 +255,14 @@ class ClusterJournal(Journal):
                 newest.generation == self._uploaded_generation):
             return
         try:
-            side.uploads_pg.save_snapshot(newest.path, newest.generation,
-                                          newest.header.journal_pos)
+            with tempfile.TemporaryDirectory(dir=side.spec.data_dir,
+                                             prefix=".pg-upload-") as staging:
+                # A segmented generation travels with its segments inside, as a migration
+                # ships it (snapshots/segment_files.py); a plain one is hard-linked.
+                whole = Path(staging) / newest.path.name
+                self_contained(newest.path, whole, side.store.key)
+                side.uploads_pg.save_snapshot(whole, newest.generation,
+                                              newest.header.journal_pos)
         except Fenced as exc:
             loop = self._committer_loop
             if loop is not None:
@@ -260,7 +270,7 @@ class ClusterJournal(Journal):
             else:
                 self._fence(exc)
             return
-        except (psycopg.Error, OSError) as exc:
+        except (psycopg.Error, OSError, SnapshotError) as exc:
             side.uploads_pg.close()
             log.warning("tenant %s: snapshot generation %d not stored in PostgreSQL (the next "
                         "checkpoint tries again): %s", side.tenant, newest.generation, exc)

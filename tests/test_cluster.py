@@ -1,0 +1,238 @@
+"""Cluster mode end to end: real `switchboard serve --cluster` hosts on the session's real
+PostgreSQL (harness/cluster.py), real kills, pauses and a PostgreSQL restart. Every test
+checks what a user sees: answers, and that every acknowledged (2xx) write is there after."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from harness import ROOT, SWITCHBOARD, wait_until
+from harness.cluster import start_hosts
+from harness.router import RouterProcess
+
+LEASE_TTL_S = 2.0
+
+
+@pytest.fixture
+def hosts(cluster_db: str, tmp_path: Path) -> Iterator[list[RouterProcess]]:
+    started = start_hosts(cluster_db, tmp_path, ["a", "b", "c"], lease_ttl_s=LEASE_TTL_S)
+    try:
+        yield started
+    finally:
+        for host in started:
+            host.kill_group()
+
+
+def cli(host: RouterProcess, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([str(SWITCHBOARD), *args], capture_output=True, text=True,
+                            env=host.env(), cwd=ROOT, timeout=60)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def worker_of(url: str, tenant: str) -> dict[str, Any]:
+    resp = httpx.get(f"{url}/t/{tenant}/api/worker", timeout=30)
+    assert resp.status_code == 200, resp.text
+    found: dict[str, Any] = resp.json()
+    return found
+
+
+def all_records(url: str, tenant: str) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = []
+    with httpx.Client(timeout=30) as http:
+        while True:
+            resp = http.get(f"{url}/t/{tenant}/api/tables/w/records",
+                            params={"offset": len(records), "limit": 1000})
+            assert resp.status_code == 200, resp.text
+            page = resp.json()
+            records += page["records"]
+            if not page["records"] or len(records) >= page["total"]:
+                return records
+
+
+class Writers:
+    """Threads that POST numbered records through the given router URLs round robin, and
+    remember every one answered 2xx (acknowledged) and every other answer."""
+
+    def __init__(self, urls: list[str], tenant: str, count: int, *,
+                 timeout_s: float = 20.0) -> None:
+        self.urls = urls
+        self.timeout_s = timeout_s
+        self.tenant = tenant
+        self.acked: set[tuple[int, int]] = set()
+        self.failures: list[tuple[float, str]] = []
+        self.last_ack = 0.0
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True)
+                        for i in range(count)]
+
+    def __enter__(self) -> Writers:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(60)
+
+    def _run(self, writer: int) -> None:
+        with httpx.Client(timeout=httpx.Timeout(self.timeout_s)) as client:
+            n = 0
+            while not self.stopping.is_set():
+                url = self.urls[(writer + n) % len(self.urls)]
+                try:
+                    resp = client.post(f"{url}/t/{self.tenant}/api/tables/w/records",
+                                       json={"w": writer, "n": n})
+                    outcome = resp.status_code
+                except httpx.HTTPError as exc:
+                    outcome = 0
+                    reason = type(exc).__name__
+                with self.lock:
+                    if 200 <= outcome < 300:
+                        self.acked.add((writer, n))
+                        self.last_ack = time.monotonic()
+                    else:
+                        self.failures.append((time.monotonic(), str(outcome or reason)))
+                n += 1
+                if outcome == 0 or outcome >= 500:
+                    time.sleep(0.05)
+
+    def acked_since(self, moment: float) -> bool:
+        return self.last_ack > moment
+
+    def check_all_there(self, url: str) -> None:
+        seen = {(r["fields"]["w"], r["fields"]["n"]) for r in all_records(url, self.tenant)}
+        missing = self.acked - seen
+        assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {sorted(missing)[:5]}"
+
+
+def test_three_hosts_any_host_serves_any_tenant(hosts: list[RouterProcess]) -> None:
+    a, b, c = hosts
+    cli(a, "create", "acme")
+    with httpx.Client(timeout=30) as http:
+        for n in range(20):
+            resp = http.post(f"{b.url}/t/acme/api/tables/w/records", json={"w": 0, "n": n})
+            assert resp.status_code == 201, resp.text
+    assert sorted(r["fields"]["n"] for r in all_records(c.url, "acme")) == list(range(20))
+    # b took it on first touch; every host's answer comes from b's worker
+    owner = {worker_of(h.url, "acme")["host"] for h in hosts}
+    assert owner == {"b"}
+    assert worker_of(a.url, "acme")["epoch"] == 2
+    rows = json.loads(cli(c, "ls", "--json").stdout)
+    assert [(r["name"], r["host"], r["epoch"]) for r in rows] == [("acme", "b", 2)]
+    listed = json.loads(cli(a, "hosts", "--json").stdout)
+    assert [h["id"] for h in listed] == ["a", "b", "c"]
+    for row in listed:
+        assert row["alive"] is True and 0 < row["lease_expires_in_s"] <= LEASE_TTL_S
+        assert row["router_url"].startswith("http://127.0.0.1:") and row["admin_url"]
+    assert {h["id"]: h["resident"] for h in listed}["b"] in (0, 1)  # as of its last renewal
+
+
+def test_first_touch_race_has_one_owner(hosts: list[RouterProcess]) -> None:
+    a, _b, _c = hosts
+    cli(a, "create", "race")
+    answers: list[dict[str, Any]] = []
+
+    def touch(url: str) -> None:
+        answers.append(worker_of(url, "race"))
+
+    threads = [threading.Thread(target=touch, args=(h.url,)) for h in hosts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(answers) == 3
+    assert len({(w["host"], w["pid"], w["epoch"]) for w in answers}) == 1, answers
+    assert answers[0]["epoch"] == 2  # one claim won; the others forward to it
+
+
+@pytest.mark.slow
+def test_killed_host_fails_over_with_every_acknowledged_write(
+        hosts: list[RouterProcess]) -> None:
+    a, b, c = hosts
+    cli(a, "create", "acme")
+    assert worker_of(a.url, "acme")["host"] == "a"
+    with Writers([b.url, c.url], "acme", 4) as writers:
+        wait_until(lambda: len(writers.acked) >= 40, 30, "writes through b and c")
+        killed_at = time.monotonic()
+        os.killpg(a.pid, signal.SIGKILL)  # router, zygote, workers
+        wait_until(lambda: writers.acked_since(killed_at + 0.1), LEASE_TTL_S + 10,
+                   "a write acknowledged after the kill")
+        recovery_s = writers.last_ack - killed_at
+        wait_until(lambda: len(writers.acked) >= 80, 30, "more writes")
+    assert recovery_s <= LEASE_TTL_S + 2, f"took {recovery_s:.2f}s to serve again"
+    assert worker_of(b.url, "acme")["host"] in ("b", "c")
+    writers.check_all_there(c.url)
+
+
+@pytest.mark.slow
+def test_paused_host_is_fenced(hosts: list[RouterProcess]) -> None:
+    a, b, c = hosts
+    cli(a, "create", "acme")
+    paused_worker = worker_of(a.url, "acme")
+    assert paused_worker["host"] == "a"
+    with Writers([a.url], "acme", 2) as via_a:
+        wait_until(lambda: len(via_a.acked) >= 20, 30, "writes through a")
+        os.killpg(a.pid, signal.SIGSTOP)
+        try:
+            stopped_at = time.monotonic()
+            # a request forwarded to the paused host waits for it: clients give up on those
+            with Writers([b.url, c.url], "acme", 2, timeout_s=4) as via_others:
+                wait_until(lambda: via_others.acked_since(stopped_at), LEASE_TTL_S + 10,
+                           "b or c took the tenant over")
+                wait_until(lambda: len(via_others.acked) >= 20, 30, "writes through b, c")
+                taken = worker_of(b.url, "acme")
+                assert taken["host"] in ("b", "c") and taken["epoch"] > paused_worker["epoch"]
+                os.killpg(a.pid, signal.SIGCONT)
+                resumed_at = time.monotonic()
+                # the paused worker never acknowledges again: a's writers get 503s or are
+                # forwarded to the new owner; a's own worker goes away
+                wait_until(lambda: via_a.acked_since(resumed_at + 1.5), 30,
+                           "a forwarding to the new owner")
+                wait_until(lambda: not psutil_alive(paused_worker["pid"]), 30,
+                           "a's fenced worker to exit")
+                assert worker_of(a.url, "acme")["pid"] == taken["pid"]
+        finally:
+            os.killpg(a.pid, signal.SIGCONT)
+    for writers in (via_a, via_others):
+        writers.check_all_there(c.url)
+    pids_answering = {worker_of(h.url, "acme")["pid"] for h in hosts}
+    assert pids_answering == {taken["pid"]}
+
+
+def psutil_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_postgresql_restart_under_load(hosts: list[RouterProcess], postgres: Any) -> None:
+    a, b, _c = hosts
+    cli(a, "create", "acme")
+    with Writers([a.url, b.url], "acme", 4) as writers:
+        wait_until(lambda: len(writers.acked) >= 40, 30, "writes")
+        postgres.restart(mode="immediate")  # a crash: nothing flushed on the way down
+        back_at = time.monotonic()  # pg_ctl returned: PostgreSQL accepts connections again
+        wait_until(lambda: writers.acked_since(back_at), 30, "writes again")
+        assert writers.last_ack - back_at < 10
+        before = len(writers.acked)
+        wait_until(lambda: len(writers.acked) >= before + 40, 30, "more writes")
+    assert any(reason == "503" for _t, reason in writers.failures), writers.failures[:5]
+    writers.check_all_there(b.url)
