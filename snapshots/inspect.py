@@ -241,11 +241,11 @@ def verify(path: str | os.PathLike[str]) -> None:
         raise CodecError(f"{source}: {exc}") from exc
 
 
-def _segments(index: SegmentedIndex) -> list[dict[str, Any]]:
-    """describe's "segments": each one's name, size and where its bytes are."""
-    return [{"name": e.name, "bytes": e.length, "codec": e.codec,
-             "stored": f"segment file {e.ref}.seg" if e.ref else "in this file"}
-            for e in index.entries]
+def _segments(index: SegmentedIndex) -> dict[str, dict[str, Any]]:
+    """describe's "segments": name -> its size and where its bytes are, in index order."""
+    return {e.name: {"bytes": e.length, "codec": e.codec,
+                     "stored": f"segment file {e.ref}.seg" if e.ref else "in this file"}
+            for e in index.entries}
 
 
 def summarize(state: Any) -> dict[str, Any]:

@@ -318,8 +318,9 @@ def test_snapshot_commands_on_the_servers_snapshots(cli: Cli, tmp_path: Path) ->
     assert (described["tenant"], described["generation"], described["valid"]) == ("acme", 2, True)
 
     # The demo app's snapshots are segmented: damage the segment file only `newer` names.
-    shared = {s["stored"] for s in cli.json("snapshot", "inspect", str(older))["segments"]}
-    own = next(s["stored"] for s in described["segments"] if s["stored"] not in shared)
+    shared = {s["stored"] for s in
+              cli.json("snapshot", "inspect", str(older))["segments"].values()}
+    own = next(s["stored"] for s in described["segments"].values() if s["stored"] not in shared)
     flip_last_byte(newer.parent / own.removeprefix("segment file "))
     code, out, err = cli.run("snapshot", "verify", "acme", "--data-dir", data_dir)
     assert code == 1

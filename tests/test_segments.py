@@ -262,7 +262,7 @@ def test_a_v1_fixture_restores_and_the_next_checkpoint_writes_it_segmented(
     assert expected["records"]["1"]["name"] == "Ann"
     info = describe(store.path_for(tenant, outcome.generation), KEY)
     assert info["format_version"] == 2 and info["signature"] == "verified"
-    assert sorted(s["name"] for s in info["segments"]) == ["records/1", "records/2", "rest"]
+    assert sorted(info["segments"]) == ["records/1", "records/2", "rest"]
     again = restore(fixture_app, spec, store)
     asyncio.run(again.journal.close())
     assert isinstance(again.context.state, Segments)
@@ -283,12 +283,11 @@ def test_inspect_lists_the_segments_and_verify_checks_each(tmp_path: Path) -> No
     asyncio.run(build())
     path = store.path_for("acme", 1)
     info = describe(path, KEY)
-    names = [s["name"] for s in info["segments"]]
-    assert names == ["tables/t0", "tables/t1", "tables/t2", "sessions"]
+    assert list(info["segments"]) == ["tables/t0", "tables/t1", "tables/t2", "sessions"]
     assert all(s["bytes"] > 0 and s["stored"].startswith("segment file ") for s in
-               info["segments"])
+               info["segments"].values())
     assert info["valid"] and check(path, KEY).status == "signed"
-    blob = path.parent / info["segments"][0]["stored"].removeprefix("segment file ")
+    blob = path.parent / info["segments"]["tables/t0"]["stored"].removeprefix("segment file ")
     blob.unlink()
     assert check(path, KEY).status == "corrupt"
     assert "tables/t0" in str(check(path, KEY).problem)
