@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from harness import wait_until
+from harness.errors import WaitTimeout
 from harness.net import free_port
 from tests.conftest import COUNTER, ROOT, SWITCHBOARD, Router, tmpfs
 
@@ -314,7 +315,9 @@ def test_a_source_killed_at_each_step(make_router: MakeRouter, tmp_path: Path,
                                env=a.env(), cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:
-        wait_until(lambda: "migration stalls" in a.log(), 60, f"the move reaching {step}")
+        wait_until(lambda: "migration stalls" in a.log() or command.poll() is not None, 60,
+                   f"the move reaching {step}")
+        assert command.poll() is None, (command.communicate(), a.log()[-3000:])
         a.kill_group()
         _, stderr = command.communicate(timeout=30)
     finally:
@@ -326,9 +329,12 @@ def test_a_source_killed_at_each_step(make_router: MakeRouter, tmp_path: Path,
     restarted = Router(a.data_dir)  # no stall this time
     try:
         restarted.start()
-        wait_until(lambda: restarted.info("acme")["state"] != "stopped" or httpx.get(
-            f"{restarted.url}/t/acme/api/tables", timeout=30).status_code != 503, 30,
-            "the restarted source resolving the move")
+        try:
+            wait_until(lambda: restarted.info("acme")["state"] != "stopped" or httpx.get(
+                f"{restarted.url}/t/acme/api/tables", timeout=30).status_code != 503, 30,
+                "the restarted source resolving the move")
+        except WaitTimeout:
+            pytest.fail(f"source:\n{restarted.log()[-4000:]}\ntarget:\n{b.log()[-3000:]}")
         if step == "committed":
             wait_until(lambda: restarted.info("acme")["state"] == "moved", 30,
                        "the restarted source learning that the switch landed")
