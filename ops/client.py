@@ -276,6 +276,11 @@ class AdminClient:
         hosts: list[dict[str, Any]] = self._request("GET", "/v1/cluster/hosts").json()
         return hosts
 
+    def cluster_migrate(self, name: str, host: str) -> dict[str, Any]:
+        path = "/v1/cluster/tenants/" + quote(check_tenant_name(name), safe="") + "/migrate"
+        return self._json(self._request("POST", path, {"to": host},
+                                        timeout=httpx.Timeout(max(self._timeout, 600.0))))
+
     def failover(self, host: str) -> dict[str, Any]:
         return self._json(self._request("POST", "/v1/cluster/failover", {"host": host}))
 

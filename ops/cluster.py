@@ -1,8 +1,8 @@
-"""Cluster commands (docs/cluster.md): `switchboard hosts [--json]`, `failover --from
-HOST_ID` (through any host's admin API), and `db upgrade` (straight to PostgreSQL: create or
-migrate the schema before the first host starts, or after an upgrade of Switchboard).
-`migrate NAME --to HOST_ID` is ops/migrate.py's command: a target that is not a URL is a
-host id."""
+"""Cluster commands (docs/cluster.md), through any host's admin API: `switchboard hosts
+[--json]`, `failover --from HOST_ID` and `migrate NAME --to HOST_ID` (ops/migrate.py's
+command sends a target that is not a URL to `migrate_to_host`); and `db upgrade`, straight to
+PostgreSQL (create or migrate the schema before the first host starts, or after an upgrade of
+Switchboard; `serve --cluster` does it at start too)."""
 
 from __future__ import annotations
 
@@ -59,6 +59,22 @@ def cmd_failover(args: argparse.Namespace) -> int:
         client.failover(args.host)
     print(f"host {args.host} declared dead: its tenants are taken over by live hosts on "
           "their next request", file=sys.stderr)
+    return 0
+
+
+def migrate_to_host(args: argparse.Namespace) -> int:
+    """`migrate NAME --to HOST_ID` (ops/migrate.py sends a target that is not a URL here)."""
+    from ops import cli
+
+    with cli._client(args) as client:
+        moved = client.cluster_migrate(args.name, args.to)
+    if cli._wants_json(args):
+        cli._print_json(moved)
+    elif moved.get("unchanged"):
+        print(f"{args.name} is on host {args.to} already")
+    else:
+        print(f"{args.name} moved to host {moved['host']} at epoch {moved['epoch']} "
+              f"(requests held {moved['pause_ms']:.0f} ms)")
     return 0
 
 

@@ -25,9 +25,10 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         help="move a tenant to another host (pre-copied; a short pause; then forwarded)")
     migrate.add_argument("name", metavar="NAME")
     where = migrate.add_mutually_exclusive_group(required=True)
-    where.add_argument("--to", metavar="ADMIN_URL",
+    where.add_argument("--to", metavar="ADMIN_URL|HOST_ID",
                        help="the target host's admin API, e.g. http://host-b:8001 (both hosts "
-                            "share admin.key and snapshot.key)")
+                            "share admin.key and snapshot.key); in cluster mode its host id "
+                            "(ops/cluster.py)")
     where.add_argument("--back", action="store_true",
                        help="back to the host it came from (its forwarding there ends)")
     migrate.set_defaults(handler=cmd_migrate)
@@ -45,6 +46,10 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     from ops import cli
+
+    if args.to and "://" not in args.to:  # a host id: cluster mode
+        from ops.cluster import migrate_to_host
+        return migrate_to_host(args)
 
     outcome: dict[str, Any] | None = None
     bar: Progress | None = None

@@ -250,6 +250,10 @@ class TargetClient:
                            "moved_to": moved_to}).encode()
         return await self._call("POST", f"/v1/tenants/{quote(who.name)}/moved", body)
 
+    async def call(self, method: str, path: str, body: bytes = b"") -> dict[str, Any]:
+        """Any other signed call with a JSON answer (cluster mode: switchboard/cluster/)."""
+        return await self._call(method, path, body)
+
     async def _upload(self, path: str, source: Path | None,
                       progress: Progress) -> dict[str, Any]:
         digest, size = file_sha256(source)

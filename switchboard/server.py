@@ -124,7 +124,7 @@ class Router:
                 node = await cluster.join(config, cast("PgDirectory", directory), supervisor,
                                           router_url=moving.peers.router_url,
                                           admin_url=moving.peers.admin_url)
-                cluster_api.directory = node.directory
+                cluster_api.directory, cluster_api.migrator = node.directory, node.migrator
             except ConfigError as exc:
                 log.error("cannot start: %s", exc)
                 front.close()

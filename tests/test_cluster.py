@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from harness import ROOT, SWITCHBOARD, wait_until
@@ -162,18 +163,22 @@ def test_first_touch_race_has_one_owner(hosts: list[RouterProcess]) -> None:
 
 @pytest.mark.slow
 def test_killed_host_fails_over_with_every_acknowledged_write(
-        hosts: list[RouterProcess]) -> None:
+        hosts: list[RouterProcess], cluster_db: str) -> None:
     a, b, c = hosts
     cli(a, "create", "acme")
     assert worker_of(a.url, "acme")["host"] == "a"
     with Writers([b.url, c.url], "acme", 4) as writers:
         wait_until(lambda: len(writers.acked) >= 40, 30, "writes through b and c")
+        # a snapshot in PostgreSQL, then a journal tail on top of it: the next owner needs both
+        cli(a, "checkpoint", "acme")
+        wait_until(lambda: snapshots_in(cluster_db, "acme"), 30, "the snapshot in PostgreSQL")
+        wait_until(lambda: len(writers.acked) >= 80, 30, "writes after the checkpoint")
         killed_at = time.monotonic()
         os.killpg(a.pid, signal.SIGKILL)  # router, zygote, workers
         wait_until(lambda: writers.acked_since(killed_at + 0.1), LEASE_TTL_S + 10,
                    "a write acknowledged after the kill")
         recovery_s = writers.last_ack - killed_at
-        wait_until(lambda: len(writers.acked) >= 80, 30, "more writes")
+        wait_until(lambda: len(writers.acked) >= 120, 30, "more writes")
     assert recovery_s <= LEASE_TTL_S + 2, f"took {recovery_s:.2f}s to serve again"
     assert worker_of(b.url, "acme")["host"] in ("b", "c")
     writers.check_all_there(c.url)
@@ -214,6 +219,14 @@ def test_paused_host_is_fenced(hosts: list[RouterProcess]) -> None:
     assert pids_answering == {taken["pid"]}
 
 
+def snapshots_in(url: str, tenant: str) -> list[tuple[int, int]]:
+    """(generation, journal_pos) of the tenant's complete snapshots in PostgreSQL."""
+    with psycopg.connect(url) as conn:
+        return [(int(g), int(p)) for g, p in conn.execute(
+            "SELECT generation, journal_pos FROM snapshots s JOIN tenants t ON t.id = "
+            "s.tenant_id WHERE t.name = %s AND complete ORDER BY generation", (tenant,))]
+
+
 def psutil_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -236,3 +249,69 @@ def test_postgresql_restart_under_load(hosts: list[RouterProcess], postgres: Any
         wait_until(lambda: len(writers.acked) >= before + 40, 30, "more writes")
     assert any(reason == "503" for _t, reason in writers.failures), writers.failures[:5]
     writers.check_all_there(b.url)
+
+
+@pytest.mark.slow
+def test_migrate_under_twenty_writers_loses_nothing(hosts: list[RouterProcess]) -> None:
+    a, b, c = hosts
+    cli(a, "create", "acme")
+    assert worker_of(a.url, "acme")["host"] == "a"
+    with Writers([a.url, b.url, c.url], "acme", 20) as writers:
+        wait_until(lambda: len(writers.acked) >= 200, 60, "writes through all three hosts")
+        moved = json.loads(cli(c, "migrate", "acme", "--to", "b", "--json").stdout)  # c: not
+        after = len(writers.acked)                                # the owner; it asks a
+        wait_until(lambda: len(writers.acked) >= after + 200, 60, "writes after the move")
+    assert (moved["host"], moved["epoch"]) == ("b", 3) and moved["started"] is True
+    assert 0 < moved["pause_ms"] < 10_000
+    assert not writers.failures, writers.failures[:5]
+    assert {worker_of(h.url, "acme")["host"] for h in hosts} == {"b"}
+    writers.check_all_there(a.url)
+    # the same again is a no-op; an unknown or dead target is refused and nothing moves
+    assert "already" in cli(a, "migrate", "acme", "--to", "b").stdout
+    refused = cli(a, "migrate", "acme", "--to", "nobody", check=False)
+    assert refused.returncode == 1 and "no host 'nobody'" in refused.stderr
+    assert worker_of(c.url, "acme")["host"] == "b"
+
+
+def test_failover_and_bad_input(hosts: list[RouterProcess]) -> None:
+    a, b, c = hosts
+    cli(a, "create", "acme")
+    assert worker_of(a.url, "acme")["host"] == "a"
+    a.kill_group()
+    # without failover, b would wait out a's lease; declared dead, b claims it at once
+    cli(b, "failover", "--from", "a")
+    assert {h["id"]: h["alive"] for h in json.loads(cli(c, "hosts", "--json").stdout)} == {
+        "a": False, "b": True, "c": True}
+    taken = worker_of(b.url, "acme")
+    assert taken["host"] == "b" and taken["epoch"] == 3
+    unknown = cli(b, "failover", "--from", "nobody", check=False)
+    assert unknown.returncode == 1 and "no host 'nobody'" in unknown.stderr
+    table = cli(c, "hosts").stdout
+    assert table.splitlines()[0].split()[:3] == ["ID", "ALIVE", "LEASE"]
+
+
+def test_cluster_flags_and_commands_refuse_bad_input(tmp_path: Path, router: Any) -> None:
+    bad = subprocess.run([str(SWITCHBOARD), "serve", "--data-dir", str(tmp_path / "d"),
+                          "--cluster", "mysql://x@y/z"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=60)
+    assert bad.returncode != 0 and "cluster_url must be postgresql://" in bad.stderr
+    unreachable = subprocess.run(
+        [str(SWITCHBOARD), "serve", "--data-dir", str(tmp_path / "d"), "--listen",
+         "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--cluster",
+         "postgresql://postgres@127.0.0.1:1/switchboard"],
+        capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert unreachable.returncode == 1
+    assert "cannot reach the cluster database" in unreachable.stderr
+    no_url = subprocess.run([str(SWITCHBOARD), "db", "upgrade"], capture_output=True,
+                            text=True, cwd=ROOT, timeout=60,
+                            env={k: v for k, v in os.environ.items()
+                                 if k != "SWITCHBOARD_CLUSTER_URL"})
+    assert no_url.returncode == 1 and "no database" in no_url.stderr
+    standalone = router.cli("hosts", check=False)  # a standalone router has no hosts
+    assert standalone.returncode == 1 and "not in cluster mode" in standalone.stderr
+
+
+def test_db_upgrade_command(cluster_db: str) -> None:
+    done = subprocess.run([str(SWITCHBOARD), "db", "upgrade", "--cluster", cluster_db],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "schema version 1"

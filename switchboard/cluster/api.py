@@ -6,15 +6,24 @@
     POST /v1/cluster/failover {"host": ID} {"host", "declared_dead": true}: its lease ends now,
                                            so the next request for each of its tenants claims
                                            it on a live host (404 for an unknown host)
+    POST /v1/cluster/tenants/{name}/migrate {"to": HOST_ID}
+                                           {"name", "host", "moved_to", "epoch", "pause_ms",
+                                            "precopy_ms", "started"} (switchboard/cluster/
+                                           moving.py); any host takes it and, when another
+                                           live host owns the tenant, sends it on to that one
+                                           (with "hop": 1, answered there or 409)
+    POST /v1/cluster/tenants/{name}/take {"start": bool}
+                                           on a migration's target, from its source: this
+                                           host owns the tenant now; start it if asked
 
-On a host not in cluster mode both answer 409 "not in cluster mode".
+On a host not in cluster mode they answer 409 "not in cluster mode".
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -23,6 +32,7 @@ from starlette.routing import Route
 from switchboard.errors import BadRequest, SwitchboardError
 
 if TYPE_CHECKING:  # psycopg is imported only in cluster mode
+    from switchboard.cluster.moving import ClusterMigrator
     from switchboard.cluster.pgdirectory import PgDirectory
 
 
@@ -32,36 +42,82 @@ class NotInCluster(SwitchboardError):
 
 class ClusterApi:
     def __init__(self) -> None:
-        self.directory: PgDirectory | None = None  # set once the host joined its cluster
+        # Set once the host joined its cluster (switchboard/cluster/node.py).
+        self.directory: PgDirectory | None = None
+        self.migrator: ClusterMigrator | None = None
 
     def routes(self) -> list[Route]:
+        tenant = "/v1/cluster/tenants/{name}"
         return [Route("/v1/cluster/hosts", self.hosts, methods=["GET"]),
-                Route("/v1/cluster/failover", self.failover, methods=["POST"])]
+                Route("/v1/cluster/failover", self.failover, methods=["POST"]),
+                Route(tenant + "/migrate", self.migrate, methods=["POST"]),
+                Route(tenant + "/take", self.take, methods=["POST"])]
 
-    def _directory(self) -> PgDirectory:
-        if self.directory is None:
+    def _joined(self) -> tuple[PgDirectory, ClusterMigrator]:
+        if self.directory is None or self.migrator is None:
             raise NotInCluster("not in cluster mode (serve --cluster postgresql://...)")
-        return self.directory
+        return self.directory, self.migrator
 
     async def hosts(self, request: Request) -> Response:
         try:
-            hosts = await self._directory().hosts()
+            directory, _ = self._joined()
         except NotInCluster as exc:
-            return JSONResponse({"error": str(exc)}, status_code=409)
-        return JSONResponse([dataclasses.asdict(h) for h in hosts])
+            return _not_in_cluster(exc)
+        return JSONResponse([dataclasses.asdict(h) for h in await directory.hosts()])
 
     async def failover(self, request: Request) -> Response:
         try:
-            directory = self._directory()
+            directory, _ = self._joined()
         except NotInCluster as exc:
-            return JSONResponse({"error": str(exc)}, status_code=409)
-        try:
-            payload = json.loads(await request.body() or b"{}")
-        except ValueError as exc:
-            raise BadRequest("the body is not JSON") from exc
-        host = payload.get("host") if isinstance(payload, dict) else None
+            return _not_in_cluster(exc)
+        host = (await _body(request)).get("host")
         if not isinstance(host, str) or not host:
             raise BadRequest("host (a host id) is required")
         if not await directory.declare_dead(host):
             return JSONResponse({"error": f"no host {host!r} in this cluster"}, status_code=404)
         return JSONResponse({"host": host, "declared_dead": True})
+
+    async def migrate(self, request: Request) -> Response:
+        from switchboard.admin import check_tenant_name
+        from switchboard.cluster.moving import NotOwner
+
+        try:
+            _, migrator = self._joined()
+        except NotInCluster as exc:
+            return _not_in_cluster(exc)
+        name = check_tenant_name(request.path_params["name"])
+        body = await _body(request)
+        to = body.get("to")
+        if not isinstance(to, str) or not to:
+            raise BadRequest("to (a host id) is required")
+        if body.get("hop"):  # sent on by another host: the owner must be this one
+            try:
+                return JSONResponse(await migrator.migrate(name, to))
+            except NotOwner as exc:
+                return JSONResponse({"error": str(exc)}, status_code=409)
+        return JSONResponse(await migrator.migrate_from_any_host(name, to))
+
+    async def take(self, request: Request) -> Response:
+        from switchboard.admin import check_tenant_name
+
+        try:
+            _, migrator = self._joined()
+        except NotInCluster as exc:
+            return _not_in_cluster(exc)
+        name = check_tenant_name(request.path_params["name"])
+        start = bool((await _body(request)).get("start"))
+        return JSONResponse(await migrator.take(name, start=start))
+
+
+def _not_in_cluster(exc: NotInCluster) -> Response:
+    return JSONResponse({"error": str(exc)}, status_code=409)
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    try:
+        payload = json.loads(await request.body() or b"{}")
+    except ValueError as exc:
+        raise BadRequest("the body is not JSON") from exc
+    if not isinstance(payload, dict):
+        raise BadRequest("the body is not a JSON object")
+    return payload

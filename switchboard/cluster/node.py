@@ -17,6 +17,7 @@ import socket
 
 from switchboard.cluster import schema
 from switchboard.cluster.leases import LeaseKeeper
+from switchboard.cluster.moving import ClusterMigrator
 from switchboard.cluster.pgdirectory import PgDirectory
 from switchboard.cluster.routing import ClusterRouting
 from switchboard.config import Config
@@ -64,6 +65,7 @@ class ClusterNode:
             resident=supervisor.resident_count, on_lost=self._lost)
         self.lease = lease
         self.routing = ClusterRouting(self.directory, supervisor, lease)
+        self.migrator = ClusterMigrator(self.config, self.directory, supervisor, self.host_id)
         await lease.register()
         supervisor.env.take_ownership = self.routing.take_ownership
         supervisor.env.look_up = self.routing.look_up

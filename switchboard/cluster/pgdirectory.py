@@ -219,6 +219,16 @@ class PgDirectory:
         hosts = await self.hosts(only=record.owner)
         return record, (hosts[0] if hosts else None)
 
+    async def newest_snapshot(self, name: str) -> tuple[int, int] | None:
+        """(generation, journal_pos) of the tenant's newest complete snapshot, if any."""
+        async with self._tx(f"read the snapshots of {name!r}") as conn:
+            cur = await conn.execute(
+                "SELECT s.generation, s.journal_pos FROM snapshots s JOIN tenants t "
+                "ON t.id = s.tenant_id WHERE t.name = %s AND s.complete "
+                "ORDER BY s.generation DESC LIMIT 1", (name,))
+            row = await cur.fetchone()
+        return None if row is None else (int(row[0]), int(row[1]))
+
     # ---- cluster: hosts and leases ----
 
     async def register(self, host_id: str, *, router_url: str, admin_url: str, ttl_s: float,
