@@ -23,6 +23,7 @@ from bench import harness
 from bench.cases import Case, Context, Sizes
 from bench.cases.bigstate import bigstate
 from bench.cases.churn import eviction_churn
+from bench.cases.cluster import cluster
 from bench.cases.coldstart import cold_start
 from bench.cases.create import batch_create
 from bench.cases.deploy import deploy
@@ -46,6 +47,7 @@ CASES: dict[str, Case] = {
     "journal": journal,
     "bigstate": bigstate,
     "migrate": migrate,
+    "cluster": cluster,
     "segments": segments,
     "soak": soak,
 }
