@@ -112,11 +112,12 @@ class PgTenantStore:
         conn = self.connection()
         with conn.transaction():
             tenant_id = self._fence(conn)
-            with conn.cursor() as cur:
-                cur.executemany(
-                    "INSERT INTO journal (tenant_id, seq, epoch, payload) "
-                    "VALUES (%s, %s, %s, %s) ON CONFLICT (tenant_id, seq) DO NOTHING",
-                    [(tenant_id, seq, self.epoch, payload) for seq, payload in records])
+            conn.execute(  # one statement, however many records the group commit holds
+                "INSERT INTO journal (tenant_id, seq, epoch, payload) "
+                "SELECT %s, r.seq, %s, r.payload FROM unnest(%s::bigint[], %s::bytea[]) "
+                "AS r(seq, payload) ON CONFLICT (tenant_id, seq) DO NOTHING",
+                (tenant_id, self.epoch, [seq for seq, _p in records],
+                 [payload for _s, payload in records]))
 
     def journal_after(self, seq: int) -> Iterator[tuple[int, bytes]]:
         """The journal's records after `seq`, in order (streamed by a server-side cursor)."""
