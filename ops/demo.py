@@ -32,7 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen", default="127.0.0.1:8000")
     parser.add_argument("--admin-listen", default="127.0.0.1:8001")
     parser.add_argument("--idle-timeout", default="30")
+    parser.add_argument("--cluster", type=int, metavar="N",
+                        help="cluster mode instead: a PostgreSQL and N hosts (ops/democluster.py)")
     args = parser.parse_args(argv)
+    if args.cluster is not None:
+        from ops import democluster
+        return democluster.run(args.cluster, args.data_dir, DEMO)
     exe = os.path.join(os.path.dirname(sys.executable), "switchboard")
     env = dict(os.environ, SWITCHBOARD_ADMIN=f"http://{args.admin_listen}",
                SWITCHBOARD_DATA_DIR=args.data_dir, SWITCHBOARD_LOG_FORMAT="text")

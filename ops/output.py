@@ -63,6 +63,10 @@ def tenant_table(tenants: Sequence[Mapping[str, Any]], now: float | None = None)
         )
         for t in tenants
     ]
+    if any(t.get("host") for t in tenants):  # cluster mode: which host owns each tenant
+        return table((*TENANT_COLUMNS, "HOST"),
+                     [(*row, _or_dash(t.get("host"))) for row, t in zip(rows, tenants,
+                                                                       strict=True)])
     return table(TENANT_COLUMNS, rows)
 
 

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -135,6 +136,8 @@ def test_three_hosts_any_host_serves_any_tenant(hosts: list[RouterProcess]) -> N
     assert worker_of(a.url, "acme")["epoch"] == 2
     rows = json.loads(cli(c, "ls", "--json").stdout)
     assert [(r["name"], r["host"], r["epoch"]) for r in rows] == [("acme", "b", 2)]
+    header, row = cli(a, "ls").stdout.splitlines()
+    assert header.split()[-1] == "HOST" and row.split()[-1] == "b"
     listed = json.loads(cli(a, "hosts", "--json").stdout)
     assert [h["id"] for h in listed] == ["a", "b", "c"]
     for row in listed:
@@ -315,3 +318,42 @@ def test_db_upgrade_command(cluster_db: str) -> None:
     done = subprocess.run([str(SWITCHBOARD), "db", "upgrade", "--cluster", cluster_db],
                           capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "schema version 1"
+
+
+@pytest.mark.slow
+def test_cluster_demo_starts_and_stops_cleanly(tmp_path: Path) -> None:
+    demo = subprocess.Popen([sys.executable, "-m", "ops.demo", "--cluster", "2", "--data-dir",
+                             str(tmp_path / "demo")], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                            start_new_session=True)
+    try:
+        assert demo.stdout is not None
+        lines: list[str] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any("Ctrl-C stops" in x for x in lines):
+            line = demo.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+        routers = [x.split()[3] for x in lines if x.strip().startswith("host ")]
+        assert len(routers) == 2, "".join(lines)
+        for router in routers:  # either host serves the seeded tenants
+            assert all_records_of(router, "acme", "customers") == 1
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(90) == 0
+        pg_url = next(x for x in lines if "hosts on postgresql://" in x)
+        port = int(pg_url.rsplit(":", 1)[1].split("/")[0])
+        with pytest.raises(psycopg.OperationalError):  # its PostgreSQL is gone too
+            psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/switchboard",
+                            connect_timeout=2)
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait(30)
+
+
+def all_records_of(url: str, tenant: str, table: str) -> int:
+    resp = httpx.get(f"{url}/t/{tenant}/api/tables/{table}/records", timeout=30)
+    assert resp.status_code == 200, resp.text
+    total: int = resp.json()["total"]
+    return total

@@ -137,7 +137,11 @@ class ClusterRouting:
                 else:  # its owner is gone (or none): the next request decides again
                     process.placed(dataclasses.replace(record, moved_to=None))
             elif process.state is S.STOPPED and not process.operating:
-                process.record = record  # `ls` shows the owner as the directory has it
+                if owner is not None and owner.alive and owner.id != self.host_id:
+                    # lives there: `ls` says moved (to its router), requests go there at once
+                    process.placed(dataclasses.replace(record, moved_to=owner.router_url))
+                else:
+                    process.record = record  # `ls` shows the owner as the directory has it
             elif process.state in LIVE and not process.operating and (
                     record.owner != self.host_id or record.epoch != process.record.epoch):
                 log.warning("tenant %s is owned by %s at epoch %d now: stopping its worker here",
