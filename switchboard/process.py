@@ -85,6 +85,7 @@ class ProcessEnv:
     # "moved"); and find a tenant another host created.
     take_ownership: Callable[[TenantProcess], Awaitable[None]] | None = None
     look_up: Callable[[str], Awaitable[TenantRecord | None]] | None = None
+    lease_live: Callable[[], bool] | None = None  # this host holds its lease (serves at all)
 
     def run_in_background(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -536,7 +537,11 @@ class TenantProcess:
                 self._transition(S.STOPPED)
             return await self._stop_locked(why)
 
-    async def _stop_locked(self, why: str, *, final_checkpoint: bool = True) -> bool:
+    async def _stop_locked(self, why: str, *, final_checkpoint: bool = True,
+                           wait_exit: bool = True) -> bool:
+        """Stop the worker. With wait_exit False (a migration's switch), a worker that answers
+        that its journal is closed is not waited for: it exits on its own (its kernel teardown
+        grows with its memory), and whoever starts the next one waits for `exited` first."""
         handle = self.worker
         if handle is None or self.state not in LIVE:
             return False
@@ -545,12 +550,16 @@ class TenantProcess:
             self.env.direct.discard(self.name)
         self._transition(S.STOPPING)
         try:
+            reply: dict[str, Any] = {}
             with contextlib.suppress(WorkerError, TimeoutError):
                 if final_checkpoint:
                     await handle.request(wire.STOP, config.ping_timeout_s)
                 else:
-                    await handle.request(wire.STOP, config.ping_timeout_s, checkpoint=False)
-            if not await handle.wait_exited(config.stop_timeout_s):
+                    reply = await handle.request(wire.STOP, config.stop_timeout_s,
+                                                 checkpoint=False)
+            if not wait_exit and reply.get("journal_closed") is True:
+                pass  # final: nothing more can be written
+            elif not await handle.wait_exited(config.stop_timeout_s):
                 self.log.warning("tenant %s did not stop within %gs; SIGTERM then SIGKILL",
                             self.name, config.stop_timeout_s)
                 handle.kill(signal.SIGTERM)
@@ -593,16 +602,19 @@ class TenantProcess:
 
     # ---- moving to another host (switchboard/migration.py) ----
 
-    async def stop_for_move(self, drain_timeout_s: float) -> None:
+    async def stop_for_move(self, drain_timeout_s: float) -> WorkerHandle | None:
         """The switch of a migration; the caller holds `lock`. New requests wait from now on
         (as for a start), the ones in flight get up to `drain_timeout_s` to finish, then the
-        worker stops without a final checkpoint: its journal is the tail the target replays."""
+        worker stops without a final checkpoint: its journal is the tail the target replays.
+        Returns the worker, which may still be exiting (its journal is final): wait for its
+        `exited` before the tenant may start here again."""
         self._note_exit_if_gone()
         if self.state is S.FAILED:
             self.retry_at = None
             self._transition(S.STOPPED)
-        if self.worker is None or self.state not in LIVE:
-            return
+        handle = self.worker
+        if handle is None or self.state not in LIVE:
+            return None
         self._transition(S.STOPPING)
         deadline = time.monotonic() + drain_timeout_s
         while self.in_flight > 0 and time.monotonic() < deadline:
@@ -610,7 +622,9 @@ class TenantProcess:
         if self.in_flight:
             self.log.warning("tenant %s: %d requests still in flight after %gs; stopping anyway",
                              self.name, self.in_flight, drain_timeout_s)
-        await self._stop_locked("moving to another host", final_checkpoint=False)
+        await self._stop_locked("moving to another host", final_checkpoint=False,
+                                wait_exit=False)
+        return handle
 
     def set_record(self, record: TenantRecord) -> None:
         """A new placement (caller holds `lock`): moved away (state `moved`), or back here."""

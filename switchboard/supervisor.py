@@ -96,6 +96,10 @@ class Supervisor:
         tenant = self.tenants.get(name)
         if tenant is None:
             tenant = await self._look_up(name)
+        lease_live = self.env.lease_live
+        if lease_live is not None and not lease_live() and tenant.state is not S.MOVED:
+            raise TenantUnavailable("this host holds no live cluster lease now: it serves "
+                                    "none of its tenants", 1)
         if not tenant.serving:
             await self.wait_until_serving(tenant)
         tenant.begin_request()
@@ -112,7 +116,10 @@ class Supervisor:
 
     def serving_now(self, name: str) -> TenantProcess | None:
         tenant = self.tenants.get(name)
-        return tenant if tenant is not None and tenant.serving else None
+        if tenant is None or not tenant.serving:
+            return None
+        lease_live = self.env.lease_live  # cluster mode: nothing served without a lease
+        return tenant if lease_live is None or lease_live() else None
 
     def release(self, tenant: TenantProcess, bytes_in: int, bytes_out: int) -> None:
         tenant.end_request(bytes_in, bytes_out)

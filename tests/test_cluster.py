@@ -205,6 +205,21 @@ def test_paused_host_is_fenced(hosts: list[RouterProcess]) -> None:
                 wait_until(lambda: len(via_others.acked) >= 20, 30, "writes through b, c")
                 taken = worker_of(b.url, "acme")
                 assert taken["host"] in ("b", "c") and taken["epoch"] > paused_worker["epoch"]
+                seen_through_a: list[tuple[int, int | None]] = []
+                reading = threading.Event()
+
+                def read_through_a() -> None:  # from the moment a resumes
+                    with httpx.Client(timeout=10) as http:
+                        while not reading.is_set():
+                            try:
+                                resp = http.get(f"{a.url}/t/acme/api/worker")
+                            except httpx.HTTPError:
+                                continue
+                            seen_through_a.append((resp.status_code, resp.json().get("pid")
+                                                   if resp.status_code == 200 else None))
+
+                reader = threading.Thread(target=read_through_a, daemon=True)
+                reader.start()
                 os.killpg(a.pid, signal.SIGCONT)
                 resumed_at = time.monotonic()
                 # the paused worker never acknowledges again: a's writers get 503s or are
@@ -214,6 +229,12 @@ def test_paused_host_is_fenced(hosts: list[RouterProcess]) -> None:
                 wait_until(lambda: not psutil_alive(paused_worker["pid"]), 30,
                            "a's fenced worker to exit")
                 assert worker_of(a.url, "acme")["pid"] == taken["pid"]
+                reading.set()
+                reader.join(30)
+                # a's worker never answered again once a was back: 503s, then forwarded
+                assert seen_through_a and all(
+                    pid == taken["pid"] for status, pid in seen_through_a if status == 200)
+                assert all(status in (200, 503) for status, _ in seen_through_a), seen_through_a
         finally:
             os.killpg(a.pid, signal.SIGCONT)
     for writers in (via_a, via_others):

@@ -187,3 +187,23 @@ async def test_snapshots_travel_in_chunks_and_fenced(cluster_db: str, tmp_path: 
         store.close()
     finally:
         await directory.close_async()
+
+
+@pytest.mark.parametrize(("journal_fsync", "expected"),
+                         [("always", "on"), ("everysec", "off"), ("never", "off")])
+def test_journal_fsync_maps_to_synchronous_commit(cluster_db: str, tmp_path: Path,
+                                                  journal_fsync: str, expected: str) -> None:
+    from contract.worker import WorkerSpec
+    from snapshots.store import LocalStore
+    from tenant.pgjournal import ClusterSide
+
+    spec = WorkerSpec(tenant="acme", port=0, data_dir=str(tmp_path), app="examples.dabble:app",
+                      journal_fsync=journal_fsync, cluster_url=cluster_db, host_id="a")
+    side = ClusterSide(spec, LocalStore.in_data_dir(str(tmp_path)))
+    try:
+        for store in (side.pg, side.uploads_pg):  # the committer's and the uploader's
+            row = store.connection().execute("SHOW synchronous_commit").fetchone()
+            assert row == (expected,)
+    finally:
+        side.pg.close()
+        side.uploads_pg.close()

@@ -69,6 +69,7 @@ class ClusterNode:
         await lease.register()
         supervisor.env.take_ownership = self.routing.take_ownership
         supervisor.env.look_up = self.routing.look_up
+        supervisor.env.lease_live = lambda: lease.live
         self._tasks = [asyncio.ensure_future(lease.run()),
                        asyncio.ensure_future(self.routing.watch())]
 
