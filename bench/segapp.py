@@ -3,7 +3,7 @@ of records, as the same app twice, segmented (`app`: one segment per table,
 tenant/segments.py) and not (`whole_app`: today's one whole-state snapshot).
 
 Routes: GET /tables/{name}/count (reads one table), GET /loaded ({"pending": segments not
-loaded yet}), POST /touch/{name} (changes one record of a table: a command).
+loaded yet, "loaded_at"}), POST /touch/{name} (changes one record of a table: a command).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 import tenant
 from tenant import TenantApp
+from tenant.lazyload import LazyLoader
 from tenant.segments import unloaded
 
 APP_VERSION = "bench-seg-1"
@@ -48,7 +49,11 @@ async def count(request: Request) -> JSONResponse:
 
 
 async def loaded(request: Request) -> JSONResponse:
-    return JSONResponse({"pending": len(unloaded(tenant.current().state))})
+    """How many segments are not loaded yet, and when the background load finished (Unix
+    time, from the worker's LazyLoader; null while it runs)."""
+    loader = LazyLoader.current
+    return JSONResponse({"pending": len(unloaded(tenant.current().state)),
+                         "loaded_at": None if loader is None else loader.loaded_at})
 
 
 async def post_touch(request: Request) -> JSONResponse:

@@ -33,7 +33,7 @@ import contextlib
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any
 
-from snapshots.codec import get_codec
+from snapshots.codec import gc_paused, get_codec
 from snapshots.errors import SegmentCorrupt
 from snapshots.segments import SegmentedIndex, SegmentEntry, read_segment
 
@@ -70,12 +70,25 @@ class _Slot:
             try:
                 data = read_segment(self.entry)
             except SegmentCorrupt as exc:
-                if on_fault is not None:
-                    on_fault(exc, self.entry)
+                self.fault(exc)
                 raise
-            self.value = get_codec(self.entry.codec).loads(data)
-            self.loaded = True
+            self.install(data)
         return self.value
+
+    def install(self, data: bytes) -> None:
+        """Decode the segment from its verified bytes (read_segment), unless loaded since."""
+        if not self.loaded:
+            assert self.entry is not None
+            # Frozen as a whole restore's state is (tenant/runtime.py): long-lived, so the
+            # collector never walks it, and a forked checkpoint never copies it for that.
+            with gc_paused(freeze=True):
+                self.value = get_codec(self.entry.codec).loads(data)
+            self.loaded = True
+
+    def fault(self, error: SegmentCorrupt) -> None:
+        """Its bytes failed their check: tell `on_fault` (the worker), once per error."""
+        if on_fault is not None and self.entry is not None:
+            on_fault(error, self.entry)
 
 
 class Segments(MutableMapping[str, Any]):
