@@ -418,3 +418,29 @@ def test_the_snapshot_alone_holds_every_change_after_checkpoints(tmp_path: Path)
     shutil.rmtree(tmp_path / "tenants" / "acme" / "journal")
     assert plain(reopen(tmp_path, store).context.state) == expected
 
+
+
+def test_changes_made_while_a_forked_checkpoint_runs_go_into_the_next_one(
+        tmp_path: Path) -> None:
+    store = store_for(tmp_path)
+
+    async def run() -> Any:
+        restored = restore(dabble, spec_for(tmp_path), store)
+        checkpointer = Checkpointer(restored.context, store, restored.journal, generation=None)
+        await fill(restored, tables=3, records=200)
+        await checkpointer.checkpoint(fork=False)
+        await restored.context.execute("update_record", table="t0", id=1, fields={"n": "a"})
+        running = asyncio.ensure_future(checkpointer.checkpoint(fork=True))
+        await asyncio.sleep(0)  # it has taken its position and forked: writes go on
+        assert checkpointer.running
+        await restored.context.execute("update_record", table="t0", id=2, fields={"n": "b"})
+        await restored.context.execute("update_record", table="t1", id=1, fields={"n": "c"})
+        first = await running
+        second = await checkpointer.checkpoint(fork=True)
+        await restored.journal.close()
+        return plain(restored.context.state), first, second
+
+    expected, first, second = asyncio.run(run())
+    assert (first.generation, second.generation) == (2, 3)
+    shutil.rmtree(tmp_path / "tenants" / "acme" / "journal")  # the snapshots alone
+    assert plain(reopen(tmp_path, store).context.state) == expected

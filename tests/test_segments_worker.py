@@ -65,13 +65,13 @@ def test_kill_9_during_the_background_load_loses_no_acknowledged_write(
 ) -> None:
     router = make_router(env=ROUTER_ENV).start()
     router.create("big")
-    write_big_snapshot(router, "big", tables=60, records=1000)  # ~15 MB of segments
-    expected = {f"t{t}": 1000 for t in range(60)}
+    write_big_snapshot(router, "big", tables=80, records=1500)  # ~30 MB of segments
+    expected = {f"t{t}": 1500 for t in range(80)}
     with router.client() as client:
         for round_ in range(3):
             # The cold start answers after loading one table; the rest loads after it.
             answer = get_ok(client, f"/t/big/api/tables/t{round_}/records?limit=1")
-            assert answer.json()["total"] == 1000
+            assert answer.json()["total"] == 1500
             add(client, "big", f"t{30 + round_}", {"round": round_})  # acknowledged
             expected[f"t{30 + round_}"] += 1
             kill_worker(client, "big")
