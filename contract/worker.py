@@ -86,8 +86,10 @@ Router -> worker requests, each answered by {"id": same, "ok": true, ...} or
   {"id": n, "op": "stop"}        -> answered at once; then the worker drains, checkpoints if
                                     dirty (in-process) and exits
   {"id": n, "op": "stop", "checkpoint": false}
-                                 -> the same without the final checkpoint (a migration ships
-                                    the journal since its staged snapshot instead)
+                                 -> {"journal_closed": true} once the worker drained and closed
+                                    its journal (nothing more can be written; it exits next),
+                                    without a final checkpoint: a migration ships the journal
+                                    since its staged snapshot instead
 
 End of file on the socket means the router is gone: the worker checkpoints if dirty and exits,
 so no worker outlives its router even when the router was killed with SIGKILL.

@@ -71,6 +71,7 @@ from switchboard.handover import (
 from switchboard.peers import Peers
 from switchboard.process import TenantProcess
 from switchboard.signing import load_key
+from switchboard.spawner import WorkerHandle
 from switchboard.states import TenantState
 from switchboard.supervisor import Supervisor
 
@@ -174,7 +175,7 @@ class Migrator:
             raise TransferFailed(f"cannot reach {to_admin}: {exc}; {name} keeps serving "
                                  "here") from None
         except TargetRefused as exc:
-            raise TransferFailed(f"{to_admin} refused: {exc}") from None
+            raise TransferFailed(str(exc)) from None
         target_router = str(target.get("router_url") or "").rstrip("/")
         if not target_router:
             raise TransferFailed(f"{to_admin} did not say its router URL")
@@ -199,8 +200,9 @@ class Migrator:
             if tenant.record.epoch != who.epoch or tenant.state is S.MOVED:
                 self._remove_marker(name)
                 raise MigrationRefused(f"{name} changed while it was being copied; run again")
+            old_worker: WorkerHandle | None = None
             try:
-                await tenant.stop_for_move(self.config.migrate_drain_timeout_s)
+                old_worker = await tenant.stop_for_move(self.config.migrate_drain_timeout_s)
                 phases["stop"] = _ms_since(switch_started)
                 await self._stall("stopped")
                 if self.layout.generations(name)[-1:] != ([staged[0]] if staged[0] else []):
@@ -209,8 +211,10 @@ class Migrator:
                     say("precopy", "a checkpoint came in between: copying the newest snapshot")
                     staged = await self._precopy(tenant, who, client, say)
                 reply = await self._commit(tenant, who, staged[1], client, say)
-                phases["commit"] = _ms_since(switch_started) - phases["stop"]
+                phases["commit"] = round(_ms_since(switch_started) - phases["stop"], 1)
             except BaseException:
+                if old_worker is not None:  # a start here must find the files unlocked
+                    await old_worker.wait_exited(self.config.stop_timeout_s)
                 if tenant.held is None:
                     self._remove_marker(name)
                 raise

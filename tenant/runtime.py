@@ -146,6 +146,7 @@ class Worker:
         # A stop for a move to another host ({"op": "stop", "checkpoint": false}): the
         # journal since the staged snapshot is what the target replays, so no checkpoint.
         self.final_checkpoint_wanted = True
+        self.journal_closed = asyncio.Event()  # set once nothing more can be written
         self.fsync_latency = FsyncLatency()  # the ping reply's "fsync"
 
     async def run(self) -> int:
@@ -250,7 +251,14 @@ class Worker:
         await self.recovery.close()
         if self.final_checkpoint_wanted:
             await self.final_checkpoint()
+        else:
+            self.checkpointer.close()  # nor a retry of an earlier one: the journal is the tail
         await self.close_journal()
+        self.journal_closed.set()  # a stop for a move gets its answer now
+        for _ in range(3):  # the answering task's turn, then its bytes on their way
+            await asyncio.sleep(0)
+        with contextlib.suppress(ConnectionError):
+            await self.channel.writer.drain()
         for task in (control_task, stop_task):
             task.cancel()
         return self.exit_code
@@ -371,8 +379,11 @@ class Worker:
             return {"changed": outcome.changed, "generation": outcome.generation,
                     "journal_pos": outcome.journal_pos}
         if op == STOP:
-            if request.get("checkpoint") is False:
+            if request.get("checkpoint") is False:  # a move: answered once the journal is final
                 self.final_checkpoint_wanted = False
+                self.stop_requested.set()
+                await self.journal_closed.wait()
+                return {"journal_closed": True}
             self.stop_requested.set()
             return {}
         if op == CONSOLE_OPEN:

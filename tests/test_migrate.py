@@ -233,8 +233,9 @@ def test_a_chain_collapses(make_router: MakeRouter) -> None:
 @pytest.mark.slow
 def test_failed_moves_leave_the_tenant_serving_where_it_was(make_router: MakeRouter) -> None:
     a = make_router("a").start()
-    stranger = make_router("other").start()  # its own snapshot.key (and admin.key)
-    shutil.copy(a.key_file, stranger.key_file)  # the same admin key: calls pass, MACs do not
+    (a.data_dir.parent / "other").mkdir(mode=0o700)  # the same admin key: calls pass ...
+    shutil.copy(a.key_file, a.data_dir.parent / "other" / "admin.key")
+    stranger = make_router("other").start()  # ... but a snapshot.key of its own: MACs do not
     a.create("acme")
     ids = add_records(a, "acme", 5)
 
