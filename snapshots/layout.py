@@ -10,6 +10,10 @@
                 snapshots/           0700; snapshot generations (snapshots/store.py)
                     <generation:012d>.snap       one generation, complete (renamed into place)
                     <generation:012d>.snap.tmp   a save in progress, or left by a crash
+                    <hex64>.seg                  one segment of segmented generations, named
+                                                 by its checksum; next to the generations
+                                                 that name it (snapshots/segment_files.py;
+                                                 .seg.tmp, .seg.corrupt: written, moved aside)
                 journal/             command journal segments (tenant/journal_format.py)
                     <first_seq:020d>.journal     one segment; .journal.tmp while created
                 worker.lock          0600; flock(2)ed by the tenant's live worker, which wrote
