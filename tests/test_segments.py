@@ -26,6 +26,7 @@ from snapshots.segment_files import quarantine, self_contained
 from snapshots.store import SAVE_STEPS, SEGMENT_SAVE_STEPS, LocalStore
 from tenant import TenantApp, segments
 from tenant.checkpoint import Checkpointer, CheckpointFailed
+from tenant.errors import RestoreError
 from tenant.runtime import Restored, restore
 from tenant.segments import Segments, plain, unloaded
 
@@ -444,3 +445,33 @@ def test_changes_made_while_a_forked_checkpoint_runs_go_into_the_next_one(
     assert (first.generation, second.generation) == (2, 3)
     shutil.rmtree(tmp_path / "tenants" / "acme" / "journal")  # the snapshots alone
     assert plain(reopen(tmp_path, store).context.state) == expected
+
+
+def test_a_damaged_segment_every_kept_generation_names_stops_the_restore_loudly(
+        tmp_path: Path) -> None:
+    """A segment file is shared by the generations that did not change it (one copy, as the
+    journal is): when every kept generation names the damaged one, the restore refuses with
+    the reason, never an empty or partial tenant."""
+    store = store_for(tmp_path)
+
+    async def build() -> None:
+        restored = restore(dabble, spec_for(tmp_path), store)
+        checkpointer = Checkpointer(restored.context, store, restored.journal, generation=None)
+        await fill(restored, tables=2, records=2)
+        await checkpointer.checkpoint(fork=False)
+        await restored.context.execute("update_record", table="t0", id=1, fields={"n": 5})
+        await checkpointer.checkpoint(fork=False)
+        await restored.journal.close()
+
+    asyncio.run(build())
+    headers = [info.header for info in store.generations("acme")]
+    refs = [{e["name"]: e["ref"] for e in h.index} for h in headers if h is not None]
+    assert refs[0]["tables/t1"] == refs[1]["tables/t1"]  # t1 never changed: one file
+    blob = tmp_path / "tenants" / "acme" / "snapshots" / f"{refs[0]['tables/t1']}.seg"
+    blob.write_bytes(b"\0" + blob.read_bytes()[1:])
+    segments.on_fault = lambda error, entry: print(quarantine(entry))
+    restored = reopen(tmp_path, store)
+    with pytest.raises(SegmentCorrupt):
+        restored.context.state["tables"]["t1"]
+    with pytest.raises(RestoreError, match=r"segment 'tables/t1': its file .* is missing"):
+        reopen(tmp_path, store)
