@@ -271,3 +271,10 @@ class Plan:
         """The checkpoint did not land: what it would have saved is still to be saved."""
         for slot in self.changed:
             slot.dirty = True
+
+
+def load_all(state: Any) -> None:
+    """Load every segment now (a reader that must not depend on files a live worker's later
+    checkpoints may prune: the shadow restore of an upgrade)."""
+    for slot in unloaded(state):
+        slot.load()

@@ -36,6 +36,7 @@ from contract.worker import (
 from tenant.context import TenantContext, activate
 from tenant.control import open_channel
 from tenant.recovery import recover_state, store_for
+from tenant.segments import load_all
 
 Message = dict[str, Any]
 READ_METHODS = frozenset({"GET", "HEAD"})
@@ -66,6 +67,7 @@ async def run_shadow(spec: WorkerSpec, listen_fd: int, control_fd: int) -> int:
     try:
         app = load_app(spec.app)
         recovered = recover_state(app, store_for(spec), spec.tenant)
+        load_all(recovered.state)  # segments: now, not after the live worker prunes files
         if app.asgi is None:
             raise TypeError(f"{spec.app} has no asgi app")
     except BaseException:
