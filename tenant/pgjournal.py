@@ -23,6 +23,7 @@ as a cache it restores and checkpoints with; PostgreSQL is the durable copy:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import tempfile
 import threading
@@ -130,8 +131,21 @@ class ClusterJournal(Journal):
     on_fenced: Callable[[Fenced], None] | None
     fenced: Fenced | None
 
+    @property
+    def on_failure(self) -> Callable[[BaseException], None] | None:
+        """Never called: the local file is a cache, so its failure (a full disk) is no loss
+        of durability and must not start the local write recovery (tenant/write_recovery.py);
+        the journal goes on without it (`append_prepared`)."""
+        return None
+
+    @on_failure.setter
+    def on_failure(self, value: Callable[[BaseException], None] | None) -> None:
+        pass
+
     def attach(self, side: ClusterSide) -> None:
         self.side = side
+        self._seq = self.next_seq  # PostgreSQL's seqs: counted here, whatever the file does
+        self._local_failed = False
         self.on_fenced = None
         self.fenced = None
         self._pending: list[_Entry] = []
@@ -145,9 +159,27 @@ class ClusterJournal(Journal):
     # ---- appends ----
 
     def append_prepared(self, record: PreparedRecord) -> asyncio.Future[int]:
-        seq = self.next_seq
-        super().append_prepared(record)  # "never": resolved at once, nothing to await
+        seq = self._seq
+        self._seq += 1
+        if not self._local_failed:
+            try:
+                super().append_prepared(record)  # "never": resolved at once, nothing to await
+            except JournalError as exc:
+                self._drop_local(exc)
         return self._submit(seq, record.tail)
+
+    def _drop_local(self, exc: BaseException) -> None:
+        if not self._local_failed:
+            self._local_failed = True
+            log.warning("tenant %s: the local journal file failed (%s); PostgreSQL keeps the "
+                        "journal, the local copy is no longer written", self.side.tenant, exc)
+
+    def rotate(self) -> None:
+        if not self._local_failed:
+            try:
+                super().rotate()
+            except JournalError as exc:
+                self._drop_local(exc)
 
     def _submit(self, seq: int | None, payload: bytes) -> asyncio.Future[int]:
         loop = asyncio.get_running_loop()
@@ -168,7 +200,11 @@ class ClusterJournal(Journal):
     async def settle(self) -> None:
         """Every record appended so far is committed in PostgreSQL (a checkpoint waits for
         this); JournalError when it cannot be (fenced, unreachable)."""
-        await super().settle()
+        if not self._local_failed:
+            try:
+                await super().settle()
+            except JournalError as exc:
+                self._drop_local(exc)
         try:
             await self._submit(None, b"")
         except ClusterWriteRefused as exc:
@@ -242,7 +278,10 @@ class ClusterJournal(Journal):
     def prune(self, covered_seq: int) -> list[Path]:
         """After a landed checkpoint: prune locally, and store the new snapshot in
         PostgreSQL in the background (the checkpointer calls this)."""
-        removed = super().prune(covered_seq)
+        removed: list[Path] = []
+        if not self._local_failed:
+            with contextlib.suppress(OSError, JournalError):
+                removed = super().prune(covered_seq)
         if self.fenced is None:
             self._uploader.submit(self._upload_newest)
         return removed
@@ -281,7 +320,8 @@ class ClusterJournal(Journal):
 
     async def close(self) -> None:
         """Close the local journal, then wait (bounded) for the last commits and upload."""
-        await super().close()
+        with contextlib.suppress(JournalError):
+            await super().close()
         with self._wake:
             self._closing = True
             self._wake.notify()

@@ -15,7 +15,8 @@ tenant's row `FOR SHARE` in the same transaction and goes on only if its epoch i
 worker's, its owner is this host and this host's lease is live by PostgreSQL's clock; else
 Fenced and nothing is written. A claim by another host (an UPDATE of that row) waits for such
 a transaction to end, so whatever a fenced worker committed is seen by the next owner's
-restore, and nothing it tries after the claim commits.
+restore, and nothing it tries after the claim commits. A worker paused in the middle of such
+a transaction loses its session after IDLE_IN_TRANSACTION_MS (and with it the lock).
 
 Durability: with synchronous_commit on (journal_fsync "always") a commit is on PostgreSQL's
 disk when it returns; "everysec"/"never" map to synchronous_commit off (PostgreSQL may lose
@@ -38,6 +39,9 @@ from tenant.errors import ClusterWriteRefused, Fenced, RestoreError
 CHUNK_BYTES = 1 << 20  # as switchboard/cluster/schema.py: never a whole snapshot in one value
 KEEP_GENERATIONS = 2  # snapshot generations kept in PostgreSQL (the journal covers the older)
 CONNECT_TIMEOUT_S = 5
+# PostgreSQL ends a worker's session that sits this long inside a transaction (its own steps
+# follow each other within milliseconds), releasing the row lock a claimer waits for.
+IDLE_IN_TRANSACTION_MS = 2000
 
 
 def decode_tail(payload: bytes) -> tuple[float, str, dict[str, Any]]:
@@ -65,8 +69,12 @@ class PgTenantStore:
         PostgreSQL cannot be reached."""
         conn = self._conn
         if conn is None or conn.closed or conn.broken:
-            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
-                                   application_name=f"switchboard tenant {self.tenant}")
+            conn = psycopg.connect(
+                self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
+                application_name=f"switchboard tenant {self.tenant}",
+                # A worker paused inside a transaction (SIGSTOP, a stalled VM) must not hold
+                # its share lock on the tenant's row for ever: a claim waits for that lock.
+                options=f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}")
             if not self.synchronous_commit:
                 conn.execute("SET synchronous_commit = off")
             self._conn = conn

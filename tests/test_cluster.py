@@ -265,7 +265,15 @@ def test_postgresql_restart_under_load(hosts: list[RouterProcess], postgres: Any
     cli(a, "create", "acme")
     with Writers([a.url, b.url], "acme", 4) as writers:
         wait_until(lambda: len(writers.acked) >= 40, 30, "writes")
-        postgres.restart(mode="immediate")  # a crash: nothing flushed on the way down
+        # a restart with a crash on the way down (nothing flushed), held down until the
+        # writers see it: a write waits up to 2 s for its commit, then gets 503
+        down_at = time.monotonic()
+        postgres.stop(mode="immediate")
+        try:
+            wait_until(lambda: any(t > down_at and reason == "503"
+                                   for t, reason in list(writers.failures)), 30, "503s")
+        finally:
+            postgres.start_again()
         back_at = time.monotonic()  # pg_ctl returned: PostgreSQL accepts connections again
         wait_until(lambda: writers.acked_since(back_at), 30, "writes again")
         assert writers.last_ack - back_at < 10
@@ -371,6 +379,8 @@ def test_cluster_demo_starts_and_stops_cleanly(tmp_path: Path) -> None:
         if demo.poll() is None:
             os.killpg(demo.pid, signal.SIGKILL)
             demo.wait(30)
+        if demo.stdout is not None:
+            demo.stdout.close()
 
 
 def all_records_of(url: str, tenant: str, table: str) -> int:

@@ -15,6 +15,8 @@
     POST /v1/cluster/tenants/{name}/take {"start": bool}
                                            on a migration's target, from its source: this
                                            host owns the tenant now; start it if asked
+    POST /v1/cluster/tenants/{name}/changed
+                                           {"name"}: another host claimed it; look it up now
 
 On a host not in cluster mode they answer 409 "not in cluster mode".
 """
@@ -34,6 +36,7 @@ from switchboard.errors import BadRequest, SwitchboardError
 if TYPE_CHECKING:  # psycopg is imported only in cluster mode
     from switchboard.cluster.moving import ClusterMigrator
     from switchboard.cluster.pgdirectory import PgDirectory
+    from switchboard.cluster.routing import ClusterRouting
 
 
 class NotInCluster(SwitchboardError):
@@ -45,13 +48,15 @@ class ClusterApi:
         # Set once the host joined its cluster (switchboard/cluster/node.py).
         self.directory: PgDirectory | None = None
         self.migrator: ClusterMigrator | None = None
+        self.routing: ClusterRouting | None = None
 
     def routes(self) -> list[Route]:
         tenant = "/v1/cluster/tenants/{name}"
         return [Route("/v1/cluster/hosts", self.hosts, methods=["GET"]),
                 Route("/v1/cluster/failover", self.failover, methods=["POST"]),
                 Route(tenant + "/migrate", self.migrate, methods=["POST"]),
-                Route(tenant + "/take", self.take, methods=["POST"])]
+                Route(tenant + "/take", self.take, methods=["POST"]),
+                Route(tenant + "/changed", self.changed, methods=["POST"])]
 
     def _joined(self) -> tuple[PgDirectory, ClusterMigrator]:
         if self.directory is None or self.migrator is None:
@@ -107,6 +112,16 @@ class ClusterApi:
         name = check_tenant_name(request.path_params["name"])
         start = bool((await _body(request)).get("start"))
         return JSONResponse(await migrator.take(name, start=start))
+
+
+    async def changed(self, request: Request) -> Response:
+        from switchboard.admin import check_tenant_name
+
+        if self.routing is None:
+            return _not_in_cluster(NotInCluster("not in cluster mode"))
+        name = check_tenant_name(request.path_params["name"])
+        await self.routing.refresh_one(name)
+        return JSONResponse({"name": name})
 
 
 def _not_in_cluster(exc: NotInCluster) -> Response:

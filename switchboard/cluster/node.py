@@ -21,10 +21,11 @@ from switchboard.cluster.moving import ClusterMigrator
 from switchboard.cluster.pgdirectory import PgDirectory
 from switchboard.cluster.routing import ClusterRouting
 from switchboard.config import Config
-from switchboard.errors import ConfigError, StorageFailed
+from switchboard.errors import ConfigError, StorageFailed, SwitchboardError
 from switchboard.supervisor import Supervisor
 
 log = logging.getLogger("switchboard.cluster")
+ANNOUNCE_TIMEOUT_S = 2.0
 
 
 async def open_directory(config: Config) -> PgDirectory:
@@ -59,12 +60,15 @@ class ClusterNode:
     async def start(self, router_url: str, admin_url: str) -> None:
         """Register this host (StorageFailed when PostgreSQL refuses) and start serving."""
         supervisor = self.supervisor
+        # Its own connection: a renewal never waits behind a claim or a refresh.
+        self.lease_directory = PgDirectory(self.config.cluster_url)
         lease = LeaseKeeper(
-            self.directory, self.host_id, router_url=router_url, admin_url=admin_url,
+            self.lease_directory, self.host_id, router_url=router_url, admin_url=admin_url,
             ttl_s=self.config.lease_ttl_s, max_resident=self.config.max_resident,
             resident=supervisor.resident_count, on_lost=self._lost)
         self.lease = lease
         self.routing = ClusterRouting(self.directory, supervisor, lease)
+        self.routing.announce = self._announce
         self.migrator = ClusterMigrator(self.config, self.directory, supervisor, self.host_id)
         await lease.register()
         supervisor.env.take_ownership = self.routing.take_ownership
@@ -72,6 +76,33 @@ class ClusterNode:
         supervisor.env.lease_live = lambda: lease.live
         self._tasks = [asyncio.ensure_future(lease.run()),
                        asyncio.ensure_future(self.routing.watch())]
+
+    async def _announce(self, name: str) -> None:
+        """Tell every other live host that this one owns `name` now (best effort: a host
+        that does not hear it learns at its next refresh)."""
+        from urllib.parse import quote
+
+        from switchboard.handover import TargetClient
+        from switchboard.signing import load_key
+
+        try:
+            others = [h for h in await self.directory.hosts()
+                      if h.alive and h.id != self.host_id]
+        except StorageFailed:
+            return
+        key = load_key(self.config.key_file)
+
+        async def tell(admin_url: str) -> None:
+            client = TargetClient(admin_url, key)
+            try:
+                await asyncio.wait_for(client.call(
+                    "POST", f"/v1/cluster/tenants/{quote(name)}/changed"), ANNOUNCE_TIMEOUT_S)
+            except (SwitchboardError, TimeoutError) as exc:
+                log.debug("could not tell %s that %s moved here: %s", admin_url, name, exc)
+            finally:
+                await client.close()
+
+        await asyncio.gather(*(tell(h.admin_url) for h in others))
 
     async def _lost(self, why: str) -> None:
         await self.routing.lose_all(why)
@@ -86,6 +117,7 @@ class ClusterNode:
         with contextlib.suppress(StorageFailed, TimeoutError):
             await asyncio.wait_for(self.directory.declare_dead(self.host_id), 5)
         await self.directory.close_async()
+        await self.lease_directory.close_async()
 
 
 async def join(config: Config, directory: PgDirectory, supervisor: Supervisor, *,

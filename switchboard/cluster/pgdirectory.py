@@ -35,6 +35,10 @@ _COLUMNS = ("id, name, creation_id, epoch, created_at, port, app, code_path, own
             "code_version")
 CONNECT_TIMEOUT_S = 5
 STATEMENT_TIMEOUT_MS = 10_000
+# A change of owner waits at most this long for a worker's commit holding the row (a healthy
+# one takes milliseconds; a paused one loses its session after tenant/pgstore.py's
+# IDLE_IN_TRANSACTION_MS, and the request that wanted the claim is answered 503 meanwhile).
+CLAIM_LOCK_TIMEOUT = b"SET LOCAL lock_timeout = '1s'"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +76,9 @@ class PgDirectory:
                         options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}")
                 async with self._conn.transaction():
                     yield self._conn
+            except pgerrors.LockNotAvailable as exc:
+                raise StorageFailed(f"cannot {what}: a writer holds the tenant's row (a host "
+                                    "paused mid-commit?); try again") from exc
             except psycopg.OperationalError as exc:
                 raise StorageFailed(f"cannot {what}: PostgreSQL is unreachable ({exc})") from exc
 
@@ -159,6 +166,7 @@ class PgDirectory:
     async def set_placement(self, name: str, *, owner: str | None, moved_to: str | None,
                             expect_epoch: int) -> TenantRecord:
         async with self._tx(f"change the owner of tenant {name!r}") as conn:
+            await conn.execute(CLAIM_LOCK_TIMEOUT)
             cur = await conn.execute(
                 f"UPDATE tenants SET owner = %s, moved_to = %s, epoch = epoch + 1 "
                 f"WHERE name = %s AND epoch = %s RETURNING {_COLUMNS}",
@@ -199,6 +207,7 @@ class PgDirectory:
         """Make `host_id` the owner (epoch + 1) if the epoch is still `expect_epoch` and no
         other host with a live lease owns the tenant; else EpochConflict, nothing changed."""
         async with self._tx(f"claim tenant {name!r}") as conn:
+            await conn.execute(CLAIM_LOCK_TIMEOUT)
             cur = await conn.execute(
                 f"UPDATE tenants SET owner = %s, moved_to = NULL, epoch = epoch + 1 "
                 f"WHERE name = %s AND epoch = %s AND (owner IS NULL OR owner = %s OR NOT EXISTS "

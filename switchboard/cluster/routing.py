@@ -13,7 +13,9 @@ switchboard/process.py under the tenant's lock):
                                               of concurrent claimers one wins, the others
                                               forward to it) and restores it from PostgreSQL
 
-`watch` keeps this host's view current, every WATCH_INTERVAL_S at most: a tenant forwarded to
+A host that claims a tenant tells the other live hosts at once (`announce`; they look it up:
+`refresh_one`), so they stop forwarding to its previous owner. `watch` keeps this host's view
+current anyway, every WATCH_INTERVAL_S at most: a tenant forwarded to
 a host whose lease has since expired goes back to stopped (its next request claims it), a
 worker running here for a tenant another host now owns is stopped at once, and tenants other
 hosts created are mapped. A request for a tenant not mapped yet looks it up (`look_up`).
@@ -24,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Awaitable, Callable
 
 from switchboard.cluster.leases import LeaseKeeper
 from switchboard.cluster.pgdirectory import HostRecord, PgDirectory
@@ -46,6 +49,8 @@ class ClusterRouting:
         self.supervisor = supervisor
         self.lease = lease
         self.host_id = lease.host_id
+        # Tells the other live hosts that this one claimed a tenant (switchboard/cluster/node.py)
+        self.announce: Callable[[str], Awaitable[None]] | None = None
 
     # ---- the start path ----
 
@@ -72,6 +77,8 @@ class ClusterRouting:
                     continue  # someone else changed it: decide again on the new record
                 log.info("host %s claimed tenant %s at epoch %d", self.host_id, name,
                          process.record.epoch, extra={"tenant": name})
+                if self.announce is not None:  # the other hosts stop forwarding elsewhere
+                    self.supervisor.env.run_in_background(self.announce(name))
                 return
         except StorageFailed as exc:
             raise TenantUnavailable(f"{name}: {exc}", 1) from exc
@@ -116,35 +123,49 @@ class ClusterRouting:
                 await self.refresh()
             except StorageFailed as exc:
                 log.warning("cannot refresh the cluster view: %s", exc)
+            except Exception:  # a bug must not end the refreshing for good
+                log.exception("refreshing the cluster view failed")
 
     async def refresh(self) -> None:
         records = await self.directory.list()
         hosts = {h.id: h for h in await self.directory.hosts()}
-        supervisor = self.supervisor
         for record in records:
-            process = supervisor.tenants.get(record.name)
-            if process is None:
-                supervisor.adopt(record)
-                continue
-            if record.epoch < process.record.epoch:
-                continue  # read before this host's own claim: older than what it knows
-            owner = hosts.get(record.owner) if record.owner else None
-            if process.state is S.MOVED:
-                if owner is not None and owner.alive and owner.id != self.host_id:
-                    if process.record.moved_to != owner.router_url or (
-                            process.record.epoch != record.epoch):
-                        process.placed(dataclasses.replace(record, moved_to=owner.router_url))
-                else:  # its owner is gone (or none): the next request decides again
-                    process.placed(dataclasses.replace(record, moved_to=None))
-            elif process.state is S.STOPPED and not process.operating:
-                if owner is not None and owner.alive and owner.id != self.host_id:
-                    # lives there: `ls` says moved (to its router), requests go there at once
+            self._apply(record, hosts.get(record.owner) if record.owner else None)
+
+    async def refresh_one(self, name: str) -> None:
+        """Another host says `name` changed owner (it claimed it): look now, not at the
+        next refresh, so requests stop going to the old owner at once."""
+        try:
+            record, owner = await self.directory.owner_of(name)
+        except UnknownTenant:
+            return
+        self._apply(record, owner)
+
+    def _apply(self, record: TenantRecord, owner: HostRecord | None) -> None:
+        """Bring this host's view of one tenant in line with the directory's `record`."""
+        supervisor = self.supervisor
+        process = supervisor.tenants.get(record.name)
+        if process is None:
+            supervisor.adopt(record)
+            return
+        if record.epoch < process.record.epoch:
+            return  # read before this host's own claim: older than what it knows
+        if process.state is S.MOVED:
+            if owner is not None and owner.alive and owner.id != self.host_id:
+                if process.record.moved_to != owner.router_url or (
+                        process.record.epoch != record.epoch):
                     process.placed(dataclasses.replace(record, moved_to=owner.router_url))
-                else:
-                    process.record = record  # `ls` shows the owner as the directory has it
-            elif process.state in LIVE and not process.operating and (
-                    record.owner != self.host_id or record.epoch != process.record.epoch):
-                log.warning("tenant %s is owned by %s at epoch %d now: stopping its worker here",
-                            record.name, record.owner, record.epoch, extra={"tenant": record.name})
-                supervisor.env.run_in_background(
-                    process.lose(f"host {record.owner} owns it now (epoch {record.epoch})"))
+            else:  # its owner is gone (or none): the next request decides again
+                process.placed(dataclasses.replace(record, moved_to=None))
+        elif process.state is S.STOPPED and not process.operating:
+            if owner is not None and owner.alive and owner.id != self.host_id:
+                # lives there: `ls` says moved (to its router), requests go there at once
+                process.placed(dataclasses.replace(record, moved_to=owner.router_url))
+            else:
+                process.record = record  # `ls` shows the owner as the directory has it
+        elif process.state in LIVE and not process.operating and (
+                record.owner != self.host_id or record.epoch != process.record.epoch):
+            log.warning("tenant %s is owned by %s at epoch %d now: stopping its worker here",
+                        record.name, record.owner, record.epoch, extra={"tenant": record.name})
+            supervisor.env.run_in_background(
+                process.lose(f"host {record.owner} owns it now (epoch {record.epoch})"))
