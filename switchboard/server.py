@@ -125,7 +125,7 @@ class Router:
                                           router_url=moving.peers.router_url,
                                           admin_url=moving.peers.admin_url)
                 cluster_api.directory, cluster_api.migrator = node.directory, node.migrator
-                cluster_api.routing = node.routing
+                cluster_api.routing, cluster_api.node = node.routing, node
             except ConfigError as exc:
                 log.error("cannot start: %s", exc)
                 front.close()

@@ -5,7 +5,9 @@
                                              "max_resident"}], by id
     POST /v1/cluster/failover {"host": ID} {"host", "declared_dead": true}: its lease ends now,
                                            so the next request for each of its tenants claims
-                                           it on a live host (404 for an unknown host)
+                                           it on a live host (404 for an unknown host); every
+                                           live host is told to refresh its view at once
+    POST /v1/cluster/refresh               {"refreshed": true}: look at the directory now
     POST /v1/cluster/tenants/{name}/migrate {"to": HOST_ID}
                                            {"name", "host", "moved_to", "epoch", "pause_ms",
                                             "precopy_ms", "started"} (switchboard/cluster/
@@ -35,6 +37,7 @@ from switchboard.errors import BadRequest, SwitchboardError
 
 if TYPE_CHECKING:  # psycopg is imported only in cluster mode
     from switchboard.cluster.moving import ClusterMigrator
+    from switchboard.cluster.node import ClusterNode
     from switchboard.cluster.pgdirectory import PgDirectory
     from switchboard.cluster.routing import ClusterRouting
 
@@ -49,11 +52,13 @@ class ClusterApi:
         self.directory: PgDirectory | None = None
         self.migrator: ClusterMigrator | None = None
         self.routing: ClusterRouting | None = None
+        self.node: ClusterNode | None = None
 
     def routes(self) -> list[Route]:
         tenant = "/v1/cluster/tenants/{name}"
         return [Route("/v1/cluster/hosts", self.hosts, methods=["GET"]),
                 Route("/v1/cluster/failover", self.failover, methods=["POST"]),
+                Route("/v1/cluster/refresh", self.refresh, methods=["POST"]),
                 Route(tenant + "/migrate", self.migrate, methods=["POST"]),
                 Route(tenant + "/take", self.take, methods=["POST"]),
                 Route(tenant + "/changed", self.changed, methods=["POST"])]
@@ -80,7 +85,15 @@ class ClusterApi:
             raise BadRequest("host (a host id) is required")
         if not await directory.declare_dead(host):
             return JSONResponse({"error": f"no host {host!r} in this cluster"}, status_code=404)
+        if self.node is not None:
+            await self.node.failed_over()
         return JSONResponse({"host": host, "declared_dead": True})
+
+    async def refresh(self, request: Request) -> Response:
+        if self.routing is None:
+            return _not_in_cluster(NotInCluster("not in cluster mode"))
+        await self.routing.refresh()
+        return JSONResponse({"refreshed": True})
 
     async def migrate(self, request: Request) -> Response:
         from switchboard.admin import check_tenant_name

@@ -82,6 +82,16 @@ class ClusterNode:
         that does not hear it learns at its next refresh)."""
         from urllib.parse import quote
 
+        await self.tell_others(f"/v1/cluster/tenants/{quote(name)}/changed")
+
+    async def failed_over(self) -> None:
+        """A host was declared dead (`failover --from`): every host, this one included,
+        looks at the directory now, so none goes on forwarding to the dead one."""
+        await self.routing.refresh()
+        await self.tell_others("/v1/cluster/refresh")
+
+    async def tell_others(self, path: str) -> None:
+        """POST `path` (signed, no body) to every other live host's admin API, at once."""
         from switchboard.handover import TargetClient
         from switchboard.signing import load_key
 
@@ -95,10 +105,9 @@ class ClusterNode:
         async def tell(admin_url: str) -> None:
             client = TargetClient(admin_url, key)
             try:
-                await asyncio.wait_for(client.call(
-                    "POST", f"/v1/cluster/tenants/{quote(name)}/changed"), ANNOUNCE_TIMEOUT_S)
+                await asyncio.wait_for(client.call("POST", path), ANNOUNCE_TIMEOUT_S)
             except (SwitchboardError, TimeoutError) as exc:
-                log.debug("could not tell %s that %s moved here: %s", admin_url, name, exc)
+                log.debug("could not tell %s %s: %s", admin_url, path, exc)
             finally:
                 await client.close()
 
