@@ -71,9 +71,8 @@ class ClusterSide:
         self.pg = connect()  # boot, then the committer thread
         self.uploads_pg = connect()  # the uploader thread's own connection
 
-    def materialize(self) -> None:
-        """Replace the tenant's local files by the newest snapshot in PostgreSQL. Fenced (a
-        RestoreError) when this worker's epoch is not the tenant's any more."""
+    def check(self) -> None:
+        """RestoreError unless this worker may write the tenant now (tenant/pgstore.py)."""
         try:
             self.pg.check()
         except Fenced as exc:
@@ -81,6 +80,13 @@ class ClusterSide:
         except psycopg.Error as exc:
             raise RestoreError(f"cannot restore {self.tenant}: {refuse_unreachable(exc)}") \
                 from exc
+
+    def materialize(self, *, fenced: bool = True) -> None:
+        """Replace the tenant's local files by the newest snapshot in PostgreSQL. Fenced (a
+        RestoreError) when this worker's epoch is not the tenant's any more; with fenced
+        False (a migration's target warming up before the switch) that is checked at resume."""
+        if fenced:
+            self.check()
         layout = self.store.layout
         for folder in (layout.snapshot_dir(self.tenant), layout.journal_dir(self.tenant)):
             folder.mkdir(parents=True, exist_ok=True)

@@ -268,6 +268,11 @@ class Worker:
         replay the journal only once the router's `resume` comes (a migration's journal tail
         is in place by then). Returns the restore and the seconds it worked (not waited)."""
         started = time.monotonic()
+        cluster = None
+        if self.spec.cluster_url is not None:  # pre-warmed before its owner changes to here
+            from tenant.pgjournal import ClusterSide
+            cluster = ClusterSide(self.spec, store)
+            cluster.materialize(fenced=False)
         recovered = recover_state(app, store, self.spec.tenant)
         gc.freeze()  # as after any restore: no full collection over the state while it waits
         worked = time.monotonic() - started
@@ -278,8 +283,12 @@ class Worker:
             raise TenantError("the router went away while the worker was parked")
         request = decode(line)
         started = time.monotonic()
-        replay_journal(app, store, self.spec.tenant, recovered)
-        restored = restore(app, self.spec, store, recovered)
+        if cluster is not None:  # the owner is this host now: the tail is in PostgreSQL
+            cluster.check()
+            cluster.replay_tail(app, recovered)
+        else:
+            replay_journal(app, store, self.spec.tenant, recovered)
+        restored = restore(app, self.spec, store, recovered, cluster=cluster)
         self.channel.send({"id": request.get("id"), "ok": True,
                            "journal_pos": recovered.journal_pos})
         return restored, worked + time.monotonic() - started

@@ -294,6 +294,7 @@ def test_migrate_under_twenty_writers_loses_nothing(hosts: list[RouterProcess]) 
         after = len(writers.acked)                                # the owner; it asks a
         wait_until(lambda: len(writers.acked) >= after + 200, 60, "writes after the move")
     assert (moved["host"], moved["epoch"]) == ("b", 3) and moved["started"] is True
+    assert moved["prewarmed"] is True  # b restored the snapshot before the switch
     assert 0 < moved["pause_ms"] < 10_000
     assert not writers.failures, writers.failures[:5]
     assert {worker_of(h.url, "acme")["host"] for h in hosts} == {"b"}

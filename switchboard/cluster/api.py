@@ -14,6 +14,10 @@
                                            moving.py); any host takes it and, when another
                                            live host owns the tenant, sends it on to that one
                                            (with "hop": 1, answered there or 409)
+    POST /v1/cluster/tenants/{name}/prepare {"epoch": N} | {"cancel": true}
+                                           on a migration's target, from its source: warm up
+                                           a parked worker for epoch N (the switch's), or drop
+                                           it; {"name", "parked", "epoch"}
     POST /v1/cluster/tenants/{name}/take {"start": bool}
                                            on a migration's target, from its source: this
                                            host owns the tenant now; start it if asked
@@ -60,6 +64,7 @@ class ClusterApi:
                 Route("/v1/cluster/failover", self.failover, methods=["POST"]),
                 Route("/v1/cluster/refresh", self.refresh, methods=["POST"]),
                 Route(tenant + "/migrate", self.migrate, methods=["POST"]),
+                Route(tenant + "/prepare", self.prepare, methods=["POST"]),
                 Route(tenant + "/take", self.take, methods=["POST"]),
                 Route(tenant + "/changed", self.changed, methods=["POST"])]
 
@@ -114,6 +119,23 @@ class ClusterApi:
             except NotOwner as exc:
                 return JSONResponse({"error": str(exc)}, status_code=409)
         return JSONResponse(await migrator.migrate_from_any_host(name, to))
+
+    async def prepare(self, request: Request) -> Response:
+        from switchboard.admin import check_tenant_name
+
+        try:
+            _, migrator = self._joined()
+        except NotInCluster as exc:
+            return _not_in_cluster(exc)
+        name = check_tenant_name(request.path_params["name"])
+        body = await _body(request)
+        if body.get("cancel"):
+            await migrator.cancel(name)
+            return JSONResponse({"name": name, "parked": False})
+        epoch = body.get("epoch")
+        if not isinstance(epoch, int) or epoch < 2:
+            raise BadRequest("epoch (the epoch the switch will set) is required")
+        return JSONResponse(await migrator.prepare(name, epoch))
 
     async def take(self, request: Request) -> Response:
         from switchboard.admin import check_tenant_name

@@ -2,29 +2,35 @@
 owner (docs/cluster.md). Runs on the tenant's owner; nothing but the ownership moves, since
 the journal and snapshots are in PostgreSQL already.
 
-1. Pre-copy, while the tenant serves: a checkpoint, and a wait until that snapshot is in
-   PostgreSQL (the worker stores it after each checkpoint, tenant/pgjournal.py), so the
-   target's restore replays only the journal written since.
+1. Pre-copy, while the tenant serves: a checkpoint, a wait until that snapshot is in
+   PostgreSQL (the worker stores it after each checkpoint, tenant/pgjournal.py), and the
+   target warms up (`prepare`): a parked worker for the next epoch streams that snapshot out
+   of PostgreSQL and restores it, without serving (contract/worker.py `park`).
 2. Switch, holding the tenant's lock (new requests wait, as they do for a start): in-flight
    requests drain, the worker stops without a final checkpoint (every acknowledged write is
    committed in PostgreSQL already), the owner changes by compare-and-set (epoch + 1: a
-   worker of the old epoch can no longer commit), the target is told to start it (its worker
-   restores the newest snapshot and the short journal tail from PostgreSQL), and only then
-   are the held requests released: this host forwards them, and every later one, to the
-   target's router.
+   worker of the old epoch can no longer commit), the target resumes its parked worker
+   (`take`: it checks it may write, replays the journal written since the snapshot and
+   serves; a target that could not warm up starts cold), and only then are the held requests
+   released: this host forwards them, and every later one, to the target's router.
 
-The pause is the drain, the stop, one UPDATE and the target's warm start. A failure before
-the compare-and-set leaves the tenant here (stopped at worst: the next request starts it);
-after it, the target owns the tenant whether or not its start answered.
+The pause is the drain, the stop, one UPDATE and the replay of the tail. A failure before the
+compare-and-set leaves the tenant here (stopped at worst: the next request starts it) and the
+target drops its parked worker; after it, the target owns the tenant whether or not its start
+answered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
+import os
+import secrets
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -38,13 +44,16 @@ from switchboard.errors import (
     TransferFailed,
 )
 from switchboard.handover import TargetClient
+from switchboard.process import TenantProcess
 from switchboard.signing import load_key
-from switchboard.states import TenantState
+from switchboard.spawner import BootFailure, WorkerHandle
+from switchboard.states import LIVE, TenantState
 from switchboard.supervisor import Supervisor
 
 log = logging.getLogger("switchboard.cluster")
 S = TenantState
 UPLOAD_WAIT_S = 60.0  # the pre-copy waits this long for the snapshot to reach PostgreSQL
+PARKED_FOR_AT_MOST_S = 600.0  # a warmed-up worker whose switch never came is dropped then
 
 
 class NotOwner(MigrationRefused):
@@ -62,6 +71,9 @@ class ClusterMigrator:
         self.directory = directory
         self.supervisor = supervisor
         self.host_id = host_id
+        self.layout = supervisor.env.layout
+        # Warmed-up workers of incoming migrations: name -> (worker, its socket, epoch).
+        self.parked: dict[str, tuple[WorkerHandle, Path, int]] = {}
 
     async def migrate(self, name: str, to: str) -> dict[str, Any]:
         record, owner = await self.directory.owner_of(name)
@@ -85,10 +97,11 @@ class ClusterMigrator:
             checkpoint = await tenant.checkpoint()
             if checkpoint.generation is not None:
                 await self._stored(name, checkpoint.generation)
-        precopy_s = time.monotonic() - precopy_started
-        # 2. switch
         client = TargetClient(target.admin_url, load_key(self.config.key_file))
         try:
+            warm = await self._prepare_there(client, name, record.epoch + 1)
+            precopy_s = time.monotonic() - precopy_started
+            # 2. switch
             async with tenant.lock:
                 switch_started = time.monotonic()
                 current = await self.directory.get(name)
@@ -96,9 +109,13 @@ class ClusterMigrator:
                     raise MigrationRefused(f"{name} changed owner meanwhile; run again")
                 await tenant.stop_for_move(self.config.migrate_drain_timeout_s)
                 try:
+                    if current.epoch != record.epoch:  # the target warmed up another epoch
+                        raise EpochConflict(name, record.epoch, current.epoch)
                     moved = await self.directory.set_placement(
                         name, owner=to, moved_to=None, expect_epoch=current.epoch)
                 except EpochConflict as exc:
+                    if warm:
+                        await self._cancel_there(client, name)
                     raise MigrationRefused(f"{name} changed owner meanwhile; run again") \
                         from exc
                 tenant.set_record(dataclasses.replace(moved, moved_to=target.router_url))
@@ -111,7 +128,24 @@ class ClusterMigrator:
                  extra={"tenant": name})
         return {"name": name, "moved_to": target.router_url, "host": to, "epoch": moved.epoch,
                 "pause_ms": round(pause_s * 1000, 1), "precopy_ms": round(precopy_s * 1000, 1),
-                "started": started}
+                "started": started, "prewarmed": warm}
+
+    async def _prepare_there(self, client: TargetClient, name: str, epoch: int) -> bool:
+        """Ask the target to restore the newest snapshot into a parked worker now, for
+        `epoch` (what the switch will set). False when it did not: it starts cold then."""
+        try:
+            reply = await client.call("POST", f"/v1/cluster/tenants/{quote(name)}/prepare",
+                                      json.dumps({"epoch": epoch}).encode())
+        except (TargetRefused, TargetUnreachable) as exc:
+            log.warning("the target of %s did not warm it up (it starts cold): %s", name, exc,
+                        extra={"tenant": name})
+            return False
+        return bool(reply.get("parked"))
+
+    async def _cancel_there(self, client: TargetClient, name: str) -> None:
+        with contextlib.suppress(TargetRefused, TargetUnreachable):
+            await client.call("POST", f"/v1/cluster/tenants/{quote(name)}/prepare",
+                              json.dumps({"cancel": True}).encode())
 
     async def migrate_from_any_host(self, name: str, to: str) -> dict[str, Any]:
         """`migrate` here if this host owns the tenant, else on its owner (one signed call
@@ -158,16 +192,69 @@ class ClusterMigrator:
             return False
         return bool(reply.get("started"))
 
+    async def prepare(self, name: str, epoch: int) -> dict[str, Any]:
+        """On a migration's target, before the switch: start a worker for `name` at `epoch`
+        (the one the switch will set) that streams the newest snapshot out of PostgreSQL and
+        restores it, then waits (parked); `take` resumes it. A previous one is dropped."""
+        await self.cancel(name)
+        record = await self.directory.get(name)
+        if record.epoch + 1 != epoch:
+            raise MigrationRefused(f"{name} is at epoch {record.epoch}: cannot warm up "
+                                   f"epoch {epoch}")
+        existing = self.supervisor.tenants.get(name)
+        if existing is not None and existing.state in LIVE:
+            raise MigrationRefused(f"{name} runs on this host already")
+        warming = TenantProcess(dataclasses.replace(
+            record, epoch=epoch, owner=self.host_id, moved_to=None), self.supervisor.env)
+        socket_path = self.layout.incoming_socket_path(secrets.token_hex(4))
+        try:
+            handle = await warming.spawn_parked(socket_path, self.config.start_timeout_s * 4)
+        except BootFailure as exc:
+            raise TransferFailed(f"{name} does not restore on this host: {exc}") from exc
+        self.parked[name] = (handle, socket_path, epoch)
+        asyncio.get_running_loop().call_later(
+            PARKED_FOR_AT_MOST_S,
+            lambda: self.supervisor.env.run_in_background(self._expire(name, handle)))
+        return {"name": name, "parked": True, "epoch": epoch}
+
+    async def cancel(self, name: str) -> None:
+        parked = self.parked.pop(name, None)
+        if parked is not None:
+            handle, socket_path, _epoch = parked
+            await handle.kill_and_reap()
+            with contextlib.suppress(OSError):
+                socket_path.unlink()
+
+    async def _expire(self, name: str, handle: WorkerHandle) -> None:
+        parked = self.parked.get(name)
+        if parked is not None and parked[0] is handle:
+            log.warning("dropping the warmed-up worker of %s: the switch never came", name,
+                        extra={"tenant": name})
+            await self.cancel(name)
+
     async def take(self, name: str, *, start: bool) -> dict[str, Any]:
         """On the new owner: forget any forwarding of `name` (this host owns it now) and,
-        with `start`, start its worker before answering."""
+        with `start`, start its worker (the warmed-up one, if any) before answering."""
         record = await self.directory.get(name)
         if record.owner != self.host_id:
+            await self.cancel(name)
             raise MigrationRefused(f"{name} is owned by {record.owner}, not this host")
         tenant = self.supervisor.tenants.get(name) or self.supervisor.adopt(record)
+        parked = self.parked.pop(name, None)
         async with tenant.lock:
             if tenant.state in (S.MOVED, S.STOPPED):
                 tenant.set_record(dataclasses.replace(record, moved_to=None))
+            if parked is not None:
+                handle, socket_path, epoch = parked
+                if epoch == record.epoch and tenant.state is S.STOPPED and start:
+                    os.rename(socket_path, self.layout.socket_path(record.id))
+                    if await tenant.resume_parked(handle):
+                        return {"name": name, "started": True, "epoch": record.epoch,
+                                "prewarmed": True}
+                else:
+                    await handle.kill_and_reap()
+                    with contextlib.suppress(OSError):
+                        socket_path.unlink()
         if not start:
             return {"name": name, "started": False}
         serving = await self.supervisor.acquire(name)
