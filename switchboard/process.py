@@ -834,11 +834,14 @@ class TenantProcess:
         worker = self.worker
         retry_in = None if self.retry_at is None else max(0.0, self.retry_at - time.monotonic())
         record = self.record
+        # Cluster mode: where a worker listens only while it runs on this host (DESIGN.md).
+        address = (None if self.env.config.cluster_url and self.state not in LIVE
+                   else self.address)
         return TenantInfo(
             name=self.name, state=self.state.value,
             pid=worker.pid if worker is not None and self.state in LIVE else None,
-            port=self.address if isinstance(self.address, int) else None,
-            socket=self.address if isinstance(self.address, str) else None,
+            port=address if isinstance(address, int) else None,
+            socket=address if isinstance(address, str) else None,
             restarts=self.restarts, last_request_at=self.last_request_at,
             in_flight=self.in_flight, requests=self.requests, bytes_in=self.bytes_in,
             bytes_out=self.bytes_out, created_at=record.created_at, started_at=self.started_at,

@@ -136,6 +136,9 @@ def test_three_hosts_any_host_serves_any_tenant(hosts: list[RouterProcess]) -> N
     assert worker_of(a.url, "acme")["epoch"] == 2
     rows = json.loads(cli(c, "ls", "--json").stdout)
     assert [(r["name"], r["host"], r["epoch"]) for r in rows] == [("acme", "b", 2)]
+    assert (rows[0]["pid"], rows[0]["port"], rows[0]["socket"]) == (None, None, None)
+    [on_b] = json.loads(cli(b, "ls", "--json").stdout)
+    assert on_b["pid"] == worker_of(b.url, "acme")["pid"] and on_b["socket"]
     header, row = cli(a, "ls").stdout.splitlines()
     assert header.split()[-1] == "HOST" and row.split()[-1] == "b"
     listed = json.loads(cli(a, "hosts", "--json").stdout)
