@@ -80,6 +80,7 @@ class Router:
             return 1
         if config.cluster_url:  # cluster mode: the directory is in PostgreSQL (docs/cluster.md)
             from switchboard.cluster import node as cluster
+            os.environ["SWITCHBOARD_CLUSTER_URL"] = config.cluster_url  # the zygote preloads
             try:
                 directory: Directory = await cluster.open_directory(config)
             except ConfigError as exc:

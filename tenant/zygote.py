@@ -74,6 +74,8 @@ def preload(app_spec: str) -> str | None:
 
     with contextlib.suppress(ImportError):
         import uvloop  # noqa: F401
+    if os.environ.get("SWITCHBOARD_CLUSTER_URL"):
+        import tenant.pgjournal  # cluster mode: every worker talks to PostgreSQL (~50 ms)
     try:
         tenant.runtime.load_app(app_spec)
     except Exception as exc:  # the worker reports it properly when it boots
