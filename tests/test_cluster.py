@@ -392,3 +392,20 @@ def all_records_of(url: str, tenant: str, table: str) -> int:
     assert resp.status_code == 200, resp.text
     total: int = resp.json()["total"]
     return total
+
+
+def test_rm_through_any_host_and_create_again(hosts: list[RouterProcess]) -> None:
+    a, b, c = hosts
+    cli(a, "create", "acme")
+    resp = httpx.post(f"{b.url}/t/acme/api/tables/w/records", json={"n": 1}, timeout=30)
+    assert resp.status_code == 201
+    wait_until(lambda: [r["name"] for r in json.loads(cli(c, "ls", "--json").stdout)] ==
+               ["acme"], 10, "c maps acme")
+    cli(c, "rm", "acme")  # b runs it; c removes it
+    for host in hosts:
+        wait_until(lambda h=host: json.loads(cli(h, "ls", "--json").stdout) == [], 10,
+                   f"acme gone from {host.data_dir.name}")
+    assert httpx.get(f"{b.url}/t/acme/api/worker", timeout=30).status_code == 404
+    cli(a, "create", "acme")  # a new tenant of the name: empty, epoch 1 then claimed
+    fresh = worker_of(c.url, "acme")
+    assert fresh["epoch"] == 2 and all_records(b.url, "acme") == []

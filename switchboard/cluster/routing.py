@@ -131,6 +131,19 @@ class ClusterRouting:
         hosts = {h.id: h for h in await self.directory.hosts()}
         for record in records:
             self._apply(record, hosts.get(record.owner) if record.owner else None)
+        listed = {record.name for record in records}
+        for process in list(self.supervisor):
+            if process.name not in listed and not process.operating:
+                self._removed(process)
+
+    def _removed(self, process: TenantProcess) -> None:
+        """The tenant is gone from the directory (`rm` on another host), or it is another
+        tenant of that name now: unmap this one (stopping its worker first)."""
+        if process.state in LIVE:
+            self.supervisor.env.run_in_background(process.lose("removed from the cluster"))
+        else:
+            process.removed = True
+            self.supervisor.forget(process)
 
     async def refresh_one(self, name: str) -> None:
         """Another host says `name` changed owner (it claimed it): look now, not at the
@@ -145,9 +158,15 @@ class ClusterRouting:
         """Bring this host's view of one tenant in line with the directory's `record`."""
         supervisor = self.supervisor
         process = supervisor.tenants.get(record.name)
+        if process is not None and process.record.creation_id != record.creation_id and (
+                not process.operating):
+            self._removed(process)  # removed and created again: another tenant of the name
+            process = supervisor.tenants.get(record.name)
         if process is None:
             supervisor.adopt(record)
             return
+        if process.record.creation_id != record.creation_id:
+            return  # its old worker is still stopping: the next refresh maps the new one
         if record.epoch < process.record.epoch:
             return  # read before this host's own claim: older than what it knows
         if process.state is S.MOVED:
