@@ -409,3 +409,29 @@ def test_rm_through_any_host_and_create_again(hosts: list[RouterProcess]) -> Non
     cli(a, "create", "acme")  # a new tenant of the name: empty, epoch 1 then claimed
     fresh = worker_of(c.url, "acme")
     assert fresh["epoch"] == 2 and all_records(b.url, "acme") == []
+
+
+def test_fenced_worker_answers_503_and_exits_not_crashed(hosts: list[RouterProcess],
+                                                         cluster_db: str) -> None:
+    a, _b, _c = hosts
+    cli(a, "create", "acme")
+    worker = worker_of(a.url, "acme")
+    [row] = json.loads(cli(a, "ls", "--json").stdout)
+    os.kill(a.pid, signal.SIGSTOP)  # the router only: its worker goes on serving its socket
+    try:
+        with psycopg.connect(cluster_db, autocommit=True) as conn:  # another change of owner
+            conn.execute("UPDATE tenants SET epoch = epoch + 1 WHERE name = 'acme'")
+        with httpx.Client(transport=httpx.HTTPTransport(uds=row["socket"]),
+                          timeout=30) as direct:
+            reads = direct.get("http://worker/api/worker")
+            resp = direct.post("http://worker/api/tables/w/records", json={"n": 1})
+        assert reads.status_code == 200  # a read before the write noticed
+        assert resp.status_code == 503 and "another host owns it" in resp.text
+        wait_until(lambda: not psutil_alive(worker["pid"]), 30, "the fenced worker to exit")
+    finally:
+        os.kill(a.pid, signal.SIGCONT)
+    [after] = wait_until(lambda: [r for r in json.loads(cli(a, "ls", "--json").stdout)
+                                  if r["last_exit"]], 30, "a to see the exit")
+    assert after["last_exit"].startswith("fenced") and after["restarts"] == 0
+    with psycopg.connect(cluster_db) as conn:  # the refused write never reached PostgreSQL
+        assert conn.execute("SELECT count(*) FROM journal").fetchone() == (0,)
