@@ -198,12 +198,14 @@ def make_header(
     index: list[Any] | None = None,
     extra: Mapping[str, Any] | None = None,
     identity: WriterIdentity | None = None,
+    checksum: str | None = None,
 ) -> SnapshotHeader:
     """Build the version 2 header for payload: its length, checksum, the prefix size, and
     its MAC when `identity` has a key (unsigned without one).
 
-    Reads the payload once to hash it; never copies it. ValueError for a field the reader
-    would refuse (a negative journal_pos, a str generation, ...).
+    Reads the payload once to hash it (unless given its `checksum`, from payload_checksum);
+    never copies it. ValueError for a field the reader would refuse (a negative journal_pos,
+    a str generation, ...).
     """
     validate_tenant_name(tenant)
     identity = identity or WriterIdentity()
@@ -215,7 +217,7 @@ def make_header(
         schema_version=schema_version,
         journal_pos=journal_pos,
         payload_length=memoryview(payload).nbytes,
-        checksum=payload_checksum(payload),
+        checksum=payload_checksum(payload) if checksum is None else checksum,
         created_at=time.time() if created_at is None else float(created_at),
         index=[] if index is None else index,
         extra=dict(extra or {}),

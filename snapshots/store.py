@@ -81,6 +81,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -110,7 +111,12 @@ from snapshots.format import (
     read_header,
     read_snapshot,
     verify_payload,
-    write_to,
+)
+from snapshots.generation_file import (
+    FaultHook,
+    no_fault,
+    write_generation,
+    write_generation_hashing,
 )
 from snapshots.layout import TEMP_SUFFIX, DataLayout
 from snapshots.mac import WriterIdentity
@@ -126,7 +132,6 @@ SAVE_STEPS = ("after_temp_write", "after_fsync", "after_rename", "before_dir_fsy
 # A segmented save calls these first: after each segment file is in place (not the folder),
 # and once every one is and the folder is fsynced; then SAVE_STEPS for the generation file.
 SEGMENT_SAVE_STEPS = ("after_segment_write", "after_segments")
-FaultHook = Callable[[str], None]
 
 # Codecs that run no code named by their input: an unsigned file of one of these may be
 # restored. Any other (pickle) needs a file signed by this deployment, or allow_unsigned.
@@ -318,12 +323,16 @@ class LocalStore:
             except OSError as exc:
                 raise SnapshotWriteError(f"cannot list {directory}: {exc}") from exc
             generation = existing[0][0] + 1 if existing else 1
-            header = make_header(
-                tenant, generation, codec, app_version, schema_version, journal_pos, payload,
-                identity=self.identity,
-            )
+            created_at = time.time()
+
+            def header_for(checksum: str) -> SnapshotHeader:
+                return make_header(tenant, generation, codec, app_version, schema_version,
+                                   journal_pos, payload, identity=self.identity,
+                                   created_at=created_at, checksum=checksum)
+
             path = self.path_for(tenant, generation)
-            _write_durably(path, dir_fd, header, payload, self.fault or _no_fault)
+            header = write_generation_hashing(path, dir_fd, header_for, payload,
+                                              self.fault or no_fault)
             pruned = self._prune(tenant, dir_fd, generation, notes)
         size = header.header_bytes + header.payload_length
         return SnapshotInfo(
@@ -360,7 +369,7 @@ class LocalStore:
             make_dirs(directory, mode=0o700)
         except OSError as exc:
             raise SnapshotWriteError(f"cannot create {directory}: {exc}") from exc
-        fault = self.fault or _no_fault
+        fault = self.fault or no_fault
         with _locked_dir(directory, tenant) as dir_fd:
             notes = _remove_stale_tmp(directory)
             try:
@@ -375,7 +384,7 @@ class LocalStore:
                 identity=self.identity,
             )
             path = self.path_for(tenant, generation)
-            _write_durably(path, dir_fd, header, b"", fault)
+            write_generation(path, dir_fd, header, b"", fault)
             pruned = self._prune(tenant, dir_fd, generation, notes)
         return SnapshotInfo(tenant=tenant, generation=generation, path=path,
                             size=header.header_bytes, header=header, pruned=pruned,
@@ -589,54 +598,6 @@ class LocalStore:
         return [(g, self.path_for(tenant, g)) for g in reversed(self.layout.generations(tenant))]
 
 
-def _no_fault(step: str) -> None:
-    pass
-
-
-def _write_durably(
-    path: Path, dir_fd: int, header: SnapshotHeader, payload: Payload, fault: FaultHook
-) -> None:
-    # Not snapshots.durable.write_atomic: the fault hooks go between its steps, and the
-    # folder is fsynced through the fd that holds the save lock.
-    tmp = path.with_name(path.name + TEMP_SUFFIX)
-    try:
-        # O_EXCL: never write into a file something else has open.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise SnapshotWriteError(f"cannot create {tmp}: {exc}") from exc
-    try:
-        with open(fd, "wb", buffering=0) as f:
-            write_to(f, header, payload)
-            fault("after_temp_write")
-            # After this the file's bytes are on stable storage. A failed fsync is final:
-            # the kernel may have dropped the dirty pages and marked them clean, so a retry
-            # can report success over lost data.
-            os.fsync(f.fileno())
-            fault("after_fsync")
-        os.rename(tmp, path)
-    except OSError as exc:
-        _remove_quietly(tmp)
-        raise SnapshotWriteError(
-            f"cannot write {path.name} in {path.parent}: {exc}; older generations are untouched"
-        ) from exc
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-    fault("after_rename")
-    fault("before_dir_fsync")
-    try:
-        # After this the rename is on stable storage too: the new generation survives
-        # power loss.
-        os.fsync(dir_fd)
-    except OSError as exc:
-        # The file is complete and checksummed, so a restore that finds it is correct; but
-        # it may not survive power loss, so the save does not count.
-        raise SnapshotWriteError(
-            f"wrote {path} but the fsync of its folder failed: {exc}; it may not survive a "
-            "power loss; older generations are untouched"
-        ) from exc
-
-
 @contextmanager
 def _locked_dir(directory: Path, tenant: str) -> Iterator[int]:
     try:
@@ -676,9 +637,3 @@ def _remove_stale_tmp(directory: Path) -> list[str]:
             continue
         notes.append(f"removed stale temp file {path} (a save that did not finish)")
     return notes
-
-
-def _remove_quietly(path: Path) -> None:
-    # Cleanup after a failure: the original error is the one to report.
-    with contextlib.suppress(OSError):
-        path.unlink()

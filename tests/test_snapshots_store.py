@@ -346,6 +346,40 @@ def test_save_on_a_full_disk_keeps_the_old_generation(small_tmpfs: Path) -> None
     assert again.generation == 2
 
 
+def test_a_large_payload_hashed_while_written_reads_back_signed_and_whole(
+    tmp_path: Path,
+) -> None:
+    # Over HASH_IN_PARALLEL_MIN_BYTES: the checksum is computed on a thread while the payload
+    # is written at its final offset, and the prefix goes in last.
+    store = LocalStore.in_data_dir(tmp_path / "data", identity=WriterIdentity(key=b"k" * 64))
+    payload = os.urandom(3 << 20)
+    info = store.save("acme", payload, codec="msgpack", app_version="1", schema_version=1,
+                      journal_pos=7)
+    assert info.path.stat().st_size == info.size
+    header, read_back = read_snapshot(info.path)
+    assert read_back == payload and header.journal_pos == 7
+    loaded = store.load_newest_valid("acme")
+    assert loaded is not None and loaded.signed and loaded.payload == payload
+    assert not list(info.path.parent.glob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_a_large_save_on_a_full_disk_keeps_the_old_generation(tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "tmpfs", "6m", otherwise="the 1 MiB full-disk test") as mount:
+        store = LocalStore.in_data_dir(mount / "data", identity=WriterIdentity(key=b"k" * 64))
+        first = store.save("acme", b"a" * (2 << 20), codec="msgpack", app_version="1",
+                           schema_version=1, journal_pos=1)
+        with pytest.raises(SnapshotWriteError, match="older generations are untouched") as caught:
+            store.save("acme", b"b" * (5 << 20), codec="msgpack", app_version="1",
+                       schema_version=1, journal_pos=2)
+        assert isinstance(caught.value.__cause__, OSError)
+        assert caught.value.__cause__.errno == errno.ENOSPC
+        assert snapshot_files(store) == ["000000000001.snap"]
+        loaded = store.load_newest_valid("acme")
+        assert loaded is not None and loaded.path == first.path
+        assert loaded.payload == b"a" * (2 << 20)
+
+
 EFBIG_SCRIPT = """
 import json, resource, signal, sys
 from pathlib import Path
