@@ -30,6 +30,7 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -72,6 +73,8 @@ class ClusterMigrator:
         self.supervisor = supervisor
         self.host_id = host_id
         self.layout = supervisor.env.layout
+        # Tells the other live hosts that `name` changed owner (switchboard/cluster/node.py).
+        self.announce: Callable[[str], Awaitable[None]] | None = None
         # Warmed-up workers of incoming migrations: name -> (worker, its socket, epoch).
         self.parked: dict[str, tuple[WorkerHandle, Path, int]] = {}
 
@@ -121,6 +124,8 @@ class ClusterMigrator:
                 tenant.set_record(dataclasses.replace(moved, moved_to=target.router_url))
                 started = await self._start_there(client, name)
                 pause_s = time.monotonic() - switch_started
+            if self.announce is not None:  # the other hosts forward to the target directly
+                self.supervisor.env.run_in_background(self.announce(name))
         finally:
             await client.close()
         log.info("moved %s to host %s at epoch %d: pre-copy %.0f ms, requests held %.0f ms",

@@ -70,6 +70,7 @@ class ClusterNode:
         self.routing = ClusterRouting(self.directory, supervisor, lease)
         self.routing.announce = self._announce
         self.migrator = ClusterMigrator(self.config, self.directory, supervisor, self.host_id)
+        self.migrator.announce = self._announce
         await lease.register()
         supervisor.env.take_ownership = self.routing.take_ownership
         supervisor.env.look_up = self.routing.look_up
@@ -78,8 +79,9 @@ class ClusterNode:
                        asyncio.ensure_future(self.routing.watch())]
 
     async def _announce(self, name: str) -> None:
-        """Tell every other live host that this one owns `name` now (best effort: a host
-        that does not hear it learns at its next refresh)."""
+        """Tell every other live host that `name` changed owner (this host claimed it, or
+        moved it away; best effort: a host that does not hear it learns at its next
+        refresh)."""
         from urllib.parse import quote
 
         await self.tell_others(f"/v1/cluster/tenants/{quote(name)}/changed")

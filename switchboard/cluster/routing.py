@@ -13,12 +13,13 @@ switchboard/process.py under the tenant's lock):
                                               of concurrent claimers one wins, the others
                                               forward to it) and restores it from PostgreSQL
 
-A host that claims a tenant tells the other live hosts at once (`announce`; they look it up:
-`refresh_one`), so they stop forwarding to its previous owner. `watch` keeps this host's view
-current anyway, every WATCH_INTERVAL_S at most: a tenant forwarded to
-a host whose lease has since expired goes back to stopped (its next request claims it), a
-worker running here for a tenant another host now owns is stopped at once, and tenants other
-hosts created are mapped. A request for a tenant not mapped yet looks it up (`look_up`).
+A host that claims a tenant, or moves one away, tells the other live hosts at once
+(`announce`; they look it up: `refresh_one`), so they stop forwarding to its previous owner.
+`watch` keeps this host's view current anyway: every WATCH_INTERVAL_S it reads the hosts (a
+few rows) and a tenant forwarded to a host whose lease has expired goes back to stopped (its
+next request claims it); every FULL_REFRESH_S it reads the whole directory: a worker running
+here for a tenant another host now owns is stopped, tenants other hosts created are mapped
+and removed ones unmapped. A request for a tenant not mapped yet looks it up (`look_up`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from switchboard.supervisor import Supervisor
 
 log = logging.getLogger("switchboard.cluster")
 S = TenantState
-WATCH_INTERVAL_S = 0.5
+WATCH_INTERVAL_S = 0.5  # the hosts' leases
+FULL_REFRESH_S = 5.0  # the whole directory
 CLAIM_TRIES = 3
 
 
@@ -117,10 +119,17 @@ class ClusterRouting:
         await asyncio.gather(*(t.lose(why) for t in running), return_exceptions=True)
 
     async def watch(self) -> None:
+        interval_s = min(WATCH_INTERVAL_S, self.lease.ttl_s / 3)
+        full_every = max(1, round(FULL_REFRESH_S / interval_s))
+        ticks = 0
         while True:
-            await asyncio.sleep(min(WATCH_INTERVAL_S, self.lease.ttl_s / 3))
+            await asyncio.sleep(interval_s)
+            ticks += 1
             try:
-                await self.refresh()
+                if ticks % full_every == 0:
+                    await self.refresh()
+                else:
+                    await self.refresh_hosts()
             except StorageFailed as exc:
                 log.warning("cannot refresh the cluster view: %s", exc)
             except Exception:  # a bug must not end the refreshing for good
@@ -144,6 +153,16 @@ class ClusterRouting:
         else:
             process.removed = True
             self.supervisor.forget(process)
+
+    async def refresh_hosts(self) -> None:
+        """The cheap part of `refresh`: stop forwarding to owners whose lease expired."""
+        hosts = {h.id: h for h in await self.directory.hosts()}
+        for process in self.supervisor:
+            owner_id = process.record.owner
+            if process.state is S.MOVED and owner_id and owner_id != self.host_id:
+                owner = hosts.get(owner_id)
+                if owner is None or not owner.alive:
+                    process.placed(dataclasses.replace(process.record, moved_to=None))
 
     async def refresh_one(self, name: str) -> None:
         """Another host says `name` changed owner (it claimed it): look now, not at the
