@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from harness import ROOT, SWITCHBOARD, wait_until
-from harness.cluster import start_hosts
+from harness.cluster import start_host, start_hosts
 from harness.router import RouterProcess
 
 LEASE_TTL_S = 2.0
@@ -435,3 +435,28 @@ def test_fenced_worker_answers_503_and_exits_not_crashed(hosts: list[RouterProce
     assert after["last_exit"].startswith("fenced") and after["restarts"] == 0
     with psycopg.connect(cluster_db) as conn:  # the refused write never reached PostgreSQL
         assert conn.execute("SELECT count(*) FROM journal").fetchone() == (0,)
+
+
+@pytest.mark.slow
+def test_full_host_places_a_new_tenant_on_the_roomiest_host(cluster_db: str,
+                                                            tmp_path: Path) -> None:
+    app = ["--app", "tests.apps.counter:app"]
+    a = start_host(cluster_db, tmp_path, "a", lease_ttl_s=LEASE_TTL_S, max_resident=1,
+                   extra_args=app)
+    started = [a]
+    try:
+        started.append(start_host(cluster_db, tmp_path, "b", lease_ttl_s=LEASE_TTL_S,
+                                  max_resident=4, extra_args=app, keys_from=a.data_dir))
+        cli(a, "create", "busy", "fresh")
+        with httpx.Client(timeout=30) as http, http.stream(
+                "GET", f"{a.url}/t/busy/stream", params={"n": 40, "size": 10, "pause": 0.1}
+        ) as slow:  # a's one worker slot, busy for 4 s: nothing idle to evict
+            assert slow.status_code == 200
+            resp = http.post(f"{a.url}/t/fresh/add", json={"amount": 1})
+            assert resp.status_code == 201, resp.text
+            owners = {r["name"]: r["host"] for r in json.loads(cli(a, "ls", "--json").stdout)}
+            assert owners == {"busy": "a", "fresh": "b"}
+            slow.read()
+    finally:
+        for host in started:
+            host.kill_group()
