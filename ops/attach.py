@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from contract.console import decode, encode
+from ops import common
 from ops.errors import CommandError
 
 HISTORY_FILE = "~/.switchboard_history"
@@ -56,10 +57,8 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
-    from ops import cli
-
     user = getpass.getuser()
-    with cli._client(args) as client:
+    with common.admin_client(args) as client:
         opened = client.attach(args.name, user, os.getuid(), args.read_only)
     path = Path(str(opened.get("socket")))
     check_owner(path, args.name)

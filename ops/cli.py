@@ -1,4 +1,6 @@
-"""The `switchboard` command: `serve`, the admin API client commands, and `snapshot`.
+"""The `switchboard` command: its parser, `serve`, and the admin API client commands; the
+commands of ops/files.py, ops/migrate.py, ops/attach.py, ops/cluster.py and
+ops/deploy_config.py register themselves here.
 
 Exit status (the Contract): 0 success; 1 failure, with one line `switchboard: error: <reason>`
 on stderr; 2 usage error (argparse). Human-readable output by default, `--json` for scripts.
@@ -6,8 +8,8 @@ on stderr; 2 usage error (argparse). Human-readable output by default, `--json` 
 The admin options (`--admin`, `--key-file`, `--data-dir`, `--json`) are accepted both before
 and after the subcommand name: they are defined on the top parser and on every subparser with
 `default=SUPPRESS`, so a parser that did not see an option leaves the attribute unset instead
-of overwriting the value another parser read, and `_admin_url()` and friends apply the
-environment and the defaults afterwards.
+of overwriting the value another parser read, and ops/common.py's `admin_url()` and friends
+apply the environment and the defaults afterwards.
 
 Start-up stays fast: httpx (via ops.client), switchboard.server and the snapshot modules are
 imported inside the handlers that need them; `ops.errors` lets `main()` recognise their
@@ -21,14 +23,19 @@ import contextlib
 import json
 import math
 import os
-import re
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from contract.names import is_valid_name
-from ops import attach, cluster, deploy_config, migrate
+from ops import attach, cluster, deploy_config, files, migrate
+from ops.common import (
+    DEFAULT_ADMIN_URL,
+    admin_client,
+    admin_url,
+    print_json,
+    show,
+    wants_json,
+)
 from ops.errors import AdminError, CommandError
 from switchboard import __version__
 from switchboard.config import DEFAULT_DATA_DIR, Config, HostPort
@@ -38,7 +45,6 @@ if TYPE_CHECKING:
     from ops.client import AdminClient
 
 PROG = "switchboard"
-DEFAULT_ADMIN_URL = "http://127.0.0.1:8001"
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -106,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the router, the supervisor and the admin API")
-    _serve_options(serve)
+    serve_options(serve)
     serve.set_defaults(handler=cmd_serve)
 
     # `config show` takes serve's flags and shows the Config serve would run with here.
@@ -117,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     show = config_actions.add_parser(
         "show", help="every setting serve would run with here (it takes serve's options), "
                      "and where it came from (default, file, env, flag)")
-    _serve_options(show)
+    serve_options(show)
     show.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                       help="print JSON for scripts")
     show.set_defaults(handler=cmd_config_show)
@@ -141,21 +147,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     _ls_options(commands.choices["ls"])
 
-    export = commands.add_parser(
-        "export", parents=[common],
-        help="write a tenant's data to a self-describing export file (running or not)",
-    )
-    export.add_argument("name", metavar="NAME")
-    export.add_argument("-o", "--output", metavar="FILE",
-                        help="where to write it (default NAME.sbexport)")
-    export.set_defaults(handler=cmd_export)
-    import_ = commands.add_parser(
-        "import", parents=[common], help="create a tenant from an export file",
-    )
-    import_.add_argument("file", metavar="FILE")
-    import_.add_argument("--as", dest="as_name", metavar="NAME",
-                         help="the new tenant's name (default: the name in the file)")
-    import_.set_defaults(handler=cmd_import)
     logs = commands.add_parser("logs", parents=[common],
                                help="print a tenant's log (its worker's logging and output)")
     logs.add_argument("name", metavar="NAME")
@@ -165,33 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="then print new lines as they are written, until Ctrl-C")
     logs.set_defaults(handler=cmd_logs)
 
-    # Later client commands (migrate, failover, attach, deploy-config, dashboard) go here:
-    # a parser with parents=[common] and a cmd_* handler below.
+    # Commands in modules of their own: a parser with parents=[common] and their handlers.
     deploy_config.add_commands(commands, common)
     migrate.add_commands(commands, common)
     attach.add_commands(commands, common)  # attach, pin, unpin, upgrade
     cluster.add_commands(commands, common)  # hosts, failover, db upgrade
 
-    # --- snapshot inspect|verify: files on this host, no server needed ---------------------
-    snapshot = commands.add_parser("snapshot", help="inspect or verify snapshot files",
-                                   parents=[common])
-    actions = snapshot.add_subparsers(dest="snapshot_command", required=True, metavar="ACTION")
-    inspect = actions.add_parser("inspect", help="print a snapshot file's header",
-                                 parents=[common])
-    inspect.add_argument("path", metavar="PATH")
-    inspect.set_defaults(handler=cmd_snapshot_inspect)
-    verify = actions.add_parser(
-        "verify", parents=[common],
-        help="verify a snapshot file, a directory of them, or every generation of a tenant: "
-             "intact, and signed by this deployment's snapshot key",
-    )
-    verify.add_argument("target", metavar="PATH|TENANT")
-    verify.set_defaults(handler=cmd_snapshot_verify)
-    for action in (inspect, verify):
-        action.add_argument(
-            "--snapshot-key-file", metavar="FILE",
-            help="the key snapshots are signed with (env SWITCHBOARD_SNAPSHOT_KEY_FILE, "
-                 "default DATA_DIR/snapshot.key)")
+    files.add_commands(commands, common)  # export, import, snapshot inspect|verify
     return parser
 
 
@@ -215,7 +186,7 @@ def _admin_options() -> argparse.ArgumentParser:
     return common
 
 
-def _serve_options(parser: argparse.ArgumentParser) -> None:
+def serve_options(parser: argparse.ArgumentParser) -> None:
     """serve's options, which `config show` takes too."""
     parser.add_argument("--config", metavar="FILE", help="switchboard.toml to read")
     parser.add_argument(
@@ -324,54 +295,6 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
-# --- option resolution: flag, then environment, then default ---------------------------------
-
-
-def _option(args: argparse.Namespace, attr: str, env: str) -> str | None:
-    value = getattr(args, attr, None) or os.environ.get(env)
-    return value or None
-
-
-def _data_dir(args: argparse.Namespace) -> Path:
-    return Path(_option(args, "data_dir", "SWITCHBOARD_DATA_DIR") or DEFAULT_DATA_DIR)
-
-
-def _key_file(args: argparse.Namespace) -> Path:
-    explicit = _option(args, "key_file", "SWITCHBOARD_KEY_FILE")
-    return Path(explicit) if explicit else _data_dir(args) / "admin.key"
-
-
-def _admin_url(args: argparse.Namespace) -> str:
-    return _option(args, "admin", "SWITCHBOARD_ADMIN") or DEFAULT_ADMIN_URL
-
-
-def _wants_json(args: argparse.Namespace) -> bool:
-    return bool(getattr(args, "json", False))
-
-
-def _client(args: argparse.Namespace) -> AdminClient:
-    from ops.client import AdminClient
-    from switchboard.signing import load_key
-
-    return AdminClient(_admin_url(args), load_key(_key_file(args)))
-
-
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, default=str))
-
-
-def _show(args: argparse.Namespace, value: Any, text: Callable[[Any], str | None]) -> int:
-    """Print `value` as JSON with --json, else what `text(value)` makes of it for people
-    (nothing when that is None). Returns the exit status, 0."""
-    if _wants_json(args):
-        _print_json(value)
-    else:
-        shown = text(value)
-        if shown is not None:
-            print(shown)
-    return 0
-
-
 # --- serve -----------------------------------------------------------------------------------
 
 
@@ -392,7 +315,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
     config, sources = serve_config_with_sources(args)
     rows = config_rows(config, sources)
-    return _show(args, rows, config_table)
+    return show(args, rows, config_table)
 
 
 def serve_config_with_sources(args: argparse.Namespace) -> tuple[Config, dict[str, str]]:
@@ -429,17 +352,17 @@ def cmd_create(args: argparse.Namespace) -> int:
     for name in names:  # all names checked before any is created
         check_tenant_name(name)
     created: list[dict[str, Any]] = []
-    with _client(args) as client:
+    with admin_client(args) as client:
         try:
             # Names go in batches: one transaction each on the server, not one a name.
             for batch in client.create_batches(names):
                 created.extend(batch)
-                if not _wants_json(args):
+                if not wants_json(args):
                     print("\n".join(info["name"] for info in batch), flush=True)
         finally:
             # Scripts learn which names were created even when a later one failed.
-            if _wants_json(args) and created:
-                _print_json(created)
+            if wants_json(args) and created:
+                print_json(created)
     return 0
 
 
@@ -449,10 +372,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
     def listing(client: AdminClient) -> list[dict[str, Any]]:
         return select_tenants(client.list_tenants(), args.state, args.sort)
 
-    with _client(args) as client:
+    with admin_client(args) as client:
         if args.watch:
             return _watch(args, lambda: listing(client))
-        return _show(args, listing(client), tenant_table)
+        return show(args, listing(client), tenant_table)
 
 
 def _watch(args: argparse.Namespace, listing: Callable[[], list[dict[str, Any]]]) -> int:
@@ -463,11 +386,11 @@ def _watch(args: argparse.Namespace, listing: Callable[[], list[dict[str, Any]]]
 
     from ops.output import tenant_table
 
-    redraw = sys.stdout.isatty() and not _wants_json(args)
+    redraw = sys.stdout.isatty() and not wants_json(args)
     try:
         while True:
             rows = listing()
-            if _wants_json(args):
+            if wants_json(args):
                 print(json.dumps(rows, default=str), flush=True)
             elif redraw:
                 stamp = time.strftime("%H:%M:%S")
@@ -484,18 +407,18 @@ def _watch(args: argparse.Namespace, listing: Callable[[], list[dict[str, Any]]]
 def cmd_status(args: argparse.Namespace) -> int:
     from ops.output import tenant_status
 
-    with _client(args) as client:
+    with admin_client(args) as client:
         info = client.get(args.name)
-    return _show(args, info, tenant_status)
+    return show(args, info, tenant_status)
 
 
 def _state_change(operation: str) -> Handler:
     """`start NAME` / `stop NAME`: print the tenant's new state, or its JSON."""
 
     def handler(args: argparse.Namespace) -> int:
-        with _client(args) as client:
+        with admin_client(args) as client:
             info: dict[str, Any] = getattr(client, operation)(args.name)
-        return _show(args, info, lambda i: str(i.get("state")))
+        return show(args, info, lambda i: str(i.get("state")))
 
     return handler
 
@@ -505,9 +428,9 @@ cmd_stop = _state_change("stop")
 
 
 def cmd_checkpoint(args: argparse.Namespace) -> int:
-    with _client(args) as client:
+    with admin_client(args) as client:
         result = client.checkpoint(args.name)
-    return _show(args, result, _checkpoint_text)
+    return show(args, result, _checkpoint_text)
 
 
 def _checkpoint_text(result: dict[str, Any]) -> str:
@@ -516,18 +439,18 @@ def _checkpoint_text(result: dict[str, Any]) -> str:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    with _client(args) as client:
+    with admin_client(args) as client:
         client.remove(args.name)
-    return _show(args, {"name": args.name, "removed": True}, lambda _: None)
+    return show(args, {"name": args.name, "removed": True}, lambda _: None)
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     """Print a login URL for the dashboard at `/` of the admin listener: it works once, within
     its expiry, and sets a session cookie in the browser that opens it."""
-    with _client(args) as client:
+    with admin_client(args) as client:
         login = client.dashboard_login()
-    url = _admin_url(args).rstrip("/") + str(login.get("path", ""))
-    return _show(args, {"url": url, "expires_in_s": login.get("expires_in_s")},
+    url = admin_url(args).rstrip("/") + str(login.get("path", ""))
+    return show(args, {"url": url, "expires_in_s": login.get("expires_in_s")},
                  lambda shown: shown["url"])
 
 
@@ -538,14 +461,14 @@ def cmd_logs(args: argparse.Namespace) -> int:
     from ops.client import check_tenant_name
 
     name = check_tenant_name(args.name)
-    with _client(args) as client:
+    with admin_client(args) as client:
         if not args.follow:
             lines = client.logs(name, args.lines).splitlines()
-            return _show(args, {"name": name, "lines": lines},
+            return show(args, {"name": name, "lines": lines},
                          lambda value: "\n".join(value["lines"]) or None)
         try:
             for line in client.follow_logs(name, args.lines):
-                shown = json.dumps({"name": name, "line": line}) if _wants_json(args) else line
+                shown = json.dumps({"name": name, "line": line}) if wants_json(args) else line
                 print(shown, flush=True)
         except KeyboardInterrupt:
             pass  # the operator is done watching: not a failure
@@ -553,150 +476,6 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 # --- export and import -----------------------------------------------------------------------
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from ops.client import check_tenant_name
-
-    name = check_tenant_name(args.name)
-    destination = Path(args.output or f"{name}.sbexport")
-    with _client(args) as client:
-        size = client.export(name, destination)
-    header = _export_header(destination)
-    return _show(args, {"path": str(destination), "size": size, **header},
-                 lambda _: f"exported {name} up to journal position {header.get('journal_pos')} "
-                           f"({size} bytes) to {destination}")
-
-
-def cmd_import(args: argparse.Namespace) -> int:
-    from ops.client import check_tenant_name
-
-    path = Path(args.file)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise CommandError(f"{path}: no such export file") from None
-    header = _check_export(data, str(path))
-    name = check_tenant_name(args.as_name or header["tenant"])
-    with _client(args) as client:
-        info = client.import_file(name, data)
-    return _show(args, info, lambda _: name)
-
-
-def _export_header(path: Path) -> dict[str, Any]:
-    from snapshots.errors import SnapshotError
-    from snapshots.exportfile import read_export_header
-
-    try:
-        with open(path, "rb") as f:
-            return read_export_header(f, source=str(path)).to_json()
-    except SnapshotError as exc:
-        raise CommandError(str(exc)) from exc
-
-
-def _check_export(data: bytes, source: str) -> dict[str, Any]:
-    """Verify the whole file here, before sending it: a damaged file is a local error."""
-    from snapshots.errors import SnapshotError
-    from snapshots.exportfile import read_export
-
-    try:
-        header, _ = read_export(data, source=source)
-    except SnapshotError as exc:
-        raise CommandError(str(exc)) from exc
-    return header.to_json()
-
-
-# --- snapshot inspect|verify -----------------------------------------------------------------
-
-
-def cmd_snapshot_inspect(args: argparse.Namespace) -> int:
-    from snapshots.errors import SnapshotError
-    from snapshots.inspect import describe
-
-    path = Path(args.path)
-    if not path.is_file():
-        raise CommandError(f"{path}: no such snapshot file")
-    key = _snapshot_key(args)
-    try:
-        description = describe(path, key)
-    except SnapshotError as exc:
-        raise CommandError(str(exc)) from exc
-    from ops.output import key_values
-
-    return _show(args, description, key_values)
-
-
-def cmd_snapshot_verify(args: argparse.Namespace) -> int:
-    """One line a file: `OK (signed) PATH`, `OK (unsigned) PATH`, or `BAD PATH: not signed by
-    this deployment: ...` / `BAD PATH: corrupt: ...` (snapshots.inspect.check; a tenant's
-    generations are judged together, check_generations); exit 1 unless every file is OK."""
-    from snapshots.inspect import check, check_generations
-
-    files: list[str | os.PathLike[str]] = list(_snapshot_files(args.target, _data_dir(args)))
-    key = _snapshot_key(args)
-    tenant = not Path(args.target).exists()  # as _snapshot_files decided
-    verdicts = check_generations(files, key) if tenant else [check(f, key) for f in files]
-    results: list[dict[str, Any]] = []
-    for path, verdict in zip(files, verdicts, strict=True):
-        results.append({"path": str(path), "ok": verdict.ok, "status": verdict.status,
-                        "signed": verdict.signed,
-                        "error": None if verdict.ok else verdict.summary})
-        if not _wants_json(args):
-            line = f"{verdict.summary} {path}" if verdict.ok else f"BAD {path}: {verdict.summary}"
-            print(line, flush=True)
-    if _wants_json(args):
-        _print_json(results)
-    bad = sum(1 for r in results if not r["ok"])
-    if bad:
-        raise CommandError(f"{bad} of {len(results)} snapshot files failed verification")
-    return 0
-
-
-def _snapshot_key(args: argparse.Namespace) -> bytes | None:
-    """The deployment's snapshot key: --snapshot-key-file, SWITCHBOARD_SNAPSHOT_KEY_FILE, or
-    DATA_DIR/snapshot.key. A file named by the flag or env must exist; without the default
-    one, signed files cannot be checked (verify says so for each)."""
-    from snapshots.errors import SnapshotKeyError
-    from snapshots.mac import find_key_file, load_key_if_present
-
-    path, named = find_key_file(getattr(args, "snapshot_key_file", None), _data_dir(args))
-    try:
-        return load_key_if_present(path, required=named)
-    except SnapshotKeyError as exc:
-        raise CommandError(str(exc)) from exc
-
-
-def _snapshot_files(target: str, data_dir: Path) -> list[Path]:
-    """An existing path wins over a tenant of the same name; a directory means its *.snap
-    files (any names: copies, other hosts'); a tenant name means its generations, oldest
-    first, from where the store keeps them (snapshots.layout)."""
-    from snapshots.layout import SNAPSHOT_SUFFIX, DataLayout
-
-    path = Path(target)
-    if path.is_dir():
-        files = sorted(path.glob(f"*{SNAPSHOT_SUFFIX}"), key=_natural_key)
-        if not files:
-            raise CommandError(f"{path}: no *{SNAPSHOT_SUFFIX} files in this directory")
-        return files
-    if path.exists():
-        return [path]
-    if not is_valid_name(target):
-        raise CommandError(f"{target}: no such file, and not a tenant name")
-    layout = DataLayout(data_dir)
-    directory = layout.snapshot_dir(target)
-    try:
-        files = layout.snapshot_files(target)
-    except OSError as exc:
-        raise CommandError(f"cannot list {directory}: {exc.strerror or exc}") from exc
-    if not files:
-        raise CommandError(f"no snapshots of tenant {target!r} in {directory}")
-    return files
-
-
-def _natural_key(path: Path) -> list[tuple[int, int | str]]:
-    # gen-9 before gen-10, whether or not the store pads generation numbers.
-    return [(0, int(part)) if part.isdigit() else (1, part)
-            for part in re.split(r"(\d+)", path.name) if part]
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import os
 import sys
 from typing import Any
 
+from ops import common
 from ops.errors import CommandError
 
 HOST_COLUMNS = ("ID", "ALIVE", "LEASE", "RESIDENT", "ROUTER", "ADMIN")
@@ -37,13 +38,12 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_hosts(args: argparse.Namespace) -> int:
-    from ops import cli
     from ops.output import table
 
-    with cli._client(args) as client:
+    with common.admin_client(args) as client:
         hosts = client.cluster_hosts()
-    if cli._wants_json(args):
-        cli._print_json(hosts)
+    if common.wants_json(args):
+        common.print_json(hosts)
         return 0
     rows = [(h["id"], "yes" if h["alive"] else "no", f"{h['lease_expires_in_s']:.1f}s",
              f"{h['resident']}/{h['max_resident']}", h["router_url"], h["admin_url"])
@@ -53,9 +53,7 @@ def cmd_hosts(args: argparse.Namespace) -> int:
 
 
 def cmd_failover(args: argparse.Namespace) -> int:
-    from ops import cli
-
-    with cli._client(args) as client:
+    with common.admin_client(args) as client:
         client.failover(args.host)
     print(f"host {args.host} declared dead: its tenants are taken over by live hosts on "
           "their next request", file=sys.stderr)
@@ -64,12 +62,10 @@ def cmd_failover(args: argparse.Namespace) -> int:
 
 def migrate_to_host(args: argparse.Namespace) -> int:
     """`migrate NAME --to HOST_ID` (ops/migrate.py sends a target that is not a URL here)."""
-    from ops import cli
-
-    with cli._client(args) as client:
+    with common.admin_client(args) as client:
         moved = client.cluster_migrate(args.name, args.to)
-    if cli._wants_json(args):
-        cli._print_json(moved)
+    if common.wants_json(args):
+        common.print_json(moved)
     elif moved.get("unchanged"):
         print(f"{args.name} is on host {args.to} already")
     else:

@@ -272,7 +272,7 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     parser = commands.add_parser(
         "deploy-config", conflict_handler="resolve",  # serve's options, not `common`
         help="print an nginx or Apache site, or a systemd unit, for this router's settings")
-    cli._serve_options(parser)  # --config, --data-dir, ... as serve reads them
+    cli.serve_options(parser)  # --config, --data-dir, ... as serve reads them
     parser.add_argument("kind", choices=sorted(KINDS), metavar="nginx|apache|systemd")
     # After serve's options: this --listen (the web server's port) replaces serve's.
     parser.add_argument("--listen", dest="web_listen", metavar="PORT", type=_port, default=0,

@@ -13,6 +13,7 @@ import argparse
 import sys
 from typing import Any
 
+from ops import common
 from ops.errors import CommandError
 from ops.progress import Progress
 
@@ -45,15 +46,13 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from ops import cli
-
     if args.to and "://" not in args.to:  # a host id: cluster mode
         from ops.cluster import migrate_to_host
         return migrate_to_host(args)
 
     outcome: dict[str, Any] | None = None
     bar: Progress | None = None
-    with cli._client(args) as client:
+    with common.admin_client(args) as client:
         for event in client.migrate(args.name, None if args.back else args.to):
             step = event.get("step")
             if step == "bytes":
@@ -75,35 +74,31 @@ def cmd_migrate(args: argparse.Namespace) -> int:
                            f"status {args.name}` on both hosts says where it serves")
     if outcome.get("step") == "failed":
         if getattr(args, "json", False):
-            cli._print_json(outcome)
+            common.print_json(outcome)
         where = {"source": "it still serves on the source host",
                  "target": "it serves on the target host",
                  "unknown": "it is held until the target answers"}.get(
                      str(outcome.get("serving")), "")
         raise CommandError(f"migrating {args.name} failed: {outcome.get('error')}"
                            + (f" ({where}; safe to run again)" if where else ""))
-    return cli._show(args, outcome, lambda o: f"{args.name} moved to {o.get('moved_to')} "
+    return common.show(args, outcome, lambda o: f"{args.name} moved to {o.get('moved_to')} "
                      f"(epoch {o.get('epoch')}; requests held {o.get('pause_ms')} ms)")
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    from ops import cli
-
     if not args.reclaim:
         return int(args.plain_start(args))
     print(f"warning: reclaiming {args.name}: writes made on the host it moved to since then "
           "are not in this copy", file=sys.stderr)
-    with cli._client(args) as client:
+    with common.admin_client(args) as client:
         info = client.reclaim(args.name)
         info = client.start(args.name)
-    return cli._show(args, info, lambda i: str(i.get("state")))
+    return common.show(args, info, lambda i: str(i.get("state")))
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    from ops import cli
-
     if not args.moved_copy:
         return int(args.plain_rm(args))
-    with cli._client(args) as client:
+    with common.admin_client(args) as client:
         client.remove_moved_copy(args.name)
-    return cli._show(args, {"name": args.name, "removed": True}, lambda _: None)
+    return common.show(args, {"name": args.name, "removed": True}, lambda _: None)

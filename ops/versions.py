@@ -14,6 +14,7 @@ import argparse
 import sys
 from typing import Any
 
+from ops import common
 from ops.errors import AdminError
 from ops.progress import Progress
 
@@ -45,25 +46,19 @@ def _version_text(info: dict[str, Any]) -> str:
 
 
 def cmd_pin(args: argparse.Namespace) -> int:
-    from ops import cli
-
-    with cli._client(args) as client:
+    with common.admin_client(args) as client:
         info = client.pin(args.name, args.version)
-    return cli._show(args, info, _version_text)
+    return common.show(args, info, _version_text)
 
 
 def cmd_unpin(args: argparse.Namespace) -> int:
-    from ops import cli
-
-    with cli._client(args) as client:
+    with common.admin_client(args) as client:
         info = client.unpin(args.name)
-    return cli._show(args, info, _version_text)
+    return common.show(args, info, _version_text)
 
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
-    from ops import cli
-
-    with cli._client(args) as client:
+    with common.admin_client(args) as client:
         if not args.all:
             try:
                 result = client.upgrade(args.name, args.to)
@@ -71,14 +66,12 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
                 if exc.details:
                     sys.stderr.write(exc.details.rstrip("\n") + "\n")
                 raise
-            return cli._show(args, result, lambda r: f"{r['tenant']}: {r['from'] or '-'} -> "
+            return common.show(args, result, lambda r: f"{r['tenant']}: {r['from'] or '-'} -> "
                                                       f"{r['to']}")
         return _upgrade_all(args, client)
 
 
 def _upgrade_all(args: argparse.Namespace, client: Any) -> int:
-    from ops import cli
-
     tenants = [t for t in client.list_tenants() if t.get("state") != "moved"]
     todo = [t["name"] for t in tenants if t.get("code_version") != args.to]
     skipped = len(tenants) - len(todo)
@@ -94,14 +87,14 @@ def _upgrade_all(args: argparse.Namespace, client: Any) -> int:
                 if exc.status in {None, 401}:
                     raise  # the server or the key, not this tenant: the rest would fail too
                 failed[name] = exc.message
-                if exc.details and not cli._wants_json(args):
+                if exc.details and not common.wants_json(args):
                     sys.stderr.write(f"\n{name}: {exc.message}\n{exc.details.rstrip()}\n")
             bar.advance(1)
     finally:
         bar.close()
     summary = {"to": args.to, "upgraded": upgraded, "failed": failed,
                "already": skipped}
-    cli._show(args, summary, _summary_text)
+    common.show(args, summary, _summary_text)
     return 1 if failed else 0
 
 
