@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Awaitable
 
 from switchboard.cluster import schema
 from switchboard.cluster.leases import LeaseKeeper
@@ -71,6 +72,15 @@ class ClusterNode:
         self.routing.announce = self._announce
         self.migrator = ClusterMigrator(self.config, self.directory, supervisor, self.host_id)
         self.migrator.announce = self._announce
+
+        def changed(names: list[str]) -> Awaitable[None]:  # in the background: no wait
+            if len(names) == 1:
+                supervisor.env.run_in_background(self._announce(names[0]))
+            else:
+                supervisor.env.run_in_background(self.tell_others("/v1/cluster/refresh"))
+            return asyncio.sleep(0)
+
+        self.directory.on_changed = changed
         await lease.register()
         supervisor.env.take_ownership = self.routing.take_ownership
         supervisor.env.look_up = self.routing.look_up
@@ -79,9 +89,9 @@ class ClusterNode:
                        asyncio.ensure_future(self.routing.watch())]
 
     async def _announce(self, name: str) -> None:
-        """Tell every other live host that `name` changed owner (this host claimed it, or
-        moved it away; best effort: a host that does not hear it learns at its next
-        refresh)."""
+        """Tell every other live host that `name` changed (this host created, claimed,
+        moved or removed it; best effort: a host that does not hear it learns at its next
+        full refresh)."""
         from urllib.parse import quote
 
         await self.tell_others(f"/v1/cluster/tenants/{quote(name)}/changed")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +64,9 @@ class PgDirectory:
         self.url = url
         self._conn: psycopg.AsyncConnection[tuple[Any, ...]] | None = None
         self._lock = asyncio.Lock()
+        # Called with the names created or removed here, so the other hosts map or unmap
+        # them at once rather than at their next full refresh (switchboard/cluster/node.py).
+        self.on_changed: Callable[[builtins.list[str]], Awaitable[None]] | None = None
 
     @asynccontextmanager
     async def _tx(self, what: str) -> AsyncIterator[psycopg.AsyncConnection[tuple[Any, ...]]]:
@@ -107,6 +110,8 @@ class PgDirectory:
         except pgerrors.UniqueViolation:
             raise TenantExists(name) from None
         assert row is not None
+        if self.on_changed is not None:
+            await self.on_changed([name])
         return _record(row)
 
     async def create_many(self, names: Sequence[str]) -> list[TenantRecord]:
@@ -125,6 +130,8 @@ class PgDirectory:
                     records.append(_record(row))
         except pgerrors.UniqueViolation:
             raise TenantExists(current) from None
+        if self.on_changed is not None:
+            await self.on_changed([r.name for r in records])
         return records
 
     async def get(self, name: str) -> TenantRecord:
@@ -200,6 +207,8 @@ class PgDirectory:
             cur = await conn.execute("DELETE FROM tenants WHERE name = %s", (name,))
             if cur.rowcount == 0:
                 raise UnknownTenant(name)
+        if self.on_changed is not None:  # the other hosts unmap it (switchboard/cluster/node)
+            await self.on_changed([name])
 
     # ---- cluster: ownership ----
 

@@ -13,7 +13,7 @@ switchboard/process.py under the tenant's lock):
                                               of concurrent claimers one wins, the others
                                               forward to it) and restores it from PostgreSQL
 
-A host that claims a tenant, or moves one away, tells the other live hosts at once
+A host that creates, claims, moves or removes a tenant tells the other live hosts at once
 (`announce`; they look it up: `refresh_one`), so they stop forwarding to its previous owner.
 `watch` keeps this host's view current anyway: every WATCH_INTERVAL_S it reads the hosts (a
 few rows) and a tenant forwarded to a host whose lease has expired goes back to stopped (its
@@ -148,8 +148,14 @@ class ClusterRouting:
     def _removed(self, process: TenantProcess) -> None:
         """The tenant is gone from the directory (`rm` on another host), or it is another
         tenant of that name now: unmap this one (stopping its worker first)."""
+        async def stop_and_forget() -> None:
+            await process.lose("removed from the cluster")
+            process.removed = True
+            if self.supervisor.tenants.get(process.name) is process:
+                self.supervisor.forget(process)
+
         if process.state in LIVE:
-            self.supervisor.env.run_in_background(process.lose("removed from the cluster"))
+            self.supervisor.env.run_in_background(stop_and_forget())
         else:
             process.removed = True
             self.supervisor.forget(process)
@@ -169,7 +175,10 @@ class ClusterRouting:
         next refresh, so requests stop going to the old owner at once."""
         try:
             record, owner = await self.directory.owner_of(name)
-        except UnknownTenant:
+        except UnknownTenant:  # removed (`rm` through another host)
+            process = self.supervisor.tenants.get(name)
+            if process is not None and not process.operating:
+                self._removed(process)
             return
         self._apply(record, owner)
 
