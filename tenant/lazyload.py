@@ -144,7 +144,8 @@ class LazyLoader:
 
     async def __call__(self, scope: Message, receive: Callable[[], Awaitable[Message]],
                        send: Callable[[Message], Awaitable[None]]) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or self.loaded_at is not None:
+            # Every segment is in: nothing left to load, so nothing to guard (the hot path).
             await self.app(scope, receive, send)
             return
         mark = _Fault()

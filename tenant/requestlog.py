@@ -35,11 +35,13 @@ class RequestLog:
 
     def __init__(self, app: ASGIApp, size: int = MAX_REQUESTS) -> None:
         self.app = app
-        self.recent: collections.deque[RequestRecord] = collections.deque(maxlen=size)
+        # Plain tuples (RequestRecord's fields): made on every request, so the cheapest kind.
+        self.recent: collections.deque[tuple[str, str, int | None, float, float]] = (
+            collections.deque(maxlen=size))
 
     def snapshot(self) -> list[dict[str, Any]]:
         """The recorded requests, oldest first."""
-        return [record.to_json() for record in self.recent]
+        return [RequestRecord(*fields).to_json() for fields in self.recent]
 
     async def __call__(self, scope: Message, receive: Callable[[], Awaitable[Message]],
                        send: Callable[[Message], Awaitable[None]]) -> None:
@@ -59,6 +61,5 @@ class RequestLog:
         try:
             await self.app(scope, receive, recording_send)
         finally:
-            self.recent.append(RequestRecord(
-                str(scope.get("method", "")), str(scope.get("path", "")), status, started_at,
-                round((time.monotonic() - started) * 1000, 3)))
+            self.recent.append((scope.get("method", ""), scope.get("path", ""), status,
+                                started_at, round((time.monotonic() - started) * 1000, 3)))
