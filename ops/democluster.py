@@ -14,13 +14,12 @@ import signal
 import subprocess
 import sys
 import threading
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from harness.cluster import start_hosts
 from harness.postgres import LocalPostgres
 from harness.router import SWITCHBOARD, RouterProcess
+from ops.demo import post
 
 HOST_IDS = ("a", "b", "c", "d", "e", "f", "g", "h", "i")
 
@@ -47,7 +46,7 @@ def run(count: int, data_dir: str, demo: dict[str, list[tuple[str, dict[str, obj
                            capture_output=True)
             owner = hosts[i % len(hosts)]  # the first request claims it: one tenant a host
             for table, fields in records:
-                _post(f"{owner.url}/t/{name}/api/tables/{table}/records", fields)
+                post(f"{owner.url}/t/{name}/api/tables/{table}/records", fields)
         print(f"\nSwitchboard cluster mode: {count} hosts on {postgres.url}")
         for host_id, host in zip(HOST_IDS, hosts, strict=False):
             print(f"  host {host_id}: router {host.url}  admin {host.admin_url}  "
@@ -70,13 +69,3 @@ def run(count: int, data_dir: str, demo: dict[str, list[tuple[str, dict[str, obj
         for host in hosts:
             host.stop()  # SIGTERM: each checkpoints its tenants and ends its lease
         postgres.destroy()
-
-
-def _post(url: str, body: dict[str, object]) -> None:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"content-type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30):
-            pass
-    except urllib.error.HTTPError as exc:
-        print(f"seeding {url} failed: {exc.code}", file=sys.stderr)

@@ -20,7 +20,6 @@ machine, so a commit costs a local WAL fsync plus a round trip over loopback.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -30,7 +29,7 @@ from pathlib import Path
 
 from bench.cases import Context
 from bench.cases.bigstate import probe
-from bench.cases.journal import group_commit
+from bench.cases.journal import appends_per_s, group_commit
 from bench.harness import BenchError, BenchRouter, http_call, http_get
 from bench.report import Figure, Goal
 from harness.cluster import SHARED_KEYS
@@ -82,20 +81,7 @@ async def _cluster_appends(url: str, data_dir: Path, tenant: str, writers: int,
     side = ClusterSide(spec, store)
     journal = side.open_journal(store.layout.journal_dir(tenant), next_seq=1,
                                 signing=journal_signing(store, tenant))
-    count = 0
-    until = time.perf_counter() + seconds
-
-    async def writer() -> None:
-        nonlocal count
-        while time.perf_counter() < until:
-            await journal.append("add", ARGS, time.time())
-            count += 1
-
-    started = time.perf_counter()
-    await asyncio.gather(*(writer() for _ in range(writers)))
-    elapsed = time.perf_counter() - started
-    await journal.close()
-    return count / elapsed
+    return await appends_per_s(journal, "add", ARGS, writers, seconds)
 
 
 def _journal(ctx: Context, url: str) -> list[Figure]:

@@ -48,13 +48,20 @@ def fsync_per_write(path: str, seconds: float) -> float:
 async def group_commit(directory: str, writers: int, seconds: float) -> float:
     signing = JournalSigning("bench", WriterIdentity(key=os.urandom(32)))
     journal = Journal.open(directory, next_seq=1, fsync_policy="always", signing=signing)
+    return await appends_per_s(journal, "create_record", ARGS, writers, seconds)
+
+
+async def appends_per_s(journal: Any, command: str, args: dict[str, Any], writers: int,
+                        seconds: float) -> float:
+    """`writers` concurrent writers append to `journal` for `seconds`, each waiting for its
+    record to be acknowledged; the appends per second; the journal is closed after."""
     count = 0
     until = time.perf_counter() + seconds
 
     async def writer() -> None:
         nonlocal count
         while time.perf_counter() < until:
-            await journal.append("create_record", ARGS, time.time())
+            await journal.append(command, args, time.time())
             count += 1
 
     started = time.perf_counter()
