@@ -203,13 +203,20 @@ print(s.makefile("rb").readline().decode().strip())
         assert answer["event"] == "refused" and "may not attach" in answer["error"], answer
         assert "console refused for uid" in (router.data_dir / "logs" / "acme.log").read_text()
         # The CLI run as that user refuses before it tries (it cannot even see the socket).
+        # Its code is copied where that user can read it: the checkout may sit under a folder
+        # only its owner can enter (a CI clone in a 0700 temp dir).
+        source = open_parent / "src"
+        for package in ("ops", "contract", "switchboard"):
+            shutil.copytree(ROOT / package, source / package,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        subprocess.run(["chmod", "-R", "a+rX", str(source)], check=True)
         entry = pwd.getpwnam(other_user)
         python = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
         refused = subprocess.run(
             [python, "-c", "import sys; from ops.attach import check_owner; "
              "from pathlib import Path; check_owner(Path(sys.argv[1]), 'acme')", str(path)],
             user=entry.pw_uid, group=entry.pw_gid, extra_groups=[], capture_output=True,
-            text=True, env={"PYTHONPATH": str(ROOT), "HOME": "/"}, cwd="/", timeout=60)
+            text=True, env={"PYTHONPATH": str(source), "HOME": "/"}, cwd="/", timeout=60)
         assert refused.returncode != 0
         assert "run attach as the user that runs switchboard serve" in refused.stderr
     finally:
