@@ -370,7 +370,7 @@ class _Endpoints:
         return JSONResponse({"tenants": [info.to_json() for info in tenants]})
 
     async def create_tenant(self, request: Request) -> Response:
-        payload = _json_object(await request.body())
+        payload = json_object(await request.body(), like='{"name": "acme"}')
         names = payload.get("names")
         if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
             infos = await self.service.create_tenants(names)
@@ -438,13 +438,19 @@ class _BadBody(Exception):
     pass
 
 
-def _json_object(body: bytes) -> dict[str, Any]:
+def json_object(body: bytes, *, like: str | None = None, empty: bool = False
+                ) -> dict[str, Any]:
+    """A signed route's JSON object body; BadRequest (400) for anything else, naming `like`
+    (an example) if given. `empty`: no body at all reads as {}. Every admin route module
+    (switchboard/migration_api.py, switchboard/cluster/api.py) parses bodies with this."""
+    if empty and not body:
+        return {}
     try:
         payload = json.loads(body) if body else None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _BadBody(f"the body is not valid JSON: {exc}") from exc
+        raise BadRequest(f"the body is not valid JSON: {exc}") from exc
     if not isinstance(payload, dict):
-        raise _BadBody('the body must be a JSON object like {"name": "acme"}')
+        raise BadRequest("the body must be a JSON object" + (f" like {like}" if like else ""))
     return payload
 
 

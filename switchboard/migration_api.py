@@ -41,7 +41,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from snapshots.layout import DataLayout
-from switchboard.admin import STAGED_BODY, StagedBody, check_tenant_name
+from switchboard.admin import STAGED_BODY, StagedBody, check_tenant_name, json_object
 from switchboard.api import TenantService
 from switchboard.config import Config
 from switchboard.directory import Directory
@@ -53,16 +53,6 @@ from switchboard.proxy import Proxy
 from switchboard.receiving import Receiver
 from switchboard.states import TenantState
 from switchboard.supervisor import Supervisor
-
-
-def _json(body: bytes) -> dict[str, Any]:
-    try:
-        payload = json.loads(body) if body else None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}") from exc
-    if not isinstance(payload, dict):
-        raise BadRequest("the body must be a JSON object")
-    return payload
 
 
 def _identity(params: Any) -> tuple[str, int]:
@@ -108,7 +98,7 @@ class MigrationRoutes:
 
     async def migrate(self, request: Request) -> Response:
         name = check_tenant_name(request.path_params["name"])
-        payload = _json(await request.body())
+        payload = json_object(await request.body())
         to = payload.get("to")
         if payload.get("back") is True and to is None:
             to = self.peers.origins.get(name)
@@ -145,7 +135,7 @@ class MigrationRoutes:
 
     async def moved(self, request: Request) -> Response:
         name = check_tenant_name(request.path_params["name"])
-        payload = _json(await request.body())
+        payload = json_object(await request.body())
         creation_id, epoch = _identity(payload)
         moved_to = payload.get("moved_to")
         if not isinstance(moved_to, str):
@@ -182,7 +172,7 @@ class MigrationRoutes:
 
     async def resolve(self, request: Request) -> Response:
         name = check_tenant_name(request.path_params["name"])
-        creation_id, epoch = _identity(_json(await request.body()))
+        creation_id, epoch = _identity(json_object(await request.body()))
         outcome = await self.receiver.resolve(name, creation_id=creation_id, epoch=epoch)
         return JSONResponse({"outcome": outcome})
 

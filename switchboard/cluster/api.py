@@ -30,7 +30,6 @@ On a host not in cluster mode they answer 409 "not in cluster mode".
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -164,10 +163,6 @@ def _not_in_cluster(exc: NotInCluster) -> Response:
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    try:
-        payload = json.loads(await request.body() or b"{}")
-    except ValueError as exc:
-        raise BadRequest("the body is not JSON") from exc
-    if not isinstance(payload, dict):
-        raise BadRequest("the body is not a JSON object")
-    return payload
+    from switchboard.admin import json_object
+
+    return json_object(await request.body(), empty=True)
