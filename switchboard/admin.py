@@ -295,8 +295,16 @@ class SignatureMiddleware:
                 return {"type": "http.request", "body": inner_body, "more_body": False}
             return await receive()  # after the body, only a disconnect can follow
 
+        async def send_after_discarding(message: Message) -> None:
+            # The route has read the staged file by the time it answers: the file goes
+            # before the answer does, so a client never sees the answer with it still there.
+            if message["type"] == "http.response.start":
+                body.discard()
+            await send(message)
+
         try:
-            await self.app(scope, replay_receive, send)
+            await self.app(scope, replay_receive,
+                           send_after_discarding if body.path is not None else send)
         finally:
             body.discard()
 
